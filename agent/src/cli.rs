@@ -1,0 +1,134 @@
+//! The command line of the `sluice` binary (clap definitions only; behaviour lives in the modules
+//! each subcommand dispatches to).
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "A sidecarless service-mesh data plane: eBPF capture, one per-node proxy, Istio config")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Per-node agent: loads eBPF, enrolls pods, runs the tunnel proxy (DaemonSet).
+    Agent(AgentArgs),
+    /// L7 waypoint proxy (not implemented yet).
+    Waypoint,
+    /// CNI plugin: run by the container runtime after the cluster's CNI (also works as `sluice-cni`).
+    Cni,
+    /// Validate mesh config files offline (not implemented yet).
+    Analyze {
+        /// Files or directories to check.
+        paths: Vec<PathBuf>,
+    },
+    /// Dump an agent's live compiled config (not implemented yet).
+    Config {
+        /// Agent admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+    /// Show an agent's enrolled pods, certificates and connections (not implemented yet).
+    Status {
+        /// Agent admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Agent(_) => "agent",
+            Command::Waypoint => "waypoint",
+            Command::Cni => "cni",
+            Command::Analyze { .. } => "analyze",
+            Command::Config { .. } => "config",
+            Command::Status { .. } => "status",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Mesh config: a directory of YAML files (watched).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+    /// Name of the node this agent serves.
+    #[arg(long, env = "NODE_NAME", default_value = "node")]
+    pub node_name: String,
+    /// cgroup2 directory to attach the outbound programs to (default: the cgroup2 mount root, found
+    /// in /proc/self/mountinfo). Every enrolled pod's processes must be below it.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for this agent's pinned programs and maps (re-adopted after a restart).
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    pub bpffs: PathBuf,
+    /// Directory for the CNI socket and the persisted pod registry.
+    #[arg(long, default_value = "/var/run/sluice")]
+    pub state_dir: PathBuf,
+    /// Metrics and readiness listener (Prometheus text at /stats/prometheus, /healthz/ready).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Timeout for connecting to an original destination.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
+}
+
+/// Parses `250ms`, `10s`, `5m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 5m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_design_subcommand_is_listed() {
+        let cmd = Cli::command();
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for want in ["agent", "waypoint", "cni", "analyze", "config", "status"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(std::time::Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! sluice: a sidecarless ("ambient") service-mesh data plane.
+//!
+//! The library holds every concern; `main.rs` only parses arguments and dispatches. Data flows one
+//! way: config source -> compiled snapshot -> proxies read the current snapshot.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | the command line of the `sluice` binary |
+//! | [`config`] | mesh config model, the file source and the snapshot enrollment reads |
+//! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
+//! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
+//! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
+//! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
+//! | [`admin`] | readiness, metrics and admin HTTP endpoints |
+//! | [`telemetry`] | logging setup and metrics |
+pub mod admin;
+pub mod agent;
+pub mod cli;
+pub mod cni;
+pub mod config;
+pub mod proxy;
+pub mod redirect;
+pub mod telemetry;

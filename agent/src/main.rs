@@ -1,0 +1,32 @@
+//! The `sluice` binary: parse the command line, set up logging, dispatch. Nothing else lives here.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sluice::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // The CNI runtime executes the plugin by its file name with no arguments.
+    if sluice::cni::invoked_as_plugin() {
+        return sluice::cni::plugin::main();
+    }
+    let cli = Cli::parse();
+    sluice::telemetry::logging::init(cli.log_format, &cli.log_level);
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Agent(args) => sluice::agent::run(args),
+        Command::Cni => return sluice::cni::plugin::main(),
+        Command::Waypoint | Command::Analyze { .. } | Command::Config { .. } | Command::Status { .. } => {
+            eprintln!(
+                "sluice {}: not implemented yet (see README.md, feature status)",
+                cli.command.name()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Logging setup and metrics (Prometheus registry with Istio's metric names).
+pub mod logging;
+pub mod metrics;

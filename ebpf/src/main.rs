@@ -1,0 +1,245 @@
+//! sluice's kernel programs. Each hook is a thin entry point that reads its context into plain
+//! facts, asks the pure decision functions in `sluice-common`, and applies the verdict.
+//!
+//! Outbound (attached to the agent's cgroup, gated on the pod's netns cookie in `ENROLLED`):
+//! - `sluice_connect4/6` rewrite a captured connect() to the agent's loopback listener on 15001 and
+//!   remember the original destination by socket cookie (`SOCK_ORIG`);
+//! - `sluice_sockops` at TCP connect time (source port now known) publishes the original destination
+//!   under (netns cookie, family, source port) in `ORIG_DST`, which is what the agent can see on its
+//!   accepted socket, and removes the per-socket entry when the socket closes;
+//! - `sluice_getpeername4/6` give the application back its original peer.
+//!
+//! Inbound (attached per enrolled pod netns): `sluice_sk_lookup` steers TCP for any local port of an
+//! enrolled pod IP into the agent's 15006 listener (`IN_SOCKS`); if the pod is enrolled but the
+//! listener is gone (agent down) the connection is refused, never delivered uncaptured.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, sk_action},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use sluice_common::{
+    connect_verdict, ipv4_is_loopback, ipv6_is_loopback, lookup_verdict, ConnectFacts, ConnectVerdict,
+    Decision, EnrolledPod, InboundKey, LookupVerdict, OrigDstKey, SockAddr, AF_INET, AF_INET6,
+    OUTBOUND_CAPTURE_PORT,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const SOCK_STREAM: u32 = 1;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_TCP_CLOSE: u32 = 7;
+
+/// Enrolled pods by netns cookie.
+#[map]
+static ENROLLED: HashMap<u64, EnrolledPod> = HashMap::pinned(65_536, 0);
+
+/// Original destination of each redirected socket, by socket cookie (connect -> sockops, getpeername).
+#[map]
+static SOCK_ORIG: LruHashMap<u64, SockAddr> = LruHashMap::pinned(262_144, 0);
+
+/// Original destination by what the agent sees on its accepted socket.
+#[map]
+static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(262_144, 0);
+
+/// Enrolled pod IPs (inbound). Present here but absent from `IN_SOCKS` means "refuse".
+#[map]
+static IN_PODS: HashMap<InboundKey, u32> = HashMap::pinned(65_536, 0);
+
+/// The agent's inbound capture listener (15006) per enrolled pod IP.
+#[map]
+static IN_SOCKS: SockHash<InboundKey> = SockHash::pinned(65_536, 0);
+
+/// One counter per `Decision`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Decision::COUNT, 0);
+
+#[inline(always)]
+fn count(d: Decision) {
+    if let Some(c) = COUNTERS.get_ptr_mut(d as u32) {
+        // SAFETY: per-CPU slot owned by this CPU for the program's run.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn enrolled(ctx: &impl EbpfContext) -> bool {
+    // SAFETY: helper reads the netns of the context's socket.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { ENROLLED.get(&cookie) }.is_some()
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sluice_connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sluice_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, AF_INET6);
+    1
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: u16) {
+    // SAFETY: the verifier guarantees ctx points at a valid bpf_sock_addr for this hook.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let is_enrolled = enrolled(ctx);
+    if !is_enrolled {
+        return;
+    }
+    let addr = if family == AF_INET { [sa.user_ip4, 0, 0, 0] } else { sa.user_ip6 };
+    // SAFETY: in sock_addr programs `sk` is a non-null full socket.
+    let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
+    let facts = ConnectFacts {
+        enrolled: is_enrolled,
+        is_tcp: sa.type_ == SOCK_STREAM && (sa.protocol == IPPROTO_TCP || sa.protocol == 0),
+        socket_mark: mark,
+        dst_is_loopback: if family == AF_INET { ipv4_is_loopback(addr[0]) } else { ipv6_is_loopback(addr) },
+    };
+    match connect_verdict(&facts) {
+        ConnectVerdict::NotEnrolled => {}
+        ConnectVerdict::Exempt(d) => count(d),
+        ConnectVerdict::Redirect => {
+            let orig = SockAddr {
+                family,
+                port: u16::from_be(sa.user_port as u16),
+                _pad: 0,
+                addr,
+            };
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if SOCK_ORIG.insert(&cookie, &orig, 0).is_err() {
+                // Without a record the agent could not forward it: leave it alone, loudly.
+                count(Decision::OrigDstRecordFailed);
+                return;
+            }
+            if family == AF_INET {
+                sa.user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            } else {
+                sa.user_ip6 = [0, 0, 0, 1u32.to_be()];
+            }
+            sa.user_port = (OUTBOUND_CAPTURE_PORT.to_be()) as u32;
+            count(Decision::OutboundRedirected);
+        }
+    }
+}
+
+#[sock_ops]
+pub fn sluice_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = SOCK_ORIG.remove(&cookie);
+        }
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn on_tcp_connect(ctx: &SockOpsContext) {
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup; the value is copied out at once.
+    let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+        return;
+    };
+    // SAFETY: helper on the program's own context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = OrigDstKey {
+        netns_cookie,
+        family: ctx.family() as u16,
+        src_port: ctx.local_port() as u16,
+        _pad: 0,
+    };
+    if ORIG_DST.insert(&key, &orig, 0).is_ok() {
+        count(Decision::OrigDstRecorded);
+    } else {
+        count(Decision::OrigDstRecordFailed);
+    }
+    // Ask for the state callback so SOCK_ORIG is cleaned when the socket closes.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sluice_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, AF_INET6);
+    1
+}
+
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext, family: u16) {
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup; the value is copied out at once.
+    let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+        return;
+    };
+    if orig.family != family {
+        return;
+    }
+    // SAFETY: the verifier guarantees ctx points at a valid bpf_sock_addr for this hook.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if family == AF_INET {
+        sa.user_ip4 = orig.addr[0];
+    } else {
+        sa.user_ip6 = orig.addr;
+    }
+    sa.user_port = (orig.port.to_be()) as u32;
+    count(Decision::PeerNameRestored);
+}
+
+#[sk_lookup]
+pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the verifier guarantees ctx points at a valid bpf_sk_lookup.
+    let l = unsafe { &*ctx.lookup };
+    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, l.ingress_ifindex) == LookupVerdict::Pass {
+        return sk_action::SK_PASS;
+    }
+    let key = if l.family == AF_INET as u32 {
+        InboundKey { family: AF_INET as u32, addr: [l.local_ip4, 0, 0, 0] }
+    } else {
+        InboundKey { family: AF_INET6 as u32, addr: l.local_ip6 }
+    };
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { IN_PODS.get(&key) }.is_none() {
+        return sk_action::SK_PASS;
+    }
+    match IN_SOCKS.redirect_sk_lookup(&ctx, key, 0) {
+        Ok(()) => {
+            count(Decision::InboundSteered);
+            sk_action::SK_PASS
+        }
+        Err(e) => {
+            // Enrolled pod without its capture listener: refuse rather than deliver uncaptured.
+            count(if e == -2 { Decision::InboundNoListener } else { Decision::InboundAssignFailed });
+            sk_action::SK_DROP
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

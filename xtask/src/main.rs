@@ -1,0 +1,73 @@
+//! `cargo xtask <verb>`: the only entry points a newcomer needs.
+//!
+//! - `setup`  installs every prerequisite, idempotently (fast no-op when all is present)
+//! - `build`  builds everything in release mode
+//! - `test`   setup, fmt, clippy (host and eBPF), unit and integration tests, end-to-end suite
+//! - `demo`   setup, build, run the demo on a simulated two-node cluster
+//! - `bench`  the benchmark harness (not built yet)
+mod cmd;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sluice's build, test and demo entry points")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (Debian packages, nightly rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Build everything in release mode (the eBPF object is compiled and embedded by the agent build).
+    Build,
+    /// Run setup, formatting and lint checks, unit/integration tests and the end-to-end suite.
+    Test(test::TestArgs),
+    /// Run setup, build, then the demo on a simulated two-node cluster (needs root and BPF).
+    Demo,
+    /// Benchmarks: mesh versus direct (not built yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => build(),
+        Command::Test(args) => test::run(&args),
+        Command::Demo => demo(),
+        Command::Bench => Err(anyhow::anyhow!(
+            "`cargo xtask bench` is not implemented yet (tracked by the benchmarks issue)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::run()?;
+    cmd::cargo(&["build", "--release", "--workspace", "--all-targets"])
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup::run()?;
+    cmd::cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-e2e", "--bins"])?;
+    let root = cmd::workspace_root();
+    let demo = root.join("target/release/sluice-demo");
+    let sluice = root.join("target/release/sluice");
+    cmd::run(
+        std::process::Command::new(&demo)
+            .env("SLUICE_BIN", &sluice)
+            .env("SLUICE_EXAMPLES", root.join("examples")),
+    )
+}
