@@ -1,1 +1,95 @@
-//! admin (placeholder).
+//! Readiness, metrics and admin HTTP endpoints (one listener, `--metrics-addr`):
+//! `/healthz/ready`, `/stats/prometheus`, `/debug/pods` (JSON), `/debug/config_dump` (JSON).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::debug;
+
+use crate::{agent::pods::Pods, config::SnapshotStore, redirect::Kernel, telemetry::metrics::Metrics};
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct State {
+    pub metrics: Arc<Metrics>,
+    pub kernel: Arc<Kernel>,
+    pub pods: Arc<Pods>,
+    pub store: Arc<SnapshotStore>,
+}
+
+/// Binds `addr` and serves until the returned task is aborted.
+pub async fn serve(addr: SocketAddr, state: State) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(req, &state).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!(error = %e, "admin connection");
+                }
+            });
+        }
+    }))
+}
+
+async fn route(req: Request<Incoming>, s: &State) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz/ready" => text(StatusCode::OK, "ready\n".into()),
+        "/stats/prometheus" | "/metrics" => {
+            let totals: Vec<(&'static str, u64)> = s
+                .kernel
+                .counters()
+                .into_iter()
+                .map(|(d, v)| (d.label(), v))
+                .collect();
+            s.metrics.sync_redirect_counters(&totals);
+            text(StatusCode::OK, s.metrics.render())
+        }
+        "/debug/pods" => json(&s.pods.status().await),
+        "/debug/config_dump" => json(&*s.store.load()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/config_dump\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => {
+            let mut r = Response::new(Full::new(Bytes::from(b)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serialization failed: {e}\n"),
+        ),
+    }
+}

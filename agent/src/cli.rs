@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "A sidecarless service-mesh data plane: eBPF capture, one per-node proxy, Istio config")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A sidecarless service-mesh data plane: eBPF capture, one per-node proxy, Istio config"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`.
     #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
@@ -84,6 +88,9 @@ pub struct AgentArgs {
     /// Metrics and readiness listener (Prometheus text at /stats/prometheus, /healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// SPIFFE trust domain of this mesh.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
@@ -94,7 +101,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 5m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 5m"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" => Ok(std::time::Duration::from_secs(n)),

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: error: {e:#}");
+            eprintln!(
+                "sluice: error: {}",
+                sluice::telemetry::logging::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -16,17 +16,17 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, sk_action},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
-    EbpfContext,
 };
 use sluice_common::{
-    connect_verdict, ipv4_is_loopback, ipv6_is_loopback, lookup_verdict, ConnectFacts, ConnectVerdict,
-    Decision, EnrolledPod, InboundKey, LookupVerdict, OrigDstKey, SockAddr, AF_INET, AF_INET6,
-    OUTBOUND_CAPTURE_PORT,
+    AF_INET, AF_INET6, ConnectFacts, ConnectVerdict, Decision, EnrolledPod, InboundKey, LookupVerdict,
+    OUTBOUND_CAPTURE_PORT, OrigDstKey, SockAddr, connect_verdict, ipv4_is_loopback, ipv6_is_loopback,
+    lookup_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -75,6 +75,33 @@ fn enrolled(ctx: &impl EbpfContext) -> bool {
     unsafe { ENROLLED.get(&cookie) }.is_some()
 }
 
+/// Reads `user_ip6` word by word: the verifier only accepts context accesses at constant offsets
+/// from the unmodified context pointer, which a whole-array copy does not compile to.
+#[inline(always)]
+fn read_user_ip6(sa: *const aya_ebpf::bindings::bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: sa is the program's context; each read is a 4-byte context field access.
+    unsafe {
+        [
+            core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[0])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[1])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[2])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[3])),
+        ]
+    }
+}
+
+/// Writes `user_ip6` word by word (see [`read_user_ip6`]).
+#[inline(always)]
+fn write_user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, v: [u32; 4]) {
+    // SAFETY: sa is the program's context; user_ip6 is writable in connect6/getpeername6.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[0]), v[0]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[1]), v[1]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[2]), v[2]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[3]), v[3]);
+    }
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn sluice_connect4(ctx: SockAddrContext) -> i32 {
     connect(&ctx, AF_INET);
@@ -95,14 +122,22 @@ fn connect(ctx: &SockAddrContext, family: u16) {
     if !is_enrolled {
         return;
     }
-    let addr = if family == AF_INET { [sa.user_ip4, 0, 0, 0] } else { sa.user_ip6 };
+    let addr = if family == AF_INET {
+        [sa.user_ip4, 0, 0, 0]
+    } else {
+        read_user_ip6(ctx.sock_addr)
+    };
     // SAFETY: in sock_addr programs `sk` is a non-null full socket.
     let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
     let facts = ConnectFacts {
         enrolled: is_enrolled,
         is_tcp: sa.type_ == SOCK_STREAM && (sa.protocol == IPPROTO_TCP || sa.protocol == 0),
         socket_mark: mark,
-        dst_is_loopback: if family == AF_INET { ipv4_is_loopback(addr[0]) } else { ipv6_is_loopback(addr) },
+        dst_is_loopback: if family == AF_INET {
+            ipv4_is_loopback(addr[0])
+        } else {
+            ipv6_is_loopback(addr)
+        },
     };
     match connect_verdict(&facts) {
         ConnectVerdict::NotEnrolled => {}
@@ -124,7 +159,7 @@ fn connect(ctx: &SockAddrContext, family: u16) {
             if family == AF_INET {
                 sa.user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
             } else {
-                sa.user_ip6 = [0, 0, 0, 1u32.to_be()];
+                write_user_ip6(ctx.sock_addr, [0, 0, 0, 1u32.to_be()]);
             }
             sa.user_port = (OUTBOUND_CAPTURE_PORT.to_be()) as u32;
             count(Decision::OutboundRedirected);
@@ -199,7 +234,7 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
     if family == AF_INET {
         sa.user_ip4 = orig.addr[0];
     } else {
-        sa.user_ip6 = orig.addr;
+        write_user_ip6(ctx.sock_addr, orig.addr);
     }
     sa.user_port = (orig.port.to_be()) as u32;
     count(Decision::PeerNameRestored);
@@ -209,13 +244,30 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
 pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the verifier guarantees ctx points at a valid bpf_sk_lookup.
     let l = unsafe { &*ctx.lookup };
-    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, l.ingress_ifindex) == LookupVerdict::Pass {
+    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, l.ingress_ifindex)
+        == LookupVerdict::Pass
+    {
         return sk_action::SK_PASS;
     }
     let key = if l.family == AF_INET as u32 {
-        InboundKey { family: AF_INET as u32, addr: [l.local_ip4, 0, 0, 0] }
+        InboundKey {
+            family: AF_INET as u32,
+            addr: [l.local_ip4, 0, 0, 0],
+        }
     } else {
-        InboundKey { family: AF_INET6 as u32, addr: l.local_ip6 }
+        // SAFETY: ctx.lookup is the program's context; word-wise constant-offset reads.
+        let addr = unsafe {
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[3])),
+            ]
+        };
+        InboundKey {
+            family: AF_INET6 as u32,
+            addr,
+        }
     };
     // SAFETY: read-only lookup of a plain value.
     if unsafe { IN_PODS.get(&key) }.is_none() {
@@ -228,7 +280,11 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
         }
         Err(e) => {
             // Enrolled pod without its capture listener: refuse rather than deliver uncaptured.
-            count(if e == -2 { Decision::InboundNoListener } else { Decision::InboundAssignFailed });
+            count(if e == -2 {
+                Decision::InboundNoListener
+            } else {
+                Decision::InboundAssignFailed
+            });
             sk_action::SK_DROP
         }
     }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 
 fn build() -> anyhow::Result<()> {
     setup::run()?;
-    cmd::cargo(&["build", "--release", "--workspace", "--all-targets"])
+    cmd::cargo(&["build", "--release", "--all-targets"])
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -18,7 +18,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libpolly-22-dev", "bpf-linker's LLVM 22 link dependency"),
     ("libzstd-dev", "bpf-linker's LLVM 22 link dependency"),
     ("iproute2", "ip netns / veth / routes for the test cluster"),
-    ("containernetworking-plugins", "ptp/bridge/host-local/loopback CNI plugins wire test pods"),
+    (
+        "containernetworking-plugins",
+        "ptp/bridge/host-local/loopback CNI plugins wire test pods",
+    ),
     ("iptables", "tests assert sluice adds no iptables rules"),
     ("nftables", "tests assert sluice adds no nftables rules"),
     ("curl", "HTTP client in tests and demo"),
@@ -50,12 +53,17 @@ pub fn run() -> anyhow::Result<()> {
 
     if !bpf_linker_ok() {
         install_bpf_linker()?;
-        did.push(format!("built bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR}"));
+        did.push(format!(
+            "built bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR}"
+        ));
     }
 
     let took = start.elapsed();
     if did.is_empty() {
-        eprintln!("setup: everything already installed (checked in {:.2}s)", took.as_secs_f64());
+        eprintln!(
+            "setup: everything already installed (checked in {:.2}s)",
+            took.as_secs_f64()
+        );
     } else {
         for d in &did {
             eprintln!("setup: {d}");
@@ -84,7 +92,11 @@ fn missing_packages() -> Vec<String> {
             (status == "ii").then_some(name)
         })
         .collect();
-    names.iter().filter(|n| !installed.contains(n)).map(|n| n.to_string()).collect()
+    names
+        .iter()
+        .filter(|n| !installed.contains(n))
+        .map(|n| n.to_string())
+        .collect()
 }
 
 fn install_packages(missing: &[String]) -> anyhow::Result<()> {
@@ -102,7 +114,11 @@ fn install_packages(missing: &[String]) -> anyhow::Result<()> {
         );
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    cmd::run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -146,8 +162,7 @@ pub fn cargo_home_bin() -> PathBuf {
 
 fn bpf_linker_ok() -> bool {
     let bin = cargo_home_bin().join("bpf-linker");
-    cmd::output(Command::new(&bin).arg("--version"))
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    cmd::output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -155,10 +170,18 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     if !PathBuf::from(&prefix).join("bin/llvm-config").exists() {
         bail!("{prefix}/bin/llvm-config is missing: llvm-{LLVM_MAJOR}-dev did not install correctly");
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes on 2 cores)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes on 2 cores)"
+    );
     cmd::run(
         Command::new(cmd::cargo_bin())
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
             .env("LLVM_PREFIX", &prefix),
     )

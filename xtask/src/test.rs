@@ -1,7 +1,7 @@
 //! `cargo xtask test`: every check CI runs, in order, with one closing `N passed, N failed` line.
 //!
 //! Tiers: formatting and lints (host crates and the eBPF crate), unit and in-process integration
-//! tests (`cargo test --workspace --exclude sluice-e2e`), then the end-to-end suite (`tests/`, real
+//! tests (`cargo test` on every host crate but the e2e one), then the end-to-end suite (`tests/`, real
 //! agents in network namespaces; needs root and a BPF-capable kernel). Without root the end-to-end
 //! tier is skipped with a loud message and counted as skipped, never as passed.
 use std::{
@@ -54,17 +54,28 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let mut t = Tally::default();
 
     if !args.no_lint && !args.e2e_only {
-        t.step("cargo fmt --check", cmd::run(&mut cmd::cargo_cmd(&["fmt", "--all", "--check"])).is_ok());
+        t.step(
+            "cargo fmt --check",
+            cmd::run(&mut cmd::cargo_cmd(&["fmt", "--all", "--check"])).is_ok(),
+        );
         t.step(
             "cargo clippy (host)",
-            cmd::run(&mut cmd::cargo_cmd(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-                .is_ok(),
+            cmd::run(&mut cmd::cargo_cmd(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+            .is_ok(),
         );
         t.step("cargo clippy (eBPF)", cmd::run(&mut ebpf_clippy()).is_ok());
     }
 
     if !args.e2e_only {
-        let mut a = vec!["test", "--workspace", "--exclude", "sluice-e2e"];
+        // Default members minus the e2e crate (the eBPF crate only builds for the bpf target).
+        let mut a = vec!["test", "-p", "sluice", "-p", "sluice-common", "-p", "xtask"];
         if let Some(f) = &args.filter {
             a.extend(["--", f.as_str()]);
         }
@@ -73,7 +84,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
     if !args.no_e2e {
         if cmd::is_root() {
-            cmd::cargo(&["build", "-p", "sluice", "--bins"]).context("building the agent for the e2e suite")?;
+            cmd::cargo(&["build", "-p", "sluice", "--bins"])
+                .context("building the agent for the e2e suite")?;
             let sluice = cmd::workspace_root().join("target/debug/sluice");
             let mut a = vec!["test", "-p", "sluice-e2e"];
             if let Some(f) = &args.filter {
@@ -111,12 +123,21 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
 fn ebpf_clippy() -> Command {
     let mut c = Command::new("rustup");
-    c.args(["run", "nightly", "cargo", "clippy", "-p", "sluice-ebpf", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
-        .current_dir(cmd::workspace_root())
-        .env("PATH", cmd::path_with_cargo_bin())
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    c.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "sluice-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+    ])
+    .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+    .current_dir(cmd::workspace_root())
+    .env("PATH", cmd::path_with_cargo_bin())
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
     c
 }
 
@@ -139,7 +160,10 @@ fn run_tests(tier: &str, mut c: Command, t: &mut Tally) -> anyhow::Result<()> {
                 t.failed += f;
                 t.skipped += i;
             }
-            if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+            if let Some(name) = line
+                .strip_prefix("test ")
+                .and_then(|l| l.strip_suffix(" ... FAILED"))
+            {
                 t.failures.push(format!("{tier}: {name}"));
             }
         }
@@ -176,7 +200,8 @@ mod tests {
 
     #[test]
     fn parses_libtest_summary() {
-        let l = "test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        let l =
+            "test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s";
         assert_eq!(parse_result(l), Some((5, 0, 1)));
         let l = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
         assert_eq!(parse_result(l), Some((3, 2, 0)));

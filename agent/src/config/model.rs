@@ -77,11 +77,16 @@ impl Snapshot {
             .get(&(namespace.to_string(), pod.to_string()))
             .and_then(|p| p.labels.get(DATAPLANE_MODE_LABEL));
         match pod_mode.map(String::as_str) {
-            Some(DATAPLANE_MODE_NONE) => return EnrollDecision::NotEnrolled("pod label istio.io/dataplane-mode=none"),
+            Some(DATAPLANE_MODE_NONE) => {
+                return EnrollDecision::NotEnrolled("pod label istio.io/dataplane-mode=none");
+            }
             Some(DATAPLANE_MODE_AMBIENT) => return EnrollDecision::Enrolled,
             _ => {}
         }
-        let ns_mode = self.namespaces.get(namespace).and_then(|n| n.labels.get(DATAPLANE_MODE_LABEL));
+        let ns_mode = self
+            .namespaces
+            .get(namespace)
+            .and_then(|n| n.labels.get(DATAPLANE_MODE_LABEL));
         match ns_mode.map(String::as_str) {
             Some(DATAPLANE_MODE_AMBIENT) => EnrollDecision::Enrolled,
             _ => EnrollDecision::NotEnrolled("namespace not labelled istio.io/dataplane-mode=ambient"),
@@ -101,8 +106,15 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
         for (file, doc) in docs {
-            let mut cx = Cx { file, doc, diags, object: None };
-            let Some(kind) = cx.string("kind", true) else { continue };
+            let mut cx = Cx {
+                file,
+                doc,
+                diags,
+                object: None,
+            };
+            let Some(kind) = cx.string("kind", true) else {
+                continue;
+            };
             let name = cx.string("metadata.name", true).unwrap_or_default();
             let namespace = cx.string("metadata.namespace", false);
             cx.object = Some(match &namespace {
@@ -126,12 +138,21 @@ impl Snapshot {
                     snap.namespaces.insert(name.clone(), Namespace { name, labels });
                 }
                 "Pod" | "Workload" => {
-                    let sa_path = if kind == "Pod" { "spec.serviceAccountName" } else { "spec.serviceAccount" };
+                    let sa_path = if kind == "Pod" {
+                        "spec.serviceAccountName"
+                    } else {
+                        "spec.serviceAccount"
+                    };
                     let service_account = cx.string(sa_path, false).unwrap_or_else(|| "default".into());
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     snap.pods.insert(
                         (namespace.clone(), name.clone()),
-                        PodEntry { namespace, name, labels, service_account },
+                        PodEntry {
+                            namespace,
+                            name,
+                            labels,
+                            service_account,
+                        },
                     );
                 }
                 k if KNOWN_NOT_ENFORCED.contains(&k) => cx.warning(
@@ -194,7 +215,11 @@ impl Cx<'_> {
                 None
             }
             Some(other) => {
-                self.error(path, format!("must be a non-empty string, found {other}"), "quote the value");
+                self.error(
+                    path,
+                    format!("must be a non-empty string, found {other}"),
+                    "quote the value",
+                );
                 None
             }
         }
@@ -220,7 +245,11 @@ impl Cx<'_> {
                 out
             }
             Some(other) => {
-                self.error(path, format!("must be a map of strings, found {other}"), "write key: \"value\" pairs");
+                self.error(
+                    path,
+                    format!("must be a map of strings, found {other}"),
+                    "write key: \"value\" pairs",
+                );
                 Labels::new()
             }
         }
@@ -234,7 +263,10 @@ mod tests {
 
     fn compile(text: &str) -> (Snapshot, Diagnostics) {
         let docs = yaml::parse(text).expect("yaml");
-        let docs: Vec<_> = docs.into_iter().map(|d| (PathBuf::from("mesh.yaml"), d)).collect();
+        let docs: Vec<_> = docs
+            .into_iter()
+            .map(|d| (PathBuf::from("mesh.yaml"), d))
+            .collect();
         let mut diags = Diagnostics::default();
         let s = Snapshot::compile(&docs, &mut diags);
         (s, diags)
@@ -271,7 +303,11 @@ spec: {serviceAccountName: api-sa}
             ("absent", "x", false),
         ];
         for (ns, pod, want) in cases {
-            assert_eq!(s.enrollment(ns, pod) == EnrollDecision::Enrolled, want, "{ns}/{pod}");
+            assert_eq!(
+                s.enrollment(ns, pod) == EnrollDecision::Enrolled,
+                want,
+                "{ns}/{pod}"
+            );
         }
         assert_eq!(s.service_account("legacy", "api"), "api-sa");
         assert_eq!(s.service_account("shop", "web"), "default");
@@ -282,16 +318,29 @@ spec: {serviceAccountName: api-sa}
         let (_, d) = compile("kind: Namespace\nmetadata:\n  name: a\n  labels:\n    on: 3\n");
         let e: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("mesh.yaml:5:9: error: Namespace/a: field `metadata.labels.on`"), "{}", e[0]);
+        assert!(
+            e[0].starts_with("mesh.yaml:5:9: error: Namespace/a: field `metadata.labels.on`"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
     fn missing_kind_and_duplicates_are_errors_unknown_kinds_warn() {
-        let (_, d) = compile("metadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Frobnicator\nmetadata: {name: f}\n");
+        let (_, d) = compile(
+            "metadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Frobnicator\nmetadata: {name: f}\n",
+        );
         let errors: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("field `kind`: is required"), "{}", errors[0]);
-        assert!(errors[1].contains("duplicate object, first defined at mesh.yaml:3"), "{}", errors[1]);
-        assert!(d.warnings().any(|w| w.message.contains("unknown kind `Frobnicator`")));
+        assert!(
+            errors[1].contains("duplicate object, first defined at mesh.yaml:3"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            d.warnings()
+                .any(|w| w.message.contains("unknown kind `Frobnicator`"))
+        );
     }
 }

@@ -1,0 +1,68 @@
+//! The agent's end of the CNI protocol: a Unix socket in the state directory.
+use std::{path::Path, sync::Arc};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{debug, warn};
+
+use super::pods::Pods;
+use crate::cni::protocol::{MAX_MESSAGE, Reply, Request};
+
+/// Binds the socket (replacing a stale one) and serves requests until the task is dropped.
+pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let pods = pods.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(s, pods).await {
+                            warn!(error = %e, "CNI request failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "CNI socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }))
+}
+
+async fn handle(s: UnixStream, pods: Arc<Pods>) -> std::io::Result<()> {
+    let (r, mut w) = s.into_split();
+    let mut line = String::new();
+    BufReader::new(r.take(MAX_MESSAGE as u64))
+        .read_line(&mut line)
+        .await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Reply::err(format!("malformed request: {e}")),
+        Ok(req) => {
+            debug!(?req, "CNI request");
+            match req {
+                Request::Add { pod } => match pods.add(pod).await {
+                    Ok(enrolled) => Reply::ok(enrolled),
+                    Err(e) => Reply::err(e.to_string()),
+                },
+                Request::Del { pod } => match pods.del(&pod.key()).await {
+                    Ok(()) => Reply::ok(false),
+                    Err(e) => Reply::err(e.to_string()),
+                },
+                Request::Check { pod } => match pods.check(&pod.key()).await {
+                    Ok(enrolled) => Reply::ok(enrolled),
+                    Err(e) => Reply::err(e),
+                },
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}

@@ -1,0 +1,112 @@
+//! The agent process: loads config and eBPF, re-adopts pods, serves the CNI socket and the admin
+//! endpoints, and reconciles enrollment whenever the config changes.
+mod cni_server;
+pub mod pods;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::{error, info};
+
+use crate::{
+    admin,
+    cli::AgentArgs,
+    config::{self, SnapshotStore},
+    proxy::Proxy,
+    redirect::{self, Kernel},
+    telemetry::metrics::Metrics,
+};
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    redirect::sys::init_home().context("cannot open the agent's own network namespace")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+    let (snap, warnings) = match config::files::load_dir(&args.config) {
+        Ok(x) => x,
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    for w in warnings.warnings() {
+        tracing::warn!(target: "sluice::config", "{w}");
+    }
+    let store = SnapshotStore::new(snap);
+
+    let cgroup = match &args.cgroup {
+        Some(c) => c.clone(),
+        None => redirect::kernel::cgroup2_root()?,
+    };
+    let kernel = Arc::new(Kernel::load(&args.bpffs, &cgroup)?);
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Arc::new(Proxy {
+        kernel: kernel.clone(),
+        metrics: metrics.clone(),
+        connect_timeout: args.connect_timeout,
+    });
+    let pods = Arc::new(pods::Pods::new(
+        proxy,
+        store.clone(),
+        redirect::registry::Registry::new(&args.state_dir),
+        args.trust_domain.clone(),
+    ));
+    pods.readopt().await?;
+
+    let _watch = config::files::watch(args.config.clone(), store.clone())
+        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    let reconciler = {
+        let pods = pods.clone();
+        let mut rx = store.subscribe();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                pods.reconcile().await;
+            }
+        })
+    };
+
+    let sock = args.state_dir.join("cni.sock");
+    let cni = cni_server::serve(&sock, pods.clone())
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    let admin = admin::serve(
+        args.metrics_addr,
+        admin::State {
+            metrics,
+            kernel,
+            pods: pods.clone(),
+            store,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    info!(node = %args.node_name, cni_socket = %sock.display(), admin = %args.metrics_addr, "agent ready");
+
+    shutdown_signal().await;
+    // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next agent
+    // re-adopts them.
+    info!("shutting down; enrollment stays pinned for the next agent");
+    cni.abort();
+    admin.abort();
+    reconciler.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "cannot install signal handlers; running until killed");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The pods this node knows (from the CNI plugin, persisted) and which of them are enrolled.
+//!
+//! Enrollment is a reconciliation: the config snapshot says which known pods belong in the mesh;
+//! enrolling opens the pod's capture listeners in its netns, adds it to the kernel maps and attaches
+//! its inbound steering; releasing undoes all three. Established connections are never touched:
+//! they run in their own tasks and sockets.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    sync::Arc,
+};
+
+use serde::Serialize;
+use tokio::{sync::Mutex, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    cni::protocol::PodRef,
+    config::{EnrollDecision, SnapshotStore},
+    proxy::{PodCtx, Proxy},
+    redirect::{
+        KernelError, NetNs,
+        inpod::{self, InPodError, Role},
+        registry::{PodInfo, Registry, RegistryError},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("pod {pod}: network namespace {netns}: {source}")]
+    Netns {
+        pod: String,
+        netns: String,
+        source: std::io::Error,
+    },
+    #[error("pod {pod}: {source}")]
+    InPod { pod: String, source: InPodError },
+    #[error("pod {pod}: {source}")]
+    Kernel { pod: String, source: KernelError },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+struct Enrolled {
+    netns_cookie: u64,
+    ips: Vec<IpAddr>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct State {
+    known: BTreeMap<String, PodInfo>,
+    enrolled: HashMap<String, Enrolled>,
+}
+
+/// One pod's status for the admin API.
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub netns: String,
+    pub ips: Vec<IpAddr>,
+    pub enrolled: bool,
+    pub reason: String,
+    pub netns_cookie: Option<u64>,
+}
+
+pub struct Pods {
+    proxy: Arc<Proxy>,
+    store: Arc<SnapshotStore>,
+    registry: Registry,
+    trust_domain: String,
+    state: Mutex<State>,
+}
+
+fn pod_name(p: &PodInfo) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
+impl Pods {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        store: Arc<SnapshotStore>,
+        registry: Registry,
+        trust_domain: String,
+    ) -> Pods {
+        Pods {
+            proxy,
+            store,
+            registry,
+            trust_domain,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Re-adopts the pods persisted by a previous agent: drops those whose netns is gone, enrolls
+    /// the rest as the config says.
+    pub async fn readopt(&self) -> Result<(), PodError> {
+        let persisted = self.registry.load()?;
+        let mut st = self.state.lock().await;
+        for (key, info) in persisted {
+            if info.netns.exists() {
+                st.known.insert(key, info);
+            } else {
+                info!(pod = %pod_name(&info), netns = %info.netns.display(), "forgetting pod whose netns is gone");
+                self.clean_stale(&key, &info);
+            }
+        }
+        self.registry.save(&st.known)?;
+        info!(pods = st.known.len(), "re-adopted pods from the registry");
+        drop(st);
+        self.reconcile().await;
+        Ok(())
+    }
+
+    fn clean_stale(&self, key: &str, info: &PodInfo) {
+        let k = &self.proxy.kernel;
+        for ip in &info.ips {
+            if let Err(e) = k.remove_inbound(*ip) {
+                warn!(error = %e, "cleaning stale inbound entry");
+            }
+        }
+        if let Err(e) = k.detach_sk_lookup(key) {
+            warn!(error = %e, "cleaning stale sk_lookup link");
+        }
+    }
+
+    /// CNI ADD: registers the pod and, if the config says so, enrolls it before returning.
+    pub async fn add(&self, pod: PodRef) -> Result<bool, PodError> {
+        let info = PodInfo {
+            key: pod.key(),
+            namespace: pod.namespace,
+            name: pod.name,
+            uid: pod.uid,
+            container_id: pod.container_id,
+            netns: pod.netns,
+            ips: pod.ips,
+        };
+        let key = info.key.clone();
+        let mut st = self.state.lock().await;
+        // A re-ADD (sandbox recreated) replaces the old registration.
+        if let Some(old) = st.enrolled.remove(&key) {
+            self.release(&key, old);
+        }
+        st.known.insert(key.clone(), info.clone());
+        self.registry.save(&st.known)?;
+        let snap = self.store.load();
+        match snap.enrollment(&info.namespace, &info.name) {
+            EnrollDecision::Enrolled => {
+                let e = self
+                    .enroll(&info, &snap.service_account(&info.namespace, &info.name))
+                    .await?;
+                st.enrolled.insert(key, e);
+                self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+                Ok(true)
+            }
+            EnrollDecision::NotEnrolled(why) => {
+                info!(pod = %pod_name(&info), reason = why, "pod registered, not enrolled");
+                Ok(false)
+            }
+        }
+    }
+
+    /// CNI DEL: releases and forgets the pod. Unknown pods are fine.
+    pub async fn del(&self, key: &str) -> Result<(), PodError> {
+        let mut st = self.state.lock().await;
+        if let Some(e) = st.enrolled.remove(key) {
+            self.release(key, e);
+        }
+        if let Some(info) = st.known.remove(key) {
+            info!(pod = %pod_name(&info), "pod removed");
+        }
+        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+        self.registry.save(&st.known)?;
+        Ok(())
+    }
+
+    /// CNI CHECK: true when the pod's enrollment matches the config.
+    pub async fn check(&self, key: &str) -> Result<bool, String> {
+        let st = self.state.lock().await;
+        let Some(info) = st.known.get(key) else {
+            return Err(format!("pod {key} is not known to this agent"));
+        };
+        let want = self.store.load().enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
+        let have = st.enrolled.contains_key(key);
+        if want == have {
+            Ok(have)
+        } else {
+            Err(format!("enrolled={have}, config wants enrolled={want}"))
+        }
+    }
+
+    /// Brings every known pod to the state the current snapshot asks for.
+    pub async fn reconcile(&self) {
+        let snap = self.store.load();
+        let mut st = self.state.lock().await;
+        let known: Vec<PodInfo> = st.known.values().cloned().collect();
+        for info in known {
+            let want = snap.enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
+            let have = st.enrolled.contains_key(&info.key);
+            if want && !have {
+                match self
+                    .enroll(&info, &snap.service_account(&info.namespace, &info.name))
+                    .await
+                {
+                    Ok(e) => {
+                        st.enrolled.insert(info.key.clone(), e);
+                    }
+                    Err(e) => warn!(error = %e, "enrollment failed; will retry on the next change"),
+                }
+            } else if !want
+                && have
+                && let Some(e) = st.enrolled.remove(&info.key)
+            {
+                self.release(&info.key, e);
+            }
+        }
+        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+    }
+
+    async fn enroll(&self, info: &PodInfo, service_account: &str) -> Result<Enrolled, PodError> {
+        let pod = pod_name(info);
+        let netns = Arc::new(NetNs::open(&info.netns).map_err(|source| PodError::Netns {
+            pod: pod.clone(),
+            netns: info.netns.display().to_string(),
+            source,
+        })?);
+        let pl = inpod::open_listeners(&netns).map_err(|source| PodError::InPod {
+            pod: pod.clone(),
+            source,
+        })?;
+        let k = &self.proxy.kernel;
+        let kerr = |source| PodError::Kernel {
+            pod: pod.clone(),
+            source,
+        };
+        let result = (|| {
+            for ip in &info.ips {
+                let want_v6 = ip.is_ipv6();
+                let listener = pl.listeners.iter().find(|(r, l)| {
+                    *r == Role::Inbound && l.local_addr().map(|a| a.is_ipv6() == want_v6).unwrap_or(false)
+                });
+                match listener {
+                    Some((_, l)) => k.add_inbound(*ip, &l.as_raw_fd()).map_err(kerr)?,
+                    None => {
+                        warn!(pod = %pod, %ip, "no inbound listener for this address family; not captured")
+                    }
+                }
+            }
+            k.attach_sk_lookup(&info.key, &netns).map_err(kerr)?;
+            k.enroll_outbound(pl.netns_cookie).map_err(kerr)
+        })();
+        if let Err(e) = result {
+            self.release(
+                &info.key,
+                Enrolled {
+                    netns_cookie: pl.netns_cookie,
+                    ips: info.ips.clone(),
+                    accept_loops: vec![],
+                },
+            );
+            return Err(e);
+        }
+        let ctx = Arc::new(PodCtx {
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            service_account: service_account.to_string(),
+            trust_domain: self.trust_domain.clone(),
+            netns,
+            netns_cookie: pl.netns_cookie,
+        });
+        let accept_loops = self.proxy.spawn(ctx, pl.listeners);
+        info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, "pod enrolled");
+        Ok(Enrolled {
+            netns_cookie: pl.netns_cookie,
+            ips: info.ips.clone(),
+            accept_loops,
+        })
+    }
+
+    fn release(&self, key: &str, e: Enrolled) {
+        let k = &self.proxy.kernel;
+        if let Err(err) = k.release_outbound(e.netns_cookie) {
+            warn!(error = %err, "release: outbound");
+        }
+        for ip in &e.ips {
+            if let Err(err) = k.remove_inbound(*ip) {
+                warn!(error = %err, "release: inbound");
+            }
+        }
+        if let Err(err) = k.detach_sk_lookup(key) {
+            warn!(error = %err, "release: sk_lookup");
+        }
+        for t in e.accept_loops {
+            t.abort();
+        }
+        info!(pod = key, "pod released");
+    }
+
+    pub async fn status(&self) -> Vec<PodStatus> {
+        let snap = self.store.load();
+        let st = self.state.lock().await;
+        st.known
+            .values()
+            .map(|p| {
+                let e = st.enrolled.get(&p.key);
+                PodStatus {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    uid: p.uid.clone(),
+                    netns: p.netns.display().to_string(),
+                    ips: p.ips.clone(),
+                    enrolled: e.is_some(),
+                    reason: match snap.enrollment(&p.namespace, &p.name) {
+                        EnrollDecision::Enrolled => "enrolled".into(),
+                        EnrollDecision::NotEnrolled(r) => r.into(),
+                    },
+                    netns_cookie: e.map(|e| e.netns_cookie),
+                }
+            })
+            .collect()
+    }
+}

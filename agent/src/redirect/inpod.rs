@@ -1,0 +1,123 @@
+//! The agent's sockets inside a pod's network namespace: the capture listeners it opens at
+//! enrollment, and the marked sockets it connects from (the mark exempts them from capture).
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd,
+    sync::Arc,
+};
+
+use sluice_common::{AGENT_SOCKET_MARK, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT};
+use tokio::net::{TcpListener, TcpSocket};
+
+use super::sys::{self, NetNs};
+
+/// Listen backlog of the capture listeners.
+const BACKLOG: u32 = 1024;
+
+/// What a listener is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// 15001: redirected outbound connects land here.
+    Outbound,
+    /// 15006: inbound TCP steered by sk_lookup lands here.
+    Inbound,
+}
+
+/// The capture listeners of one enrolled pod.
+pub struct PodListeners {
+    pub netns_cookie: u64,
+    /// (role, listener); IPv6 listeners are absent when the pod has no IPv6 loopback.
+    pub listeners: Vec<(Role, TcpListener)>,
+}
+
+/// Errors opening in-pod sockets; each names the namespace and the address.
+#[derive(Debug, thiserror::Error)]
+pub enum InPodError {
+    #[error("cannot enter network namespace {netns}: {source} (is the pod still running?)")]
+    Enter { netns: String, source: io::Error },
+    #[error("cannot listen on {addr} in network namespace {netns}: {source} (is the port taken by the app?)")]
+    Listen {
+        netns: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot read the netns cookie of {netns}: {source} (needs Linux 5.14+)")]
+    Cookie { netns: String, source: io::Error },
+}
+
+/// Opens the capture listeners in `netns`: 15001 and 15006 on 127.0.0.1, and on ::1 when the pod
+/// has IPv6. They are bound to loopback so nothing outside the pod reaches them directly; the
+/// kernel programs deliver captured traffic to them whatever its address.
+pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
+    let name = netns.path().display().to_string();
+    let mut listeners = Vec::new();
+    let mut cookie = None;
+    for (role, port) in [
+        (Role::Outbound, OUTBOUND_CAPTURE_PORT),
+        (Role::Inbound, INBOUND_CAPTURE_PORT),
+    ] {
+        for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+            let addr = SocketAddr::new(ip, port);
+            let res = netns.run(|| listen(addr)).map_err(|source| InPodError::Enter {
+                netns: name.clone(),
+                source,
+            })?;
+            match res {
+                Ok(l) => {
+                    if cookie.is_none() {
+                        cookie = Some(sys::netns_cookie(l.as_fd()).map_err(|source| InPodError::Cookie {
+                            netns: name.clone(),
+                            source,
+                        })?);
+                    }
+                    listeners.push((role, l));
+                }
+                // A pod without IPv6 has no ::1; IPv4 is mandatory.
+                Err(e) if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {}
+                Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+                Err(source) => {
+                    return Err(InPodError::Listen {
+                        netns: name.clone(),
+                        addr,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let netns_cookie = cookie.ok_or_else(|| InPodError::Cookie {
+        netns: name.clone(),
+        source: io::Error::other("no listener opened"),
+    })?;
+    Ok(PodListeners {
+        netns_cookie,
+        listeners,
+    })
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(BACKLOG)
+}
+
+/// A TCP socket created inside `netns` and marked so the kernel programs leave it alone; connect it
+/// from any thread.
+pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
+    let s = netns.run(|| {
+        if v6 {
+            TcpSocket::new_v6()
+        } else {
+            TcpSocket::new_v4()
+        }
+    })??;
+    sys::set_mark(s.as_fd(), AGENT_SOCKET_MARK)?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}

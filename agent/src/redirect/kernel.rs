@@ -1,0 +1,464 @@
+//! Loading, attaching and pinning the eBPF programs, and the agent's handles on their maps.
+//!
+//! Everything is pinned below the agent's bpffs directory (`--bpffs`) with a layout version in each
+//! name, so a restarted or upgraded agent re-adopts the same maps (its enrolled pods stay enrolled)
+//! and replaces program links without a gap: it attaches its new links first, then removes the old
+//! pinned ones, then pins the new ones.
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SockHash},
+    programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps, links::FdLink, links::PinnedLink},
+};
+use parking_lot::Mutex;
+use sluice_common::{
+    AF_INET, AF_INET6, Decision, ENROLL_OUTBOUND, EnrolledPod, InboundKey, LAYOUT_VERSION, OrigDstKey,
+    SockAddr,
+};
+use tracing::{debug, info, warn};
+
+use super::sys::{self, NetNs};
+
+/// The eBPF object compiled from `ebpf/` by this crate's build script.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
+
+/// ELF map name -> pin file stem.
+const MAPS: &[(&str, &str)] = &[
+    ("ENROLLED", "enrolled"),
+    ("SOCK_ORIG", "sock_orig"),
+    ("ORIG_DST", "orig_dst"),
+    ("IN_PODS", "in_pods"),
+    ("IN_SOCKS", "in_socks"),
+    ("COUNTERS", "counters"),
+];
+
+/// Cgroup programs: ELF program name -> pin stem.
+const CGROUP_PROGRAMS: &[(&str, &str)] = &[
+    ("sluice_connect4", "connect4"),
+    ("sluice_connect6", "connect6"),
+    ("sluice_getpeername4", "getpeername4"),
+    ("sluice_getpeername6", "getpeername6"),
+    ("sluice_sockops", "sockops"),
+];
+
+const SK_LOOKUP_PROGRAM: &str = "sluice_sk_lookup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "{path} is not on a bpffs mount; mount one (`mount -t bpf bpf /sys/fs/bpf`) or pass --bpffs \
+         pointing below an existing bpffs"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("bpffs directory {path}: {source}")]
+    BpffsDir { path: PathBuf, source: io::Error },
+    #[error("cgroup {path}: {source} (pass --cgroup with a cgroup2 directory, or mount cgroup2)")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("no cgroup2 mount found in /proc/self/mountinfo; mount cgroup2 or pass --cgroup")]
+    NoCgroup2,
+    #[error("loading the eBPF object failed: {source} (needs root/CAP_BPF and a kernel with BTF, 6.1+)")]
+    Load { source: Box<aya::EbpfError> },
+    #[error("eBPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("eBPF program {program} was attached without a bpf_link ({detail}); sluice needs Linux 5.7+")]
+    NotALink { program: &'static str, detail: String },
+    #[error("eBPF program {program} is missing from the embedded object (build/ebpf mismatch)")]
+    MissingProgram { program: &'static str },
+    #[error("eBPF map {map} is missing from the embedded object (build/ebpf mismatch)")]
+    MissingMap { map: &'static str },
+    #[error("eBPF map {map}: {op}: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pinning {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+}
+
+impl KernelError {
+    fn map(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+        move |e| KernelError::Map {
+            map,
+            op,
+            source: Box::new(e),
+        }
+    }
+    fn prog(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
+        move |e| KernelError::Program {
+            program,
+            source: Box::new(e),
+        }
+    }
+}
+
+struct Maps {
+    enrolled: BpfHashMap<MapData, u64, EnrolledPod>,
+    orig_dst: BpfHashMap<MapData, OrigDstKey, SockAddr>,
+    in_pods: BpfHashMap<MapData, InboundKey, u32>,
+    in_socks: SockHash<MapData, InboundKey>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded programs and the agent's handles on their pinned maps.
+pub struct Kernel {
+    bpf: Mutex<Ebpf>,
+    dir: PathBuf,
+    maps: Mutex<Maps>,
+    /// Cgroup links kept open (also pinned).
+    _links: Vec<PinnedLink>,
+}
+
+fn pin_name(stem: &str) -> String {
+    format!("sluice_{stem}_v{LAYOUT_VERSION}")
+}
+
+/// Finds the cgroup2 mount point in /proc/self/mountinfo (pure v2 or hybrid).
+pub fn cgroup2_root() -> Result<PathBuf, KernelError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| KernelError::NoCgroup2)?;
+    parse_cgroup2_root(&text).ok_or(KernelError::NoCgroup2)
+}
+
+fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        (fstype == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+impl Kernel {
+    /// Loads the programs, re-adopting pinned maps in `dir`, and attaches the outbound programs to
+    /// `cgroup` (replacing links a previous agent pinned there).
+    pub fn load(dir: &Path, cgroup: &Path) -> Result<Kernel, KernelError> {
+        std::fs::create_dir_all(dir.join("pods")).map_err(|source| KernelError::BpffsDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !sys::is_bpffs(dir).map_err(|source| KernelError::BpffsDir {
+            path: dir.to_path_buf(),
+            source,
+        })? {
+            return Err(KernelError::NotBpffs {
+                path: dir.to_path_buf(),
+            });
+        }
+        let cg = File::open(cgroup).map_err(|source| KernelError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+
+        let pin_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|(m, s)| (*m, dir.join(pin_name(s)))).collect();
+        let mut loader = EbpfLoader::new();
+        for (m, p) in &pin_paths {
+            loader.map_pin_path(m, p.as_path());
+        }
+        let mut bpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| KernelError::Load { source: Box::new(e) })?;
+
+        let mut links = Vec::new();
+        for (name, stem) in CGROUP_PROGRAMS {
+            let link: FdLink = if *name == "sluice_sockops" {
+                let p: &mut SockOps = program(&mut bpf, name)?;
+                p.load().map_err(KernelError::prog(name))?;
+                let id = p
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .map_err(KernelError::prog(name))?;
+                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?).map_err(|e| {
+                    KernelError::NotALink {
+                        program: name,
+                        detail: e.to_string(),
+                    }
+                })?
+            } else {
+                let p: &mut CgroupSockAddr = program(&mut bpf, name)?;
+                p.load().map_err(KernelError::prog(name))?;
+                let id = p
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .map_err(KernelError::prog(name))?;
+                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?).map_err(|e| {
+                    KernelError::NotALink {
+                        program: name,
+                        detail: e.to_string(),
+                    }
+                })?
+            };
+            links.push(replace_pin(link, &dir.join(pin_name(&format!("link_{stem}"))))?);
+        }
+        let p: &mut SkLookup = program(&mut bpf, SK_LOOKUP_PROGRAM)?;
+        p.load().map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?;
+
+        let maps = Maps {
+            enrolled: take_map(&mut bpf, "ENROLLED")?,
+            orig_dst: take_map(&mut bpf, "ORIG_DST")?,
+            in_pods: take_map(&mut bpf, "IN_PODS")?,
+            in_socks: take_map(&mut bpf, "IN_SOCKS")?,
+            counters: take_map(&mut bpf, "COUNTERS")?,
+        };
+        info!(dir = %dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
+        Ok(Kernel {
+            bpf: Mutex::new(bpf),
+            dir: dir.to_path_buf(),
+            maps: Mutex::new(maps),
+            _links: links,
+        })
+    }
+
+    /// Starts capturing outbound connects from the pod whose netns has this cookie.
+    pub fn enroll_outbound(&self, netns_cookie: u64) -> Result<(), KernelError> {
+        let v = EnrolledPod {
+            flags: ENROLL_OUTBOUND,
+            _pad: 0,
+        };
+        self.maps
+            .lock()
+            .enrolled
+            .insert(netns_cookie, v, 0)
+            .map_err(KernelError::map("ENROLLED", "insert"))
+    }
+
+    /// Stops capturing outbound connects (existing connections are untouched).
+    pub fn release_outbound(&self, netns_cookie: u64) -> Result<(), KernelError> {
+        ignore_missing(self.maps.lock().enrolled.remove(&netns_cookie))
+            .map_err(KernelError::map("ENROLLED", "remove"))
+    }
+
+    /// The original destination of a captured outbound connection, consumed.
+    pub fn take_orig_dst(&self, netns_cookie: u64, peer: SocketAddr) -> Option<SocketAddr> {
+        let key = OrigDstKey {
+            netns_cookie,
+            family: if peer.is_ipv4() { AF_INET } else { AF_INET6 },
+            src_port: peer.port(),
+            _pad: 0,
+        };
+        let mut maps = self.maps.lock();
+        let v = maps.orig_dst.get(&key, 0).ok()?;
+        let _ = maps.orig_dst.remove(&key);
+        sock_addr_to_std(&v)
+    }
+
+    /// Marks `ip` as an enrolled pod address and steers its inbound TCP to `listener`.
+    pub fn add_inbound(&self, ip: IpAddr, listener: &impl AsRawFd) -> Result<(), KernelError> {
+        let key = inbound_key(ip);
+        let mut maps = self.maps.lock();
+        maps.in_socks
+            .insert(key, listener.as_raw_fd(), 0)
+            .map_err(KernelError::map("IN_SOCKS", "insert"))?;
+        maps.in_pods
+            .insert(key, 1, 0)
+            .map_err(KernelError::map("IN_PODS", "insert"))
+    }
+
+    /// Forgets an enrolled pod address: its inbound traffic is no longer steered or refused.
+    pub fn remove_inbound(&self, ip: IpAddr) -> Result<(), KernelError> {
+        let key = inbound_key(ip);
+        let mut maps = self.maps.lock();
+        ignore_missing(maps.in_pods.remove(&key)).map_err(KernelError::map("IN_PODS", "remove"))?;
+        ignore_missing(maps.in_socks.remove(&key)).map_err(KernelError::map("IN_SOCKS", "remove"))
+    }
+
+    fn sk_lookup_pin(&self, pod_key: &str) -> PathBuf {
+        self.dir
+            .join("pods")
+            .join(pin_name(&format!("sk_lookup_{pod_key}")))
+    }
+
+    /// Attaches inbound steering to a pod's netns (replacing a link a previous agent pinned).
+    pub fn attach_sk_lookup(&self, pod_key: &str, netns: &NetNs) -> Result<(), KernelError> {
+        let mut bpf = self.bpf.lock();
+        let p: &mut SkLookup = program(&mut bpf, SK_LOOKUP_PROGRAM)?;
+        let id = p
+            .attach(netns.as_fd())
+            .map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?;
+        let link: FdLink = p
+            .take_link(id)
+            .map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?
+            .into();
+        drop(replace_pin(link, &self.sk_lookup_pin(pod_key))?);
+        Ok(())
+    }
+
+    /// Detaches a pod's inbound steering.
+    pub fn detach_sk_lookup(&self, pod_key: &str) -> Result<(), KernelError> {
+        unpin_link(&self.sk_lookup_pin(pod_key))
+    }
+
+    /// Per-decision counters summed over CPUs.
+    pub fn counters(&self) -> Vec<(Decision, u64)> {
+        let maps = self.maps.lock();
+        Decision::ALL
+            .iter()
+            .map(|d| {
+                let v = maps
+                    .counters
+                    .get(&(*d as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*d, v)
+            })
+            .collect()
+    }
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = bpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingProgram { program: name })?;
+    p.try_into().map_err(KernelError::prog(name))
+}
+
+fn take_map<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = bpf.take_map(name).ok_or(KernelError::MissingMap { map: name })?;
+    T::try_from(m).map_err(KernelError::map(name, "open"))
+}
+
+/// Pins `link` at `path`; an older link pinned there is detached only after the new one is live.
+fn replace_pin(link: FdLink, path: &Path) -> Result<PinnedLink, KernelError> {
+    unpin_link(path)?;
+    link.pin(path).map_err(|e| KernelError::Pin {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Removes a pinned link (detaching it once no one else holds it). Missing is fine.
+fn unpin_link(path: &Path) -> Result<(), KernelError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(old) => {
+            let fd = old.unpin().map_err(|e| KernelError::Pin {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            drop(fd);
+            debug!(path = %path.display(), "replaced pinned link");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "stale pin is not a link; removing it");
+            std::fs::remove_file(path).map_err(|e| KernelError::Pin {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })
+        }
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn inbound_key(ip: IpAddr) -> InboundKey {
+    match ip {
+        IpAddr::V4(v4) => InboundKey {
+            family: AF_INET as u32,
+            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        },
+        IpAddr::V6(v6) => InboundKey {
+            family: AF_INET6 as u32,
+            addr: words_from_v6(v6),
+        },
+    }
+}
+
+fn words_from_v6(v6: Ipv6Addr) -> [u32; 4] {
+    let o = v6.octets();
+    [0, 1, 2, 3].map(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+/// Converts the kernel's record (network-order address words, host-order port) to a socket
+/// address; IPv4-mapped IPv6 destinations become IPv4.
+pub fn sock_addr_to_std(v: &SockAddr) -> Option<SocketAddr> {
+    let ip = match v.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::from(v.addr[0].to_ne_bytes())),
+        AF_INET6 => {
+            let mut o = [0u8; 16];
+            for (i, w) in v.addr.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let v6 = Ipv6Addr::from(o);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, v.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_pure_layouts() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_root(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(parse_cgroup2_root("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn address_round_trips_match_kernel_layout() {
+        let v4 = SockAddr {
+            family: AF_INET,
+            port: 8080,
+            _pad: 0,
+            addr: [u32::from_ne_bytes([10, 1, 2, 3]), 0, 0, 0],
+        };
+        assert_eq!(
+            sock_addr_to_std(&v4),
+            Some("10.1.2.3:8080".parse().expect("addr"))
+        );
+        let v6: Ipv6Addr = "fd00::1:2".parse().expect("v6");
+        let s6 = SockAddr {
+            family: AF_INET6,
+            port: 443,
+            _pad: 0,
+            addr: words_from_v6(v6),
+        };
+        assert_eq!(
+            sock_addr_to_std(&s6),
+            Some("[fd00::1:2]:443".parse().expect("addr"))
+        );
+        let mapped: Ipv6Addr = "::ffff:10.0.0.7".parse().expect("v6");
+        let sm = SockAddr {
+            family: AF_INET6,
+            port: 80,
+            _pad: 0,
+            addr: words_from_v6(mapped),
+        };
+        assert_eq!(sock_addr_to_std(&sm), Some("10.0.0.7:80".parse().expect("addr")));
+        assert_eq!(inbound_key("10.1.2.3".parse().expect("ip")).addr[0], v4.addr[0]);
+    }
+}
