@@ -244,31 +244,45 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
 pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the verifier guarantees ctx points at a valid bpf_sk_lookup.
     let l = unsafe { &*ctx.lookup };
-    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, l.ingress_ifindex)
-        == LookupVerdict::Pass
+    let (key, remote_is_local) = if l.family == AF_INET as u32 {
+        (
+            InboundKey {
+                family: AF_INET as u32,
+                addr: [l.local_ip4, 0, 0, 0],
+            },
+            l.remote_ip4 == l.local_ip4,
+        )
+    } else {
+        // SAFETY: ctx.lookup is the program's context; word-wise constant-offset reads.
+        let (local, remote) = unsafe {
+            let p = ctx.lookup;
+            (
+                [
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[0])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[1])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[2])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[3])),
+                ],
+                [
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[0])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[1])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[2])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[3])),
+                ],
+            )
+        };
+        (
+            InboundKey {
+                family: AF_INET6 as u32,
+                addr: local,
+            },
+            local == remote,
+        )
+    };
+    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, remote_is_local) == LookupVerdict::Pass
     {
         return sk_action::SK_PASS;
     }
-    let key = if l.family == AF_INET as u32 {
-        InboundKey {
-            family: AF_INET as u32,
-            addr: [l.local_ip4, 0, 0, 0],
-        }
-    } else {
-        // SAFETY: ctx.lookup is the program's context; word-wise constant-offset reads.
-        let addr = unsafe {
-            [
-                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[0])),
-                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[1])),
-                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[2])),
-                core::ptr::read_volatile(core::ptr::addr_of!((*ctx.lookup).local_ip6[3])),
-            ]
-        };
-        InboundKey {
-            family: AF_INET6 as u32,
-            addr,
-        }
-    };
     // SAFETY: read-only lookup of a plain value.
     if unsafe { IN_PODS.get(&key) }.is_none() {
         return sk_action::SK_PASS;

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use notify::{RecursiveMode, Watcher as _};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -100,7 +100,13 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn watch(dir: PathBuf, store: Arc<SnapshotStore>) -> Result<WatchGuard, notify::Error> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reading the files ourselves produces access events; only changes count.
+        if let Ok(ev) = res
+            && matches!(
+                ev.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+            )
+        {
             let _ = tx.try_send(());
         }
     })?;

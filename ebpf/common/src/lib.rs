@@ -201,14 +201,15 @@ pub enum LookupVerdict {
     Steer,
 }
 
-/// Loopback interface index, the same in every network namespace.
-pub const LOOPBACK_IFINDEX: u32 = 1;
-
-/// Decides one inbound lookup: everything but the agent's own ports and traffic arriving over
-/// loopback (which includes the agent's own connections to the application) is steered.
+/// Decides one inbound lookup: everything but the agent's own ports and traffic a pod sends to
+/// itself (source address equal to the destination address, which is how the agent's own delivery
+/// connections to the application arrive) is steered.
+///
+/// `ingress_ifindex` cannot tell local traffic apart: for a connection to the pod's own address it
+/// carries the ifindex of the interface owning that address, not loopback's.
 #[inline(always)]
-pub fn lookup_verdict(is_tcp: bool, local_port: u16, ingress_ifindex: u32) -> LookupVerdict {
-    if !is_tcp || ingress_ifindex == LOOPBACK_IFINDEX {
+pub fn lookup_verdict(is_tcp: bool, local_port: u16, remote_is_local: bool) -> LookupVerdict {
+    if !is_tcp || remote_is_local {
         return LookupVerdict::Pass;
     }
     match local_port {
@@ -312,11 +313,11 @@ mod tests {
 
     #[test]
     fn lookup_verdicts() {
-        assert_eq!(lookup_verdict(true, 8080, 2), LookupVerdict::Steer);
-        assert_eq!(lookup_verdict(true, 8080, LOOPBACK_IFINDEX), LookupVerdict::Pass);
-        assert_eq!(lookup_verdict(false, 8080, 2), LookupVerdict::Pass);
+        assert_eq!(lookup_verdict(true, 8080, false), LookupVerdict::Steer);
+        assert_eq!(lookup_verdict(true, 8080, true), LookupVerdict::Pass);
+        assert_eq!(lookup_verdict(false, 8080, false), LookupVerdict::Pass);
         for p in [OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, INBOUND_HBONE_PORT] {
-            assert_eq!(lookup_verdict(true, p, 2), LookupVerdict::Pass, "port {p}");
+            assert_eq!(lookup_verdict(true, p, false), LookupVerdict::Pass, "port {p}");
         }
     }
 

@@ -1,0 +1,739 @@
+//! Topology builder: router, nodes, pods, agents; RAII cleanup.
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::sys;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const CNI_DIR: &str = "/usr/lib/cni";
+const ADMIN_PORT: u16 = 15020;
+
+/// A pod: its sandbox netns, cgroup, addresses and identity.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: usize,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub ipv4: IpAddr,
+    pub ipv6: Option<IpAddr>,
+    container_id: String,
+    cni_result: Value,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.netns)
+    }
+}
+
+struct Node {
+    name: String,
+    netns: String,
+    cgroup: PathBuf,
+    state: PathBuf,
+    bpffs: PathBuf,
+    agent: Mutex<Option<Child>>,
+}
+
+/// A simulated cluster. Drop removes everything it created.
+pub struct Cluster {
+    pub id: String,
+    tmp: PathBuf,
+    bpffs: PathBuf,
+    cgroup: PathBuf,
+    router: String,
+    nodes: Vec<Node>,
+    /// The mesh config directory every agent watches.
+    pub mesh_dir: PathBuf,
+    cni_bin: PathBuf,
+    sluice: PathBuf,
+    pods: Mutex<Vec<Pod>>,
+    procs: Mutex<Vec<Child>>,
+}
+
+/// The sluice binary under test: `SLUICE_BIN`, else `target/debug/sluice`.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice")
+}
+
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    text.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup2 mount")
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    sys::run_ok(Command::new("ip").args(args)).map_err(Into::into)
+}
+
+fn ipn(netns: &str, args: &[&str]) -> anyhow::Result<()> {
+    sys::run_ok(Command::new("ip").arg("-n").arg(netns).args(args)).map_err(Into::into)
+}
+
+fn sysctl_in(netns: &str, kv: &[&str]) -> anyhow::Result<()> {
+    let mut c = Command::new("sysctl");
+    c.arg("-qw").args(kv);
+    sys::enter_on_spawn(&mut c, &PathBuf::from("/var/run/netns").join(netns), None)?;
+    sys::run_ok(&mut c).map_err(Into::into)
+}
+
+impl Cluster {
+    /// Builds `nodes` nodes (not started: call [`Cluster::start_agent`]) joined by a router.
+    pub fn new(nodes: usize) -> anyhow::Result<Cluster> {
+        sweep_stale();
+        let sluice = sluice_bin();
+        if !sluice.exists() {
+            bail!(
+                "sluice binary {} not found: build it (`cargo build -p sluice`) or set SLUICE_BIN",
+                sluice.display()
+            );
+        }
+        let id = format!(
+            "{:x}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let tmp = PathBuf::from("/tmp/sluice-e2e").join(&id);
+        let cgroup = cgroup2_root()?.join("sluice-e2e").join(&id);
+        let mut c = Cluster {
+            router: format!("sl{id}r"),
+            bpffs: tmp.join("bpffs"),
+            mesh_dir: tmp.join("mesh"),
+            cni_bin: tmp.join("cni-bin"),
+            tmp,
+            cgroup,
+            nodes: Vec::new(),
+            id,
+            sluice,
+            pods: Mutex::new(Vec::new()),
+            procs: Mutex::new(Vec::new()),
+        };
+        c.build(nodes)?;
+        Ok(c)
+    }
+
+    fn build(&mut self, nodes: usize) -> anyhow::Result<()> {
+        fs::create_dir_all(&self.bpffs)?;
+        fs::create_dir_all(&self.mesh_dir)?;
+        fs::create_dir_all(&self.cni_bin)?;
+        fs::create_dir_all(&self.cgroup)?;
+        sys::mount_bpffs(&self.bpffs)?;
+        std::os::unix::fs::symlink(&self.sluice, self.cni_bin.join("sluice-cni"))?;
+        ip(&["netns", "add", &self.router])?;
+        ipn(&self.router, &["link", "set", "lo", "up"])?;
+        sysctl_in(
+            &self.router,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
+        for i in 1..=nodes {
+            let name = format!("node{i}");
+            let netns = format!("sl{}n{i}", self.id);
+            let node_if = format!("sl{}n{i}", self.id);
+            let rtr_if = format!("sl{}r{i}", self.id);
+            ip(&["netns", "add", &netns])?;
+            ipn(&netns, &["link", "set", "lo", "up"])?;
+            sysctl_in(
+                &netns,
+                &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+            )?;
+            ip(&[
+                "link",
+                "add",
+                &node_if,
+                "netns",
+                &netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &rtr_if,
+                "netns",
+                &self.router,
+            ])?;
+            ipn(
+                &netns,
+                &["addr", "add", &format!("10.255.{i}.2/24"), "dev", &node_if],
+            )?;
+            ipn(
+                &netns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("fd00:255:{i}::2/64"),
+                    "dev",
+                    &node_if,
+                    "nodad",
+                ],
+            )?;
+            ipn(&netns, &["link", "set", &node_if, "up"])?;
+            ipn(
+                &netns,
+                &["route", "add", "default", "via", &format!("10.255.{i}.1")],
+            )?;
+            ipn(
+                &netns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("fd00:255:{i}::1"),
+                ],
+            )?;
+            ipn(
+                &self.router,
+                &["addr", "add", &format!("10.255.{i}.1/24"), "dev", &rtr_if],
+            )?;
+            ipn(
+                &self.router,
+                &[
+                    "addr",
+                    "add",
+                    &format!("fd00:255:{i}::1/64"),
+                    "dev",
+                    &rtr_if,
+                    "nodad",
+                ],
+            )?;
+            ipn(&self.router, &["link", "set", &rtr_if, "up"])?;
+            ipn(
+                &self.router,
+                &[
+                    "route",
+                    "add",
+                    &format!("10.10.{i}.0/24"),
+                    "via",
+                    &format!("10.255.{i}.2"),
+                ],
+            )?;
+            ipn(
+                &self.router,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:10:{i}::/64"),
+                    "via",
+                    &format!("fd00:255:{i}::2"),
+                ],
+            )?;
+            let cgroup = self.cgroup.join(&name);
+            fs::create_dir_all(cgroup.join("agent"))?;
+            let state = self.tmp.join(&name);
+            fs::create_dir_all(&state)?;
+            self.nodes.push(Node {
+                bpffs: self.bpffs.join(&name),
+                name,
+                netns,
+                cgroup,
+                state,
+                agent: Mutex::new(None),
+            });
+        }
+        Ok(())
+    }
+
+    fn node(&self, n: usize) -> &Node {
+        &self.nodes[n - 1]
+    }
+
+    /// Path of node `n`'s netns.
+    pub fn node_netns(&self, n: usize) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.node(n).netns)
+    }
+
+    /// The router namespace (a host outside the mesh).
+    pub fn router_netns(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.router)
+    }
+
+    /// Writes a mesh config file (agents reload it).
+    pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.mesh_dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, self.mesh_dir.join(file))?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) node `n`'s agent and waits until it is ready.
+    pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
+        let node = self.node(n);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.state.join("agent.log"))?;
+        let mut cmd = Command::new(&self.sluice);
+        cmd.args([
+            "agent",
+            "--log-level",
+            "info,sluice=debug",
+            "--node-name",
+            &node.name,
+        ])
+        .arg("--config")
+        .arg(&self.mesh_dir)
+        .arg("--cgroup")
+        .arg(&node.cgroup)
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .arg("--state-dir")
+        .arg(node.state.join("run"))
+        .args(["--metrics-addr", &format!("0.0.0.0:{ADMIN_PORT}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&node.cgroup.join("agent")))?;
+        let mut child = cmd.spawn().context("spawning the agent")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "agent on {} exited during start-up ({st}):\n{}",
+                    node.name,
+                    self.agent_log(n)
+                );
+            }
+            if self
+                .agent_get(n, "/healthz/ready")
+                .map(|b| b.starts_with("ready"))
+                .unwrap_or(false)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("agent on {} not ready in 20 s:\n{}", node.name, self.agent_log(n));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *node.agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `n`'s agent (no cleanup runs in it).
+    pub fn kill_agent(&self, n: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self
+            .node(n)
+            .agent
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .take()
+        {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self, n: usize) -> String {
+        fs::read_to_string(self.node(n).state.join("agent.log")).unwrap_or_default()
+    }
+
+    /// GET `path` from node `n`'s agent admin port; the body.
+    pub fn agent_get(&self, n: usize, path: &str) -> anyhow::Result<String> {
+        let path = path.to_string();
+        sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<String> {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], ADMIN_PORT).into(),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            let (head, body) = buf.split_once("\r\n\r\n").context("malformed HTTP response")?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("GET {path}: {head}");
+            }
+            Ok(body.to_string())
+        })?
+    }
+
+    /// Sum of a metric's samples on node `n` whose labels contain every `k="v"` in `labels`.
+    pub fn metric(&self, n: usize, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let text = self.agent_get(n, "/stats/prometheus")?;
+        Ok(sum_metric(&text, name, labels))
+    }
+
+    /// Creates a pod on node `n` the way a container runtime does: sandbox netns, `loopback`, then
+    /// the conflist `ptp` (host-local IPAM, v4+v6) -> `sluice-cni` with prevResult.
+    pub fn add_pod(&self, n: usize, namespace: &str, name: &str) -> anyhow::Result<Pod> {
+        let (pod, result) = self.try_add_pod(n, namespace, name)?;
+        result.map_err(|e| anyhow::anyhow!("CNI ADD for {namespace}/{name} failed: {e}"))?;
+        Ok(pod)
+    }
+
+    /// Like [`Cluster::add_pod`] but returns the sluice-cni outcome (stdout JSON on failure)
+    /// instead of failing, for tests of the CNI's error path.
+    pub fn try_add_pod(
+        &self,
+        n: usize,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<(Pod, Result<(), String>)> {
+        let node = self.node(n);
+        let idx = self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
+        let netns = format!("sl{}p{idx}", self.id);
+        ip(&["netns", "add", &netns])?;
+        let cgroup = node.cgroup.join(name);
+        fs::create_dir_all(&cgroup)?;
+        let container_id = format!("{}-{idx}", self.id);
+        let uid = format!("uid-{}-{idx}", self.id);
+        let mut pod = Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid,
+            node: n,
+            netns,
+            cgroup,
+            ipv4: IpAddr::from([0, 0, 0, 0]),
+            ipv6: None,
+            container_id,
+            cni_result: Value::Null,
+        };
+        // The pod is tracked from here on so cleanup removes its netns and cgroup on any failure.
+        self.pods
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(pod.clone());
+        sysctl_in(
+            &pod.netns,
+            &[
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
+        self.cni(n, &pod, "ADD", json!({"type": "loopback"}), None)
+            .map_err(anyhow::Error::msg)?;
+        let ptp = self
+            .cni(n, &pod, "ADD", self.ptp_conf(n), None)
+            .map_err(anyhow::Error::msg)?;
+        pod.cni_result = ptp.clone();
+        for ipc in ptp["ips"].as_array().into_iter().flatten() {
+            let addr: IpAddr = ipc["address"]
+                .as_str()
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .parse()?;
+            if addr.is_ipv4() {
+                pod.ipv4 = addr
+            } else {
+                pod.ipv6 = Some(addr)
+            }
+        }
+        if let Some(p) = self
+            .pods
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .iter_mut()
+            .find(|p| p.netns == pod.netns)
+        {
+            *p = pod.clone();
+        }
+        let sluice = self
+            .cni(n, &pod, "ADD", self.sluice_conf(n), Some(ptp))
+            .map(|_| ());
+        Ok((pod, sluice))
+    }
+
+    /// Deletes a pod as the runtime does (CNI DEL in reverse order), then its netns.
+    pub fn remove_pod(&self, pod: &Pod) -> anyhow::Result<()> {
+        let prev = Some(pod.cni_result.clone());
+        self.cni(pod.node, pod, "DEL", self.sluice_conf(pod.node), prev.clone())
+            .map_err(anyhow::Error::msg)?;
+        self.cni(pod.node, pod, "DEL", self.ptp_conf(pod.node), prev)
+            .map_err(anyhow::Error::msg)?;
+        ip(&["netns", "del", &pod.netns])?;
+        Ok(())
+    }
+
+    fn ptp_conf(&self, n: usize) -> Value {
+        json!({
+            "type": "ptp", "ipMasq": false, "mtu": 1500,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.tmp.join("ipam").join(n.to_string()),
+                "ranges": [[{"subnet": format!("10.10.{n}.0/24")}], [{"subnet": format!("fd00:10:{n}::/64")}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+            }
+        })
+    }
+
+    fn sluice_conf(&self, n: usize) -> Value {
+        json!({"type": "sluice-cni", "agentSocket": self.node(n).state.join("run/cni.sock")})
+    }
+
+    /// Runs one CNI plugin in node `n`'s netns; Ok(result JSON) or Err(stdout+stderr).
+    pub fn cni(
+        &self,
+        n: usize,
+        pod: &Pod,
+        command: &str,
+        mut conf: Value,
+        prev: Option<Value>,
+    ) -> Result<Value, String> {
+        let typ = conf["type"].as_str().unwrap_or_default().to_string();
+        conf["cniVersion"] = json!("1.0.0");
+        conf["name"] = json!("sluice-e2e");
+        if let Some(p) = prev {
+            conf["prevResult"] = p;
+        }
+        let bin = [self.cni_bin.join(&typ), Path::new(CNI_DIR).join(&typ)]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                format!(
+                    "CNI plugin {typ} not found in {} or {CNI_DIR}",
+                    self.cni_bin.display()
+                )
+            })?;
+        let mut cmd = Command::new(&bin);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.container_id)
+            .env("CNI_NETNS", pod.netns_path())
+            .env("CNI_IFNAME", if typ == "loopback" { "lo" } else { "eth0" })
+            .env("CNI_PATH", format!("{}:{CNI_DIR}", self.cni_bin.display()))
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                    pod.namespace, pod.name, pod.uid
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        sys::enter_on_spawn(&mut cmd, &self.node_netns(n), None).map_err(|e| e.to_string())?;
+        let out = run_with_stdin(cmd, conf.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "{typ} {command} exit {}: {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if stdout.trim().is_empty() {
+            Ok(Value::Null)
+        } else {
+            serde_json::from_str(&stdout).map_err(|e| e.to_string())
+        }
+    }
+
+    /// A command that will run inside `pod` (its netns and cgroup); not started.
+    pub fn pod_command(&self, pod: &Pod, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let mut c = Command::new(program);
+        sys::enter_on_spawn(&mut c, &pod.netns_path(), Some(&pod.cgroup))?;
+        Ok(c)
+    }
+
+    /// Starts a long-running process in `pod`; it is killed when the cluster drops.
+    pub fn spawn_in_pod(&self, pod: &Pod, mut cmd: Command) -> anyhow::Result<()> {
+        let _ = pod;
+        let child = cmd.stdin(Stdio::null()).spawn()?;
+        self.procs
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(child);
+        Ok(())
+    }
+
+    /// Runs a command to completion inside netns `netns` (no cgroup), with a timeout.
+    pub fn run_in_netns(&self, netns: &Path, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut c = Command::new(program);
+        c.args(args);
+        sys::enter_on_spawn(&mut c, netns, None)?;
+        Ok(c.stdin(Stdio::null()).output()?)
+    }
+
+    fn cleanup(&mut self) {
+        let mut errors = Vec::new();
+        if let Ok(mut procs) = self.procs.lock() {
+            for c in procs.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for n in &self.nodes {
+            if let Ok(mut a) = n.agent.lock()
+                && let Some(mut c) = a.take()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let pods: Vec<Pod> = self.pods.lock().map(|p| p.clone()).unwrap_or_default();
+        for p in &pods {
+            kill_cgroup(&p.cgroup);
+            if let Err(e) = ip(&["netns", "del", &p.netns]) {
+                errors.push(e.to_string());
+            }
+        }
+        for n in &self.nodes {
+            kill_cgroup(&n.cgroup.join("agent"));
+            let _ = ip(&["netns", "del", &n.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.router]);
+        remove_cgroup_tree(&self.cgroup);
+        if let Err(e) = sys::umount(&self.bpffs) {
+            errors.push(e.to_string());
+        }
+        if std::env::var_os("SLUICE_E2E_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+        if !errors.is_empty() {
+            eprintln!("cluster {} cleanup: {}", self.id, errors.join("; "));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in 1..=self.nodes.len() {
+                let log = self.agent_log(n);
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("---- agent log node{n} (last 60 lines) ----");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.cleanup();
+    }
+}
+
+fn run_with_stdin(mut cmd: Command, input: &[u8]) -> std::io::Result<Output> {
+    use std::io::Write as _;
+    let mut child = cmd.spawn()?;
+    if let Some(mut s) = child.stdin.take() {
+        s.write_all(input)?;
+    }
+    child.wait_with_output()
+}
+
+/// Kills every process in a cgroup (cgroup.kill) and waits for it to empty.
+fn kill_cgroup(cg: &Path) {
+    if !cg.exists() {
+        return;
+    }
+    let _ = fs::write(cg.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match fs::read_to_string(cg.join("cgroup.procs")) {
+            Ok(s) if s.trim().is_empty() => return,
+            Err(_) => return,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn remove_cgroup_tree(cg: &Path) {
+    if let Ok(entries) = fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    kill_cgroup(cg);
+    let _ = fs::remove_dir(cg);
+}
+
+/// Removes resources of earlier runs whose process is gone (a SIGKILLed test cannot clean up).
+/// Only names this harness creates (`sl<pid>x<n>...`, `/tmp/sluice-e2e/<pid>x<n>`) are touched.
+fn sweep_stale() {
+    let dead = |id: &str| -> bool {
+        id.split_once('x')
+            .and_then(|(pid, _)| u32::from_str_radix(pid, 16).ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if let Some(rest) = name.strip_prefix("sl")
+                && rest.contains('x')
+                && dead(rest)
+            {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(root) = cgroup2_root()
+        && let Ok(entries) = fs::read_dir(root.join("sluice-e2e"))
+    {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/tmp/sluice-e2e") {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                let _ = sys::umount(&e.path().join("bpffs"));
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Sums the samples of `name` whose label set contains every `k="v"`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            let ok = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_matching_series() {
+        let t =
+            "# HELP x\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\ny_total 9\nx_total_other 1\n";
+        assert_eq!(super::sum_metric(t, "x_total", &[("a", "1")]), 7.0);
+        assert_eq!(super::sum_metric(t, "x_total", &[("b", "3")]), 4.0);
+        assert_eq!(super::sum_metric(t, "y_total", &[]), 9.0);
+        assert_eq!(super::sum_metric(t, "z", &[]), 0.0);
+    }
+}
