@@ -110,6 +110,299 @@ fn outbound_tcp_is_captured_byte_exact_with_real_peer() {
     }
 }
 
+fn steered(c: &Cluster, node: usize) -> f64 {
+    c.metric(
+        node,
+        "sluice_redirect_decisions_total",
+        &[("decision", "inbound_steered")],
+    )
+    .expect("metrics")
+}
+
+fn inbound_opened(c: &Cluster, node: usize, workload: &str) -> f64 {
+    c.metric(
+        node,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "destination"), ("destination_workload", workload)],
+    )
+    .expect("metrics")
+}
+
+#[test]
+fn inbound_tcp_from_outside_the_mesh_is_captured_on_any_port() {
+    if !require_root("inbound_tcp_from_outside_the_mesh_is_captured_on_any_port") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    let outsider = w.c.add_pod(1, "plain", "outsider").expect("outsider pod");
+    let rows: Vec<(&str, IpAddr, u16)> = vec![
+        ("v4 8080", w.far.ipv4, 8080),
+        ("v4 9090", w.far.ipv4, 9090),
+        ("v6 9090", w.far.ipv6.expect("v6"), 9090),
+    ];
+    for (name, ip, port) in rows {
+        let dst = SocketAddr::new(ip, port);
+        let (s0, o0, r0) = (
+            steered(&w.c, 2),
+            inbound_opened(&w.c, 2, "far"),
+            redirected(&w.c, 1),
+        );
+        let r = p.client(&w.c, &outsider, dst, MIB, 0).expect(name);
+        assert!(r.ok, "{name}: {}", r.error);
+        assert_eq!(r.peer, dst.to_string(), "{name}");
+        assert_eq!(
+            redirected(&w.c, 1),
+            r0,
+            "{name}: a pod outside the mesh must not be captured outbound"
+        );
+        assert!(
+            steered(&w.c, 2) > s0,
+            "{name}: sk_lookup did not steer the connection"
+        );
+        assert_eq!(
+            inbound_opened(&w.c, 2, "far"),
+            o0 + 1.0,
+            "{name}: the destination agent did not report it"
+        );
+    }
+}
+
+#[test]
+fn pods_outside_the_mesh_and_opted_out_pods_are_untouched() {
+    if !require_root("pods_outside_the_mesh_and_opted_out_pods_are_untouched") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    let plain_client = w.c.add_pod(1, "plain", "plain-client").expect("pod");
+    let plain_server = w.c.add_pod(2, "plain", "plain-server").expect("pod");
+    let optout = w.c.add_pod(1, "mesh", "optout").expect("pod");
+    p.serve(&w.c, &plain_server, &[8080]).expect("server");
+    p.serve(&w.c, &optout, &[8080]).expect("server");
+    let status = w.c.agent_get(1, "/debug/pods").expect("status");
+    let pods: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let enrolled = |name: &str| {
+        pods.as_array()
+            .expect("array")
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["enrolled"] == true)
+    };
+    assert_eq!(enrolled("optout"), Some(false), "{status}");
+    assert_eq!(enrolled("plain-client"), Some(false), "{status}");
+    assert_eq!(enrolled("client"), Some(true), "{status}");
+    let rows: Vec<(&str, &Pod, &Pod)> = vec![
+        ("plain -> plain", &plain_client, &plain_server),
+        ("opted-out -> plain", &optout, &plain_server),
+        ("plain -> opted-out", &plain_client, &optout),
+    ];
+    for (name, from, to) in rows {
+        let dst = SocketAddr::new(to.ipv4, 8080);
+        let before: Vec<f64> = (1..=2)
+            .flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)])
+            .collect();
+        let r = p.client(&w.c, from, dst, 64 * 1024, 0).expect(name);
+        assert!(r.ok, "{name}: {}", r.error);
+        assert_eq!(
+            r.server_saw, r.local,
+            "{name}: the server must see the client's own address"
+        );
+        let after: Vec<f64> = (1..=2)
+            .flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)])
+            .collect();
+        assert_eq!(
+            before, after,
+            "{name}: no kernel program may act on pods outside the mesh"
+        );
+    }
+}
+
+#[test]
+fn label_removal_stops_capture_quickly_and_keeps_established_connections() {
+    if !require_root("label_removal_stops_capture_quickly_and_keeps_established_connections") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    let dst = SocketAddr::new(w.far.ipv4, 8080);
+    // A captured connection that stays open across both label changes (8 s of trickled bytes).
+    let long = p
+        .client_bg(&w.c, &w.client, dst, 256 * 1024, 8000)
+        .expect("long client");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    w.c.write_config("namespaces.yaml", &namespaces(false))
+        .expect("unlabel");
+    let released = wait_for(|| {
+        let r0 = redirected(&w.c, 1);
+        let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
+        r.ok && redirected(&w.c, 1) == r0
+    });
+    assert!(
+        released.is_some_and(|t| t <= 2.0),
+        "capture still on {released:?} s after removing the label"
+    );
+
+    w.c.write_config("namespaces.yaml", &namespaces(true))
+        .expect("relabel");
+    let resumed = wait_for(|| {
+        let r0 = redirected(&w.c, 1);
+        let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
+        r.ok && redirected(&w.c, 1) > r0
+    });
+    assert!(
+        resumed.is_some_and(|t| t <= 2.0),
+        "capture not back {resumed:?} s after re-adding the label"
+    );
+
+    let r = long.join().expect("thread").expect("report");
+    assert!(r.ok, "the established connection broke: {}", r.error);
+}
+
+/// Polls `f` every 100 ms for up to 5 s; the seconds it took to become true.
+fn wait_for(mut f: impl FnMut() -> bool) -> Option<f64> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if f() {
+            return Some(start.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn killed_agent_restarts_and_readopts_its_pods() {
+    if !require_root("killed_agent_restarts_and_readopts_its_pods") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    let dst = SocketAddr::new(w.far.ipv4, 9090);
+    assert!(p.client(&w.c, &w.client, dst, 4096, 0).expect("before").ok);
+
+    w.c.kill_agent(1).expect("kill -9");
+    // While the agent is down, enrolled pods fail closed: the connect is still redirected to the
+    // (now absent) capture listener and refused, never sent around the mesh.
+    let down = p.client(&w.c, &w.client, dst, 4096, 0).expect("during");
+    assert!(
+        !down.ok,
+        "a connection bypassed the mesh while the agent was down"
+    );
+
+    w.c.start_agent(1).expect("restart");
+    let before = redirected(&w.c, 1);
+    let r = p.client(&w.c, &w.client, dst, MIB, 0).expect("after");
+    assert!(r.ok, "after restart: {}", r.error);
+    assert_eq!(r.peer, dst.to_string());
+    assert!(redirected(&w.c, 1) > before, "not captured after the restart");
+    assert!(
+        w.c.agent_log(1)
+            .contains("re-adopted pods from the registry pods=2"),
+        "{}",
+        w.c.agent_log(1)
+    );
+    // Inbound to a pod of the restarted node is captured again too.
+    let (s0, o0) = (steered(&w.c, 1), inbound_opened(&w.c, 1, "near"));
+    let r = p
+        .client(&w.c, &w.far, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
+        .expect("inbound");
+    assert!(r.ok, "inbound after restart: {}", r.error);
+    assert!(steered(&w.c, 1) > s0);
+    assert_eq!(inbound_opened(&w.c, 1, "near"), o0 + 1.0);
+}
+
+#[test]
+fn sluice_adds_no_iptables_or_nftables_rules() {
+    if !require_root("sluice_adds_no_iptables_or_nftables_rules") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    assert!(
+        p.client(&w.c, &w.client, SocketAddr::new(w.far.ipv4, 8080), 4096, 0)
+            .expect("traffic")
+            .ok
+    );
+    let namespaces = [
+        ("node1", w.c.node_netns(1)),
+        ("node2", w.c.node_netns(2)),
+        ("client", w.client.netns_path()),
+        ("far", w.far.netns_path()),
+    ];
+    for (name, ns) in namespaces {
+        let ipt =
+            w.c.run_in_netns(&ns, "iptables-save", &[])
+                .expect("iptables-save");
+        let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .map(str::to_string)
+            .collect();
+        assert!(rules.is_empty(), "{name}: iptables rules present: {rules:?}");
+        let nft = w.c.run_in_netns(&ns, "nft", &["list", "ruleset"]).expect("nft");
+        assert!(
+            nft.status.success(),
+            "{name}: nft failed: {}",
+            String::from_utf8_lossy(&nft.stderr)
+        );
+        let ruleset = String::from_utf8_lossy(&nft.stdout);
+        assert!(
+            !ruleset.contains("table"),
+            "{name}: nftables ruleset present: {ruleset}"
+        );
+    }
+}
+
+#[test]
+fn cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it() {
+    if !require_root("cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it") {
+        return;
+    }
+    let c = Cluster::new(1).expect("cluster");
+    c.write_config("namespaces.yaml", &namespaces(true))
+        .expect("config");
+    let (_, res) = c.try_add_pod(1, "mesh", "early").expect("pod");
+    let err = res.expect_err("ADD must fail without an agent");
+    assert!(
+        err.contains("\"code\":11") && err.contains("not reachable"),
+        "{err}"
+    );
+
+    c.start_agent(1).expect("agent");
+    let pod = c.add_pod(1, "mesh", "web").expect("pod");
+    let bad: Vec<(&str, serde_json::Value)> = vec![
+        ("not chained", serde_json::json!({"type": "sluice-cni"})),
+        (
+            "wrong socket",
+            serde_json::json!({"type": "sluice-cni", "agentSocket": "/nonexistent.sock", "prevResult": {"ips": []}}),
+        ),
+    ];
+    for (name, conf) in bad {
+        let e = c.cni(1, &pod, "ADD", conf, None).expect_err(name);
+        let json_line = e.find('{').map_or("", |i| e[i..].lines().next().unwrap_or(""));
+        let v: serde_json::Value = serde_json::from_str(json_line).unwrap_or_default();
+        assert!(
+            v["code"].as_u64().is_some() && v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: {e}"
+        );
+    }
+    assert!(
+        c.agent_get(1, "/healthz/ready")
+            .expect("agent alive")
+            .starts_with("ready")
+    );
+    let st = c.agent_get(1, "/debug/pods").expect("status");
+    assert!(
+        st.contains("\"web\"") && st.contains("\"enrolled\": true"),
+        "{st}"
+    );
+    c.remove_pod(&pod).expect("DEL");
+    let st = c.agent_get(1, "/debug/pods").expect("status");
+    assert!(!st.contains("\"web\""), "DEL did not remove the pod: {st}");
+}
+
 #[test]
 #[ignore = "debugging aid: builds the world and waits"]
 fn debug_hold() {
