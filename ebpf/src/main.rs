@@ -72,7 +72,7 @@ fn enrolled(ctx: &impl EbpfContext) -> bool {
     // SAFETY: helper reads the netns of the context's socket.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup of a plain value.
-    unsafe { ENROLLED.get(&cookie) }.is_some()
+    unsafe { ENROLLED.get(cookie) }.is_some()
 }
 
 /// Reads `user_ip6` word by word: the verifier only accepts context accesses at constant offsets
@@ -151,7 +151,7 @@ fn connect(ctx: &SockAddrContext, family: u16) {
             };
             // SAFETY: helper on the program's own context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            if SOCK_ORIG.insert(&cookie, &orig, 0).is_err() {
+            if SOCK_ORIG.insert(cookie, orig, 0).is_err() {
                 // Without a record the agent could not forward it: leave it alone, loudly.
                 count(Decision::OrigDstRecordFailed);
                 return;
@@ -174,7 +174,7 @@ pub fn sluice_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             // SAFETY: helper on the program's own context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let _ = SOCK_ORIG.remove(&cookie);
+            let _ = SOCK_ORIG.remove(cookie);
         }
         _ => {}
     }
@@ -186,7 +186,7 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { SOCK_ORIG.get(cookie) }).copied() else {
         return;
     };
     // SAFETY: helper on the program's own context.
@@ -197,7 +197,7 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
         src_port: ctx.local_port() as u16,
         _pad: 0,
     };
-    if ORIG_DST.insert(&key, &orig, 0).is_ok() {
+    if ORIG_DST.insert(key, orig, 0).is_ok() {
         count(Decision::OrigDstRecorded);
     } else {
         count(Decision::OrigDstRecordFailed);
@@ -223,7 +223,7 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(orig) = (unsafe { SOCK_ORIG.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { SOCK_ORIG.get(cookie) }).copied() else {
         return;
     };
     if orig.family != family {
@@ -284,7 +284,7 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
         return sk_action::SK_PASS;
     }
     // SAFETY: read-only lookup of a plain value.
-    if unsafe { IN_PODS.get(&key) }.is_none() {
+    if unsafe { IN_PODS.get(key) }.is_none() {
         return sk_action::SK_PASS;
     }
     match IN_SOCKS.redirect_sk_lookup(&ctx, key, 0) {

@@ -402,14 +402,3 @@ fn cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it()
     let st = c.agent_get(1, "/debug/pods").expect("status");
     assert!(!st.contains("\"web\""), "DEL did not remove the pod: {st}");
 }
-
-#[test]
-#[ignore = "debugging aid: builds the world and waits"]
-fn debug_hold() {
-    let w = world();
-    eprintln!(
-        "client {:?} near {:?} far {:?}",
-        w.client, w.near.ipv4, w.far.ipv4
-    );
-    std::thread::sleep(std::time::Duration::from_secs(600));
-}

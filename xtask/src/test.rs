@@ -62,7 +62,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "cargo clippy (host)",
             cmd::run(&mut cmd::cargo_cmd(&[
                 "clippy",
-                "--workspace",
                 "--all-targets",
                 "--",
                 "-D",
