@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use sluice_common::{
-    AF_INET, AF_INET6, ConnectFacts, ConnectVerdict, Decision, EnrolledPod, InboundKey, LookupVerdict,
-    OUTBOUND_CAPTURE_PORT, OrigDstKey, SockAddr, connect_verdict, ipv4_is_loopback, ipv6_is_loopback,
-    lookup_verdict,
+    AF_INET, AF_INET6, ConnectFacts, ConnectVerdict, Decision, DeliveryKey, EnrolledPod, InboundKey,
+    LookupVerdict, OUTBOUND_CAPTURE_PORT, OrigDstKey, SockAddr, connect_verdict, ipv4_is_loopback,
+    ipv6_is_loopback, lookup_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -54,6 +54,10 @@ static IN_PODS: HashMap<InboundKey, u32> = HashMap::pinned(65_536, 0);
 /// The agent's inbound capture listener (15006) per enrolled pod IP.
 #[map]
 static IN_SOCKS: SockHash<InboundKey> = SockHash::pinned(65_536, 0);
+
+/// The agent's in-flight inbound delivery connections (see `DeliveryKey`).
+#[map]
+static DELIVERING: HashMap<DeliveryKey, u32> = HashMap::pinned(65_536, 0);
 
 /// One counter per `Decision`.
 #[map]
@@ -240,49 +244,55 @@ fn restore_peer(ctx: &SockAddrContext, family: u16) {
     count(Decision::PeerNameRestored);
 }
 
+/// Reads a 4-word IPv6 field of the sk_lookup context word by word (see [`read_user_ip6`]).
+macro_rules! lookup_ip6 {
+    ($p:expr, $field:ident) => {
+        // SAFETY: $p is the program's context; each read is a 4-byte context field access.
+        unsafe {
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*$p).$field[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$p).$field[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$p).$field[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*$p).$field[3])),
+            ]
+        }
+    };
+}
+
 #[sk_lookup]
 pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the verifier guarantees ctx points at a valid bpf_sk_lookup.
     let l = unsafe { &*ctx.lookup };
-    let (key, remote_is_local) = if l.family == AF_INET as u32 {
-        (
-            InboundKey {
-                family: AF_INET as u32,
-                addr: [l.local_ip4, 0, 0, 0],
-            },
-            l.remote_ip4 == l.local_ip4,
-        )
+    let (family, local, remote) = if l.family == AF_INET as u32 {
+        (AF_INET, [l.local_ip4, 0, 0, 0], [l.remote_ip4, 0, 0, 0])
     } else {
-        // SAFETY: ctx.lookup is the program's context; word-wise constant-offset reads.
-        let (local, remote) = unsafe {
-            let p = ctx.lookup;
-            (
-                [
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[0])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[1])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[2])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[3])),
-                ],
-                [
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[0])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[1])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[2])),
-                    core::ptr::read_volatile(core::ptr::addr_of!((*p).remote_ip6[3])),
-                ],
-            )
-        };
         (
-            InboundKey {
-                family: AF_INET6 as u32,
-                addr: local,
-            },
-            local == remote,
+            AF_INET6,
+            lookup_ip6!(ctx.lookup, local_ip6),
+            lookup_ip6!(ctx.lookup, remote_ip6),
         )
     };
-    if lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, remote_is_local) == LookupVerdict::Pass
-    {
+    let verdict = lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, local == remote);
+    if verdict == LookupVerdict::Pass {
         return sk_action::SK_PASS;
     }
+    let delivery = DeliveryKey {
+        family,
+        // remote_port is in network byte order; local_port in host order.
+        remote_port: u16::from_be(l.remote_port),
+        local_port: l.local_port as u16,
+        _pad: 0,
+        remote,
+    };
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { DELIVERING.get(delivery) }.is_some() {
+        count(Decision::InboundAgentDelivery);
+        return sk_action::SK_PASS;
+    }
+    let key = InboundKey {
+        family: family as u32,
+        addr: local,
+    };
     // SAFETY: read-only lookup of a plain value.
     if unsafe { IN_PODS.get(key) }.is_none() {
         return sk_action::SK_PASS;
@@ -294,11 +304,12 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
         }
         Err(e) => {
             // Enrolled pod without its capture listener: refuse rather than deliver uncaptured.
-            count(if e == -2 {
+            let d = if e == -2 {
                 Decision::InboundNoListener
             } else {
                 Decision::InboundAssignFailed
-            });
+            };
+            count(d);
             sk_action::SK_DROP
         }
     }

@@ -98,6 +98,16 @@ fn outbound_tcp_is_captured_byte_exact_with_real_peer() {
             dst.to_string(),
             "{name}: getpeername must show the real peer"
         );
+        let client_ip = if ip.is_ipv4() {
+            w.client.ipv4
+        } else {
+            v6(&w.client)
+        };
+        assert_eq!(
+            ip_of(&r.server_saw),
+            client_ip,
+            "{name}: the server must see the client pod's address"
+        );
         assert!(
             redirected(&w.c, 1) > before,
             "{name}: the kernel did not redirect the connect"
@@ -108,6 +118,12 @@ fn outbound_tcp_is_captured_byte_exact_with_real_peer() {
             "{name}: the agent did not report it"
         );
     }
+}
+
+fn ip_of(addr: &str) -> IpAddr {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .unwrap_or_else(|e| panic!("{addr:?}: {e}"))
 }
 
 fn steered(c: &Cluster, node: usize) -> f64 {
@@ -151,6 +167,12 @@ fn inbound_tcp_from_outside_the_mesh_is_captured_on_any_port() {
         let r = p.client(&w.c, &outsider, dst, MIB, 0).expect(name);
         assert!(r.ok, "{name}: {}", r.error);
         assert_eq!(r.peer, dst.to_string(), "{name}");
+        // The source port differs: the client's 4-tuple is held by the agent's accepted socket.
+        assert_eq!(
+            ip_of(&r.server_saw),
+            ip_of(&r.local),
+            "{name}: the app must see the real client address"
+        );
         assert_eq!(
             redirected(&w.c, 1),
             r0,

@@ -23,6 +23,7 @@ use crate::{
         KernelError, NetNs,
         inpod::{self, InPodError, Role},
         registry::{PodInfo, Registry, RegistryError},
+        routing,
     },
 };
 
@@ -231,6 +232,14 @@ impl Pods {
             pod: pod.clone(),
             source,
         })?;
+        let has_v6 = info.ips.iter().any(IpAddr::is_ipv6);
+        let transparent = match routing::ensure_delivery_routing(&netns, has_v6).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(pod = %pod, error = %e, "no delivery route: the app will see the pod's own address as source");
+                false
+            }
+        };
         let k = &self.proxy.kernel;
         let kerr = |source| PodError::Kernel {
             pod: pod.clone(),
@@ -270,9 +279,10 @@ impl Pods {
             trust_domain: self.trust_domain.clone(),
             netns,
             netns_cookie: pl.netns_cookie,
+            transparent,
         });
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
-        info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, "pod enrolled");
+        info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
         Ok(Enrolled {
             netns_cookie: pl.netns_cookie,
             ips: info.ips.clone(),

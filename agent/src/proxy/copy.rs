@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpStream;
 
 use super::Failure;
-use crate::redirect::{NetNs, inpod};
+use crate::redirect::{Kernel, NetNs, inpod};
 
 /// Connects to `dst` from a marked socket inside `netns`, bounded by `timeout`.
 pub async fn connect_from(
@@ -14,6 +14,32 @@ pub async fn connect_from(
 ) -> Result<TcpStream, (Failure, String)> {
     let sock = inpod::marked_socket(netns, dst.is_ipv6()).map_err(|e| (Failure::Socket, e.to_string()))?;
     match tokio::time::timeout(timeout, sock.connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err((Failure::ConnectFailed, e.to_string())),
+        Err(_) => Err((Failure::ConnectTimeout, format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Connects to the application at `dst` inside `pod`'s netns from a transparent socket bound to the
+/// original client's address, so the application sees the real client. The delivery SYN is
+/// announced to the kernel for the duration of the connect so sk_lookup lets it through.
+pub async fn deliver_transparent(
+    kernel: &Kernel,
+    netns: &Arc<NetNs>,
+    client: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, (Failure, String)> {
+    let (sock, from) =
+        inpod::transparent_socket(netns, client.ip()).map_err(|e| (Failure::Socket, e.to_string()))?;
+    kernel
+        .begin_delivery(from, dst.port())
+        .map_err(|e| (Failure::Socket, e.to_string()))?;
+    let r = tokio::time::timeout(timeout, sock.connect(dst)).await;
+    if let Err(e) = kernel.end_delivery(from, dst.port()) {
+        tracing::warn!(error = %e, "could not clear the delivery record");
+    }
+    match r {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err((Failure::ConnectFailed, e.to_string())),
         Err(_) => Err((Failure::ConnectTimeout, format!("no answer within {timeout:?}"))),

@@ -34,7 +34,12 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "none",
         };
-        let app = match copy::connect_from(&pod.netns, dst, self.connect_timeout).await {
+        let connected = if pod.transparent {
+            copy::deliver_transparent(&self.kernel, &pod.netns, peer, dst, self.connect_timeout).await
+        } else {
+            copy::connect_from(&pod.netns, dst, self.connect_timeout).await
+        };
+        let app = match connected {
             Ok(s) => s,
             Err((f, detail)) => {
                 self.metrics.failure("inbound", f.label());

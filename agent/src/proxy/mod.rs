@@ -28,6 +28,9 @@ pub struct PodCtx {
     pub trust_domain: String,
     pub netns: Arc<NetNs>,
     pub netns_cookie: u64,
+    /// Inbound connections reach the app from the original client's address (the pod's delivery
+    /// policy route is in place); otherwise from the pod's own address.
+    pub transparent: bool,
 }
 
 impl PodCtx {

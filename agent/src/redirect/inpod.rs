@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use sluice_common::{AGENT_SOCKET_MARK, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT};
+use sluice_common::{AGENT_SOCKET_MARK, INBOUND_CAPTURE_PORT, INBOUND_DELIVERY_MARK, OUTBOUND_CAPTURE_PORT};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::sys::{self, NetNs};
@@ -120,4 +120,24 @@ pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
     sys::set_mark(s.as_fd(), AGENT_SOCKET_MARK)?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// A transparent delivery socket inside `netns`, bound to the original client's address `client_ip`
+/// (port chosen by the kernel) and marked so the pod's delivery policy route returns the
+/// application's replies to it. Returns the socket and the address it is bound to.
+pub fn transparent_socket(netns: &Arc<NetNs>, client_ip: IpAddr) -> io::Result<(TcpSocket, SocketAddr)> {
+    let v6 = client_ip.is_ipv6();
+    let s = netns.run(|| {
+        if v6 {
+            TcpSocket::new_v6()
+        } else {
+            TcpSocket::new_v4()
+        }
+    })??;
+    sys::set_mark(s.as_fd(), INBOUND_DELIVERY_MARK)?;
+    sys::set_transparent(s.as_fd(), v6)?;
+    s.set_nodelay(true)?;
+    s.bind(SocketAddr::new(client_ip, 0))?;
+    let local = s.local_addr()?;
+    Ok((s, local))
 }

@@ -19,8 +19,8 @@ use aya::{
 };
 use parking_lot::Mutex;
 use sluice_common::{
-    AF_INET, AF_INET6, Decision, ENROLL_OUTBOUND, EnrolledPod, InboundKey, LAYOUT_VERSION, OrigDstKey,
-    SockAddr,
+    AF_INET, AF_INET6, Decision, DeliveryKey, ENROLL_OUTBOUND, EnrolledPod, InboundKey, LAYOUT_VERSION,
+    OrigDstKey, SockAddr,
 };
 use tracing::{debug, info, warn};
 
@@ -37,6 +37,7 @@ const MAPS: &[(&str, &str)] = &[
     ("IN_PODS", "in_pods"),
     ("IN_SOCKS", "in_socks"),
     ("COUNTERS", "counters"),
+    ("DELIVERING", "delivering"),
 ];
 
 /// Cgroup programs: ELF program name -> pin stem.
@@ -108,6 +109,7 @@ struct Maps {
     in_pods: BpfHashMap<MapData, InboundKey, u32>,
     in_socks: SockHash<MapData, InboundKey>,
     counters: PerCpuArray<MapData, u64>,
+    delivering: BpfHashMap<MapData, DeliveryKey, u32>,
 }
 
 /// The loaded programs and the agent's handles on their pinned maps.
@@ -207,6 +209,7 @@ impl Kernel {
             in_pods: take_map(&mut bpf, "IN_PODS")?,
             in_socks: take_map(&mut bpf, "IN_SOCKS")?,
             counters: take_map(&mut bpf, "COUNTERS")?,
+            delivering: take_map(&mut bpf, "DELIVERING")?,
         };
         info!(dir = %dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
         Ok(Kernel {
@@ -268,6 +271,24 @@ impl Kernel {
         let mut maps = self.maps.lock();
         ignore_missing(maps.in_pods.remove(&key)).map_err(KernelError::map("IN_PODS", "remove"))?;
         ignore_missing(maps.in_socks.remove(&key)).map_err(KernelError::map("IN_SOCKS", "remove"))
+    }
+
+    /// Lets the SYN of the agent's own delivery connection from `from` (the client's address and
+    /// the agent's source port) to the application's `app_port` through the pod's sk_lookup.
+    pub fn begin_delivery(&self, from: SocketAddr, app_port: u16) -> Result<(), KernelError> {
+        let key = delivery_key(from, app_port);
+        self.maps
+            .lock()
+            .delivering
+            .insert(key, 1, 0)
+            .map_err(KernelError::map("DELIVERING", "insert"))
+    }
+
+    /// Ends [`Kernel::begin_delivery`] once the connection is established (or failed).
+    pub fn end_delivery(&self, from: SocketAddr, app_port: u16) -> Result<(), KernelError> {
+        let key = delivery_key(from, app_port);
+        ignore_missing(self.maps.lock().delivering.remove(&key))
+            .map_err(KernelError::map("DELIVERING", "remove"))
     }
 
     fn sk_lookup_pin(&self, pod_key: &str) -> PathBuf {
@@ -385,6 +406,17 @@ fn inbound_key(ip: IpAddr) -> InboundKey {
             family: AF_INET6 as u32,
             addr: words_from_v6(v6),
         },
+    }
+}
+
+fn delivery_key(from: SocketAddr, app_port: u16) -> DeliveryKey {
+    let k = inbound_key(from.ip());
+    DeliveryKey {
+        family: k.family as u16,
+        remote_port: from.port(),
+        local_port: app_port,
+        _pad: 0,
+        remote: k.addr,
     }
 }
 

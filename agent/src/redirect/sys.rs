@@ -130,6 +130,16 @@ pub fn set_mark(sock: BorrowedFd<'_>, mark: u32) -> io::Result<()> {
     setsockopt_u32(sock, libc::SOL_SOCKET, libc::SO_MARK, mark)
 }
 
+/// Sets IP_TRANSPARENT (or IPV6_TRANSPARENT): the socket may bind a non-local address (needs
+/// CAP_NET_ADMIN).
+pub fn set_transparent(sock: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_u32(sock, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
+    } else {
+        setsockopt_u32(sock, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}
+
 fn setsockopt_u32(sock: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: u32) -> io::Result<()> {
     // SAFETY: the value pointer and length describe a valid u32.
     let rc = unsafe {

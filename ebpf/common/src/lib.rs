@@ -21,6 +21,14 @@ pub const INBOUND_HBONE_PORT: u16 = 15008;
 /// Same value as Istio's ztunnel uses for its own traffic.
 pub const AGENT_SOCKET_MARK: u32 = 0x539;
 
+/// SO_MARK of the agent's inbound delivery sockets (transparent: they carry the original client's
+/// address). Exempt from capture like [`AGENT_SOCKET_MARK`], and the key of the policy route in the
+/// pod netns that brings the application's replies back to the agent.
+pub const INBOUND_DELIVERY_MARK: u32 = 0x53a;
+
+/// Routing table (and rule priority) of the delivery policy route in each enrolled pod's netns.
+pub const DELIVERY_ROUTE_TABLE: u32 = 0x53a;
+
 /// `AF_INET` as the kernel spells it.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6` as the kernel spells it.
@@ -49,6 +57,20 @@ pub struct OrigDstKey {
     pub family: u16,
     pub src_port: u16,
     pub _pad: u32,
+}
+
+/// Key of the `DELIVERING` map: an inbound delivery connection the agent is opening to an
+/// application, named as the pod's sk_lookup sees its SYN (remote = the original client's address
+/// and the agent's source port; local port = the application's). Present only while connecting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub family: u16,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub _pad: u16,
+    /// Network byte order, IPv4 in `remote[0]`.
+    pub remote: [u32; 4],
 }
 
 /// Value of the `ENROLLED` map, keyed by the pod's netns cookie (u64).
@@ -98,11 +120,13 @@ pub enum Decision {
     InboundAssignFailed = 8,
     /// getpeername() on a redirected socket answered with the original destination.
     PeerNameRestored = 9,
+    /// Inbound SYN of the agent's own delivery connection, left to reach the application.
+    InboundAgentDelivery = 10,
 }
 
 impl Decision {
     /// Number of counters; the size of the `COUNTERS` array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Every decision, in index order.
     pub const ALL: [Decision; Self::COUNT as usize] = [
         Decision::OutboundRedirected,
@@ -115,6 +139,7 @@ impl Decision {
         Decision::InboundNoListener,
         Decision::InboundAssignFailed,
         Decision::PeerNameRestored,
+        Decision::InboundAgentDelivery,
     ];
 
     /// Stable label value for metrics and logs.
@@ -130,6 +155,7 @@ impl Decision {
             Decision::InboundNoListener => "inbound_no_listener",
             Decision::InboundAssignFailed => "inbound_assign_failed",
             Decision::PeerNameRestored => "peername_restored",
+            Decision::InboundAgentDelivery => "inbound_agent_delivery",
         }
     }
 }
@@ -164,7 +190,7 @@ pub fn connect_verdict(f: &ConnectFacts) -> ConnectVerdict {
     if !f.is_tcp {
         return ConnectVerdict::Exempt(Decision::OutboundExemptNotTcp);
     }
-    if f.socket_mark == AGENT_SOCKET_MARK {
+    if f.socket_mark == AGENT_SOCKET_MARK || f.socket_mark == INBOUND_DELIVERY_MARK {
         return ConnectVerdict::Exempt(Decision::OutboundExemptAgent);
     }
     if f.dst_is_loopback {
@@ -223,6 +249,7 @@ const _: () = {
     assert!(core::mem::size_of::<OrigDstKey>() == 16 && core::mem::align_of::<OrigDstKey>() == 8);
     assert!(core::mem::size_of::<EnrolledPod>() == 8);
     assert!(core::mem::size_of::<InboundKey>() == 20);
+    assert!(core::mem::size_of::<DeliveryKey>() == 24 && core::mem::align_of::<DeliveryKey>() == 4);
 };
 
 #[cfg(feature = "user")]
@@ -235,6 +262,7 @@ mod pod {
         unsafe impl aya::Pod for OrigDstKey {}
         unsafe impl aya::Pod for EnrolledPod {}
         unsafe impl aya::Pod for InboundKey {}
+        unsafe impl aya::Pod for DeliveryKey {}
     }
 }
 
@@ -253,7 +281,7 @@ mod tests {
 
     #[test]
     fn connect_verdicts() {
-        let cases: [(&str, ConnectFacts, ConnectVerdict); 5] = [
+        let cases: [(&str, ConnectFacts, ConnectVerdict); 6] = [
             ("enrolled tcp", facts(), ConnectVerdict::Redirect),
             (
                 "not enrolled",
@@ -275,6 +303,14 @@ mod tests {
                 "agent mark",
                 ConnectFacts {
                     socket_mark: AGENT_SOCKET_MARK,
+                    ..facts()
+                },
+                ConnectVerdict::Exempt(Decision::OutboundExemptAgent),
+            ),
+            (
+                "agent delivery mark",
+                ConnectFacts {
+                    socket_mark: INBOUND_DELIVERY_MARK,
                     ..facts()
                 },
                 ConnectVerdict::Exempt(Decision::OutboundExemptAgent),

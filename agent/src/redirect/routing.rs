@@ -1,0 +1,125 @@
+//! Policy routing inside an enrolled pod's netns that lets the agent deliver inbound connections
+//! to the application with the original client's address as source (transparent sockets).
+//!
+//! The agent's delivery socket carries `INBOUND_DELIVERY_MARK`; with `tcp_fwmark_accept` the
+//! application's accepted socket inherits that mark, and a rule `fwmark -> table` whose table
+//! routes everything to `lo` brings the application's replies back to the agent's socket instead
+//! of out of the pod. Only sockets carrying that mark are affected. Set up with netlink (no
+//! iptables), idempotently.
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use rtnetlink::{
+    Error as NlError, RouteMessageBuilder,
+    packet_route::{
+        route::{RouteScope, RouteType},
+        rule::RuleAction,
+    },
+};
+use sluice_common::{DELIVERY_ROUTE_TABLE, INBOUND_DELIVERY_MARK};
+
+use super::sys::NetNs;
+
+const LOOPBACK_IFINDEX: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("netlink socket in {netns}: {source}")]
+    Socket { netns: String, source: io::Error },
+    #[error("adding {what} in {netns}: {source} (needs CAP_NET_ADMIN)")]
+    Netlink {
+        netns: String,
+        what: &'static str,
+        source: NlError,
+    },
+    #[error("setting net.ipv4.tcp_fwmark_accept in {netns}: {source}")]
+    Sysctl { netns: String, source: io::Error },
+}
+
+/// Installs the delivery rule and route (IPv4, and IPv6 when `v6`) and enables
+/// `tcp_fwmark_accept` in `netns`. Existing entries are kept.
+pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), RoutingError> {
+    let name = netns.path().display().to_string();
+    let (conn, handle, _) = netns
+        .run(rtnetlink::new_connection)
+        .and_then(|r| r)
+        .map_err(|source| RoutingError::Socket {
+            netns: name.clone(),
+            source,
+        })?;
+    let conn_task = tokio::spawn(conn);
+    let nl = |what: &'static str| {
+        let name = name.clone();
+        move |source| RoutingError::Netlink {
+            netns: name,
+            what,
+            source,
+        }
+    };
+    let result = async {
+        ignore_exists(
+            handle
+                .rule()
+                .add()
+                .v4()
+                .action(RuleAction::ToTable)
+                .fw_mark(INBOUND_DELIVERY_MARK)
+                .table_id(DELIVERY_ROUTE_TABLE)
+                .priority(DELIVERY_ROUTE_TABLE)
+                .execute()
+                .await,
+        )
+        .map_err(nl("IPv4 fwmark rule"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .table_id(DELIVERY_ROUTE_TABLE)
+            .output_interface(LOOPBACK_IFINDEX)
+            .build();
+        ignore_exists(handle.route().add(route).execute().await).map_err(nl("IPv4 local route"))?;
+        if v6 {
+            ignore_exists(
+                handle
+                    .rule()
+                    .add()
+                    .v6()
+                    .action(RuleAction::ToTable)
+                    .fw_mark(INBOUND_DELIVERY_MARK)
+                    .table_id(DELIVERY_ROUTE_TABLE)
+                    .priority(DELIVERY_ROUTE_TABLE)
+                    .execute()
+                    .await,
+            )
+            .map_err(nl("IPv6 fwmark rule"))?;
+            let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .table_id(DELIVERY_ROUTE_TABLE)
+                .output_interface(LOOPBACK_IFINDEX)
+                .build();
+            ignore_exists(handle.route().add(route).execute().await).map_err(nl("IPv6 local route"))?;
+        }
+        // The sysctl file resolves to the netns of the thread that opens it.
+        netns
+            .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))
+            .and_then(|r| r)
+            .map_err(|source| RoutingError::Sysctl {
+                netns: name.clone(),
+                source,
+            })
+    }
+    .await;
+    conn_task.abort();
+    result
+}
+
+fn ignore_exists(r: Result<(), NlError>) -> Result<(), NlError> {
+    match r {
+        Err(NlError::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        other => other,
+    }
+}
