@@ -105,6 +105,7 @@ impl Cluster {
     pub fn new(nodes: usize) -> anyhow::Result<Cluster> {
         sweep_stale();
         let sluice = sluice_bin();
+        let sluice = sluice.canonicalize().unwrap_or(sluice);
         if !sluice.exists() {
             bail!(
                 "sluice binary {} not found: build it (`cargo build -p sluice`) or set SLUICE_BIN",

@@ -61,10 +61,11 @@ fn build() -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     setup::run()?;
-    cmd::cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-e2e", "--bins"])?;
+    // The debug profile shares its artifacts with `cargo xtask test`, so a first demo builds fast.
+    cmd::cargo(&["build", "-p", "sluice", "-p", "sluice-e2e", "--bins"])?;
     let root = cmd::workspace_root();
-    let demo = root.join("target/release/sluice-demo");
-    let sluice = root.join("target/release/sluice");
+    let demo = root.join("target/debug/sluice-demo");
+    let sluice = root.join("target/debug/sluice");
     cmd::run(
         std::process::Command::new(&demo)
             .env("SLUICE_BIN", &sluice)
