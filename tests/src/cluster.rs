@@ -607,11 +607,18 @@ impl Cluster {
         }
         let _ = ip(&["netns", "del", &self.router]);
         remove_cgroup_tree(&self.cgroup);
+        // The shared parent goes too once no other run uses it (fails harmlessly otherwise).
+        if let Some(parent) = self.cgroup.parent() {
+            let _ = fs::remove_dir(parent);
+        }
         if let Err(e) = sys::umount(&self.bpffs) {
             errors.push(e.to_string());
         }
         if std::env::var_os("SLUICE_E2E_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.tmp);
+            if let Some(parent) = self.tmp.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
         if !errors.is_empty() {
             eprintln!("cluster {} cleanup: {}", self.id, errors.join("; "));

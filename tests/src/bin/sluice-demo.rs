@@ -17,6 +17,10 @@ fn main() -> ExitCode {
     sys::catch_interrupts();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if sys::interrupted() => {
+            eprintln!("demo interrupted; everything it created has been removed");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("demo failed: {e:#}");
             ExitCode::FAILURE
