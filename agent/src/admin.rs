@@ -1,5 +1,7 @@
-//! Readiness, metrics and admin HTTP endpoints (one listener, `--metrics-addr`):
-//! `/healthz/ready`, `/stats/prometheus`, `/debug/pods` (JSON), `/debug/config_dump` (JSON).
+//! Readiness, metrics and admin HTTP endpoints, on two listeners: the metrics surface
+//! (`--metrics-addr`, scraped from outside the node: `/healthz/ready`, `/stats/prometheus`) and the
+//! admin surface (`--admin-addr`, loopback by default: `/debug/pods`, `/debug/config_dump`, plus the
+//! metrics paths), so pod inventories are never exposed to the network by default.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
@@ -20,8 +22,15 @@ pub struct State {
     pub store: Arc<SnapshotStore>,
 }
 
-/// Binds `addr` and serves until the returned task is aborted.
-pub async fn serve(addr: SocketAddr, state: State) -> std::io::Result<JoinHandle<()>> {
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    Metrics,
+    Admin,
+}
+
+/// Binds `addr` and serves `surface` until the returned task is aborted.
+pub async fn serve(addr: SocketAddr, state: State, surface: Surface) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         loop {
@@ -32,7 +41,7 @@ pub async fn serve(addr: SocketAddr, state: State) -> std::io::Result<JoinHandle
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(req, &state).await) }
+                    async move { Ok::<_, Infallible>(route(req, &state, surface).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -45,8 +54,15 @@ pub async fn serve(addr: SocketAddr, state: State) -> std::io::Result<JoinHandle
     }))
 }
 
-async fn route(req: Request<Incoming>, s: &State) -> Response<Full<Bytes>> {
-    match req.uri().path() {
+async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if surface == Surface::Metrics && path.starts_with("/debug/") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "debug endpoints are served on the admin address (--admin-addr)\n".into(),
+        );
+    }
+    match path {
         "/healthz/ready" => text(StatusCode::OK, "ready\n".into()),
         "/stats/prometheus" | "/metrics" => {
             let totals: Vec<(&'static str, u64)> = s

@@ -88,6 +88,9 @@ pub struct AgentArgs {
     /// Metrics and readiness listener (Prometheus text at /stats/prometheus, /healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// Admin listener (/debug/pods, /debug/config_dump); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
     /// SPIFFE trust domain of this mesh.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,

@@ -18,7 +18,8 @@ use crate::sys;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 const CNI_DIR: &str = "/usr/lib/cni";
-const ADMIN_PORT: u16 = 15020;
+const METRICS_PORT: u16 = 15020;
+const ADMIN_PORT: u16 = 15000;
 
 /// A pod: its sandbox netns, cgroup, addresses and identity.
 #[derive(Clone, Debug)]
@@ -303,7 +304,8 @@ impl Cluster {
         .arg(&node.bpffs)
         .arg("--state-dir")
         .arg(node.state.join("run"))
-        .args(["--metrics-addr", &format!("0.0.0.0:{ADMIN_PORT}")])
+        .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -355,15 +357,18 @@ impl Cluster {
         fs::read_to_string(self.node(n).state.join("agent.log")).unwrap_or_default()
     }
 
-    /// GET `path` from node `n`'s agent admin port; the body.
+    /// GET `path` from node `n`'s agent (admin port for `/debug/*`, metrics port otherwise); the body.
     pub fn agent_get(&self, n: usize, path: &str) -> anyhow::Result<String> {
+        let port = if path.starts_with("/debug/") {
+            ADMIN_PORT
+        } else {
+            METRICS_PORT
+        };
         let path = path.to_string();
         sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<String> {
             use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect_timeout(
-                &([127, 0, 0, 1], ADMIN_PORT).into(),
-                Duration::from_secs(2),
-            )?;
+            let mut s =
+                std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             write!(
                 s,

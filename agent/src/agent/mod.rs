@@ -75,25 +75,28 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let sock = args.state_dir.join("cni.sock");
     let cni = cni_server::serve(&sock, pods.clone())
         .with_context(|| format!("cannot listen on {}", sock.display()))?;
-    let admin = admin::serve(
-        args.metrics_addr,
-        admin::State {
-            metrics,
-            kernel,
-            pods: pods.clone(),
-            store,
-        },
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    info!(node = %args.node_name, cni_socket = %sock.display(), admin = %args.metrics_addr, "agent ready");
+    let state = admin::State {
+        metrics,
+        kernel,
+        pods: pods.clone(),
+        store,
+    };
+    let metrics_srv = admin::serve(args.metrics_addr, state.clone(), admin::Surface::Metrics)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let admin_srv = admin::serve(args.admin_addr, state, admin::Surface::Admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    info!(node = %args.node_name, cni_socket = %sock.display(), metrics = %args.metrics_addr,
+          admin = %args.admin_addr, "agent ready");
 
     shutdown_signal().await;
     // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next agent
     // re-adopts them.
     info!("shutting down; enrollment stays pinned for the next agent");
     cni.abort();
-    admin.abort();
+    metrics_srv.abort();
+    admin_srv.abort();
     reconciler.abort();
     Ok(())
 }
