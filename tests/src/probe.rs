@@ -67,24 +67,9 @@ impl Probe {
         bytes: usize,
         hold_ms: u64,
     ) -> anyhow::Result<ClientReport> {
-        let mut cmd = c.pod_command(pod, &self.bin)?;
-        cmd.args([
-            "client",
-            &to.to_string(),
-            &bytes.to_string(),
-            &hold_ms.to_string(),
-        ]);
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .context("running sl-probe client")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.trim()).with_context(|| {
-            format!(
-                "sl-probe output {stdout:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        self.client_bg(c, pod, to, bytes, hold_ms)?
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?
     }
 
     /// Starts a client in the background; join the handle for its report.
@@ -111,7 +96,12 @@ impl Probe {
         Ok(std::thread::spawn(move || {
             let out = child.wait_with_output()?;
             let stdout = String::from_utf8_lossy(&out.stdout);
-            serde_json::from_str(stdout.trim()).with_context(|| format!("sl-probe output {stdout:?}"))
+            serde_json::from_str(stdout.trim()).with_context(|| {
+                format!(
+                    "sl-probe output {stdout:?} stderr {:?}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
         }))
     }
 }

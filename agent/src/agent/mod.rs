@@ -2,6 +2,7 @@
 //! endpoints, and reconciles enrollment whenever the config changes.
 mod cni_server;
 pub mod pods;
+pub mod registry;
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let pods = Arc::new(pods::Pods::new(
         proxy,
         store.clone(),
-        redirect::registry::Registry::new(&args.state_dir),
+        registry::Registry::new(&args.state_dir),
         args.trust_domain.clone(),
     ));
     pods.readopt().await?;

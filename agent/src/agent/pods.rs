@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tracing::{info, warn};
 
+use super::registry::{Registry, RegistryError};
 use crate::{
     cni::protocol::PodRef,
     config::{EnrollDecision, SnapshotStore},
@@ -22,7 +23,6 @@ use crate::{
     redirect::{
         KernelError, NetNs,
         inpod::{self, InPodError, Role},
-        registry::{PodInfo, Registry, RegistryError},
         routing,
     },
 };
@@ -51,7 +51,7 @@ struct Enrolled {
 
 #[derive(Default)]
 struct State {
-    known: BTreeMap<String, PodInfo>,
+    known: BTreeMap<String, PodRef>,
     enrolled: HashMap<String, Enrolled>,
 }
 
@@ -76,7 +76,7 @@ pub struct Pods {
     state: Mutex<State>,
 }
 
-fn pod_name(p: &PodInfo) -> String {
+fn pod_name(p: &PodRef) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
@@ -116,7 +116,7 @@ impl Pods {
         Ok(())
     }
 
-    fn clean_stale(&self, key: &str, info: &PodInfo) {
+    fn clean_stale(&self, key: &str, info: &PodRef) {
         let k = &self.proxy.kernel;
         for ip in &info.ips {
             if let Err(e) = k.remove_inbound(*ip) {
@@ -130,16 +130,8 @@ impl Pods {
 
     /// CNI ADD: registers the pod and, if the config says so, enrolls it before returning.
     pub async fn add(&self, pod: PodRef) -> Result<bool, PodError> {
-        let info = PodInfo {
-            key: pod.key(),
-            namespace: pod.namespace,
-            name: pod.name,
-            uid: pod.uid,
-            container_id: pod.container_id,
-            netns: pod.netns,
-            ips: pod.ips,
-        };
-        let key = info.key.clone();
+        let info = pod;
+        let key = info.key();
         let mut st = self.state.lock().await;
         // A re-ADD (sandbox recreated) replaces the old registration.
         if let Some(old) = st.enrolled.remove(&key) {
@@ -197,31 +189,31 @@ impl Pods {
     pub async fn reconcile(&self) {
         let snap = self.store.load();
         let mut st = self.state.lock().await;
-        let known: Vec<PodInfo> = st.known.values().cloned().collect();
+        let known: Vec<PodRef> = st.known.values().cloned().collect();
         for info in known {
             let want = snap.enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
-            let have = st.enrolled.contains_key(&info.key);
+            let have = st.enrolled.contains_key(&info.key());
             if want && !have {
                 match self
                     .enroll(&info, &snap.service_account(&info.namespace, &info.name))
                     .await
                 {
                     Ok(e) => {
-                        st.enrolled.insert(info.key.clone(), e);
+                        st.enrolled.insert(info.key(), e);
                     }
                     Err(e) => warn!(error = %e, "enrollment failed; will retry on the next change"),
                 }
             } else if !want
                 && have
-                && let Some(e) = st.enrolled.remove(&info.key)
+                && let Some(e) = st.enrolled.remove(&info.key())
             {
-                self.release(&info.key, e);
+                self.release(&info.key(), e);
             }
         }
         self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
     }
 
-    async fn enroll(&self, info: &PodInfo, service_account: &str) -> Result<Enrolled, PodError> {
+    async fn enroll(&self, info: &PodRef, service_account: &str) -> Result<Enrolled, PodError> {
         let pod = pod_name(info);
         let netns = Arc::new(NetNs::open(&info.netns).map_err(|source| PodError::Netns {
             pod: pod.clone(),
@@ -258,12 +250,12 @@ impl Pods {
                     }
                 }
             }
-            k.attach_sk_lookup(&info.key, &netns).map_err(kerr)?;
+            k.attach_sk_lookup(&info.key(), &netns).map_err(kerr)?;
             k.enroll_outbound(pl.netns_cookie).map_err(kerr)
         })();
         if let Err(e) = result {
             self.release(
-                &info.key,
+                &info.key(),
                 Enrolled {
                     netns_cookie: pl.netns_cookie,
                     ips: info.ips.clone(),
@@ -315,7 +307,7 @@ impl Pods {
         st.known
             .values()
             .map(|p| {
-                let e = st.enrolled.get(&p.key);
+                let e = st.enrolled.get(&p.key());
                 PodStatus {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),

@@ -1,16 +1,18 @@
 //! Inbound: TCP to an enrolled pod, steered by `sk_lookup` into the pod's 15006 listener. The
 //! accepted socket's local address is the original destination; the agent delivers to it from
-//! inside the pod's netns (its marked connection arrives over loopback, which sk_lookup leaves alone).
+//! inside the destination pod's netns, from the original client's address when the pod's delivery
+//! route is in place (see `redirect::routing`).
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{Failure, PodCtx, Proxy, copy, is_agent_port};
+use super::{Direction, Failure, PodCtx, Proxy, copy, is_agent_port};
 use crate::telemetry::metrics::ConnLabels;
 
 impl Proxy {
     pub(super) async fn inbound(self: Arc<Self>, client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
+        let dir = Direction::Inbound;
         let dst = match client.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -19,10 +21,10 @@ impl Proxy {
             }
         };
         if is_agent_port(dst) {
-            self.metrics.failure("inbound", Failure::Loop.label());
+            self.metrics.failure(dir.label(), Failure::Loop.label());
             return;
         }
-        let mut labels = ConnLabels {
+        let labels = ConnLabels {
             reporter: "destination",
             source_workload: "unknown".into(),
             source_workload_namespace: "unknown".into(),
@@ -34,29 +36,11 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "none",
         };
-        let connected = if pod.transparent {
+        let app = if pod.transparent {
             copy::deliver_transparent(&self.kernel, &pod.netns, peer, dst, self.connect_timeout).await
         } else {
             copy::connect_from(&pod.netns, dst, self.connect_timeout).await
         };
-        let app = match connected {
-            Ok(s) => s,
-            Err((f, detail)) => {
-                self.metrics.failure("inbound", f.label());
-                labels.response_flags = f.label().to_string();
-                self.metrics.conn_opened(&labels);
-                self.metrics.conn_closed(&labels, 0, 0);
-                warn!(target: "sluice::access", direction = "inbound", pod = %pod.name, namespace = %pod.namespace,
-                      src = %peer, dst = %dst, reason = f.label(), detail, "delivery to the app failed");
-                return;
-            }
-        };
-        self.metrics.conn_opened(&labels);
-        let start = std::time::Instant::now();
-        let (sent, received, err) = copy::splice(client, app).await;
-        self.metrics.conn_closed(&labels, sent, received);
-        info!(target: "sluice::access", direction = "inbound", pod = %pod.name, namespace = %pod.namespace,
-              src = %peer, dst = %dst, sent, received, duration_ms = start.elapsed().as_millis() as u64,
-              error = err.map(|e| e.to_string()), "connection closed");
+        self.carry(dir, &pod, peer, dst, labels, client, app).await;
     }
 }

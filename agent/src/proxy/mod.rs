@@ -11,12 +11,15 @@ mod outbound;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sluice_common::{INBOUND_CAPTURE_PORT, INBOUND_HBONE_PORT, OUTBOUND_CAPTURE_PORT};
-use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::warn;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
 
 use crate::{
     redirect::{Kernel, NetNs, inpod::Role},
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{ConnLabels, Metrics},
 };
 
 /// What the proxy knows about the pod a listener belongs to.
@@ -86,6 +89,22 @@ impl Failure {
     }
 }
 
+/// Which way a captured connection goes, as metrics and access logs name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 fn is_agent_port(addr: SocketAddr) -> bool {
     matches!(
         addr.port(),
@@ -109,6 +128,43 @@ impl Proxy {
                 tokio::spawn(async move { me.accept_loop(role, l, pod).await })
             })
             .collect()
+    }
+
+    /// Carries one captured connection once its other side is connected (or failed): metrics,
+    /// byte copying, access log. The one place both directions share.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each argument is one fact of the connection"
+    )]
+    async fn carry(
+        &self,
+        dir: Direction,
+        pod: &PodCtx,
+        src: SocketAddr,
+        dst: SocketAddr,
+        mut labels: ConnLabels,
+        client: TcpStream,
+        other: Result<TcpStream, (Failure, String)>,
+    ) {
+        let other = match other {
+            Ok(s) => s,
+            Err((f, detail)) => {
+                self.metrics.failure(dir.label(), f.label());
+                labels.response_flags = f.label().to_string();
+                self.metrics.conn_opened(&labels);
+                self.metrics.conn_closed(&labels, 0, 0);
+                warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
+                      %src, %dst, reason = f.label(), detail, "connection failed");
+                return;
+            }
+        };
+        self.metrics.conn_opened(&labels);
+        let start = std::time::Instant::now();
+        let (sent, received, err) = copy::splice(client, other).await;
+        self.metrics.conn_closed(&labels, sent, received);
+        info!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
+              %src, %dst, sent, received, duration_ms = start.elapsed().as_millis() as u64,
+              error = err.map(|e| e.to_string()), "connection closed");
     }
 
     async fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener, pod: Arc<PodCtx>) {

@@ -107,9 +107,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     s.listen(BACKLOG)
 }
 
-/// A TCP socket created inside `netns` and marked so the kernel programs leave it alone; connect it
-/// from any thread.
-pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
+/// A TCP socket created inside `netns`, carrying `mark`.
+fn socket_in(netns: &NetNs, v6: bool, mark: u32) -> io::Result<TcpSocket> {
     let s = netns.run(|| {
         if v6 {
             TcpSocket::new_v6()
@@ -117,9 +116,15 @@ pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
             TcpSocket::new_v4()
         }
     })??;
-    sys::set_mark(s.as_fd(), AGENT_SOCKET_MARK)?;
+    sys::set_mark(s.as_fd(), mark)?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// A TCP socket created inside `netns` and marked so the kernel programs leave it alone; connect it
+/// from any thread.
+pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
+    socket_in(netns, v6, AGENT_SOCKET_MARK)
 }
 
 /// A transparent delivery socket inside `netns`, bound to the original client's address `client_ip`
@@ -127,16 +132,8 @@ pub fn marked_socket(netns: &Arc<NetNs>, v6: bool) -> io::Result<TcpSocket> {
 /// application's replies to it. Returns the socket and the address it is bound to.
 pub fn transparent_socket(netns: &Arc<NetNs>, client_ip: IpAddr) -> io::Result<(TcpSocket, SocketAddr)> {
     let v6 = client_ip.is_ipv6();
-    let s = netns.run(|| {
-        if v6 {
-            TcpSocket::new_v6()
-        } else {
-            TcpSocket::new_v4()
-        }
-    })??;
-    sys::set_mark(s.as_fd(), INBOUND_DELIVERY_MARK)?;
+    let s = socket_in(netns, v6, INBOUND_DELIVERY_MARK)?;
     sys::set_transparent(s.as_fd(), v6)?;
-    s.set_nodelay(true)?;
     s.bind(SocketAddr::new(client_ip, 0))?;
     let local = s.local_addr()?;
     Ok((s, local))

@@ -1,9 +1,7 @@
 //! Kernel redirection: eBPF loading and pinning ([`kernel`]), the agent's sockets inside pod
-//! network namespaces ([`inpod`]), the persisted registry of pods the CNI told us about
-//! ([`registry`]), the pod-side policy route for transparent delivery ([`routing`]), and the raw syscalls all of that needs ([`sys`], the only `unsafe` code).
+//! network namespaces ([`inpod`]), the pod-side policy route for transparent delivery ([`routing`]), and the raw syscalls all of that needs ([`sys`], the only `unsafe` code).
 pub mod inpod;
 pub mod kernel;
-pub mod registry;
 pub mod routing;
 pub mod sys;
 

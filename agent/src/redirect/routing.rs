@@ -8,7 +8,7 @@
 //! iptables), idempotently.
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use rtnetlink::{
@@ -59,49 +59,37 @@ pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), Rout
         }
     };
     let result = async {
-        ignore_exists(
-            handle
+        let families: &[IpAddr] = if v6 {
+            &[
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ]
+        } else {
+            &[IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        };
+        for any in families {
+            let rule = handle
                 .rule()
                 .add()
-                .v4()
                 .action(RuleAction::ToTable)
                 .fw_mark(INBOUND_DELIVERY_MARK)
                 .table_id(DELIVERY_ROUTE_TABLE)
-                .priority(DELIVERY_ROUTE_TABLE)
-                .execute()
-                .await,
-        )
-        .map_err(nl("IPv4 fwmark rule"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .table_id(DELIVERY_ROUTE_TABLE)
-            .output_interface(LOOPBACK_IFINDEX)
-            .build();
-        ignore_exists(handle.route().add(route).execute().await).map_err(nl("IPv4 local route"))?;
-        if v6 {
-            ignore_exists(
-                handle
-                    .rule()
-                    .add()
-                    .v6()
-                    .action(RuleAction::ToTable)
-                    .fw_mark(INBOUND_DELIVERY_MARK)
-                    .table_id(DELIVERY_ROUTE_TABLE)
-                    .priority(DELIVERY_ROUTE_TABLE)
-                    .execute()
-                    .await,
-            )
-            .map_err(nl("IPv6 fwmark rule"))?;
-            let route = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+                .priority(DELIVERY_ROUTE_TABLE);
+            let added = if any.is_ipv4() {
+                rule.v4().execute().await
+            } else {
+                rule.v6().execute().await
+            };
+            ignore_exists(added).map_err(nl("fwmark rule"))?;
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(*any, 0)
+                .map_err(|e| nl("local route")(NlError::InvalidNla(e.to_string())))?
                 .kind(RouteType::Local)
                 .scope(RouteScope::Host)
                 .table_id(DELIVERY_ROUTE_TABLE)
                 .output_interface(LOOPBACK_IFINDEX)
                 .build();
-            ignore_exists(handle.route().add(route).execute().await).map_err(nl("IPv6 local route"))?;
+            ignore_exists(handle.route().add(route).execute().await).map_err(nl("local route"))?;
         }
         // The sysctl file resolves to the netns of the thread that opens it.
         netns

@@ -3,25 +3,10 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
-
-/// A pod as the CNI plugin reported it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodInfo {
-    /// Stable key: the pod UID, or the container ID when the runtime gave no UID.
-    pub key: String,
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub container_id: String,
-    /// Path of the pod's network namespace on this host.
-    pub netns: PathBuf,
-    pub ips: Vec<IpAddr>,
-}
+use crate::cni::protocol::PodRef;
 
 /// On-disk registry.
 #[derive(Debug)]
@@ -47,7 +32,8 @@ impl Registry {
         }
     }
 
-    pub fn load(&self) -> Result<BTreeMap<String, PodInfo>, RegistryError> {
+    /// The persisted pods by [`PodRef::key`].
+    pub fn load(&self) -> Result<BTreeMap<String, PodRef>, RegistryError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -58,15 +44,15 @@ impl Registry {
                 });
             }
         };
-        let pods: Vec<PodInfo> = serde_json::from_str(&text).map_err(|source| RegistryError::Corrupt {
+        let pods: Vec<PodRef> = serde_json::from_str(&text).map_err(|source| RegistryError::Corrupt {
             path: self.path.clone(),
             source,
         })?;
-        Ok(pods.into_iter().map(|p| (p.key.clone(), p)).collect())
+        Ok(pods.into_iter().map(|p| (p.key(), p)).collect())
     }
 
-    pub fn save(&self, pods: &BTreeMap<String, PodInfo>) -> Result<(), RegistryError> {
-        let list: Vec<&PodInfo> = pods.values().collect();
+    pub fn save(&self, pods: &BTreeMap<String, PodRef>) -> Result<(), RegistryError> {
+        let list: Vec<&PodRef> = pods.values().collect();
         let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
         let tmp = self.path.with_extension("json.tmp");
         let io = |source| RegistryError::Io {
@@ -87,8 +73,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = Registry::new(dir.path());
         assert!(r.load().expect("empty").is_empty());
-        let p = PodInfo {
-            key: "uid-1".into(),
+        let p = PodRef {
             namespace: "ns".into(),
             name: "p".into(),
             uid: "uid-1".into(),
@@ -97,7 +82,7 @@ mod tests {
             ips: vec!["10.0.0.2".parse().expect("ip")],
         };
         let mut m = BTreeMap::new();
-        m.insert(p.key.clone(), p.clone());
+        m.insert(p.key(), p.clone());
         r.save(&m).expect("save");
         assert_eq!(r.load().expect("load").get("uid-1"), Some(&p));
         std::fs::write(dir.path().join("pods.json"), "{").expect("write");
