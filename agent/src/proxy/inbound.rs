@@ -34,7 +34,7 @@ impl Proxy {
             destination_principal: pod.principal(),
             destination_service: dst.to_string(),
             response_flags: "-".into(),
-            connection_security_policy: "none",
+            connection_security_policy: "unknown",
         };
         let app = if pod.transparent {
             copy::deliver_transparent(&self.kernel, &pod.netns, peer, dst, self.connect_timeout).await

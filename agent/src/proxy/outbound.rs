@@ -31,7 +31,7 @@ impl Proxy {
             destination_principal: "unknown".into(),
             destination_service: dst.to_string(),
             response_flags: "-".into(),
-            connection_security_policy: "none",
+            connection_security_policy: "unknown",
         };
         let upstream = copy::connect_from(&pod.netns, dst, self.connect_timeout).await;
         self.carry(dir, &pod, peer, dst, labels, client, upstream).await;

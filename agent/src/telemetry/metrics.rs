@@ -31,7 +31,7 @@ pub struct ConnLabels {
     pub destination_service: String,
     /// `-` when the connection succeeded, else the failure reason.
     pub response_flags: String,
-    /// `mutual_tls` or `none`.
+    /// `mutual_tls` for HBONE, `unknown` for plain TCP (as ztunnel reports it).
     pub connection_security_policy: &'static str,
 }
 
