@@ -4,6 +4,7 @@
 //! Istio kinds are recognised and reported as not enforced yet, never silently dropped.
 use std::{
     collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -35,6 +36,36 @@ pub struct PodEntry {
     pub name: String,
     pub labels: Labels,
     pub service_account: String,
+    /// `status.podIPs` (Pod) or `spec.addresses` (Workload).
+    pub ips: Vec<IpAddr>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// Numeric `targetPort` (defaults to `port`).
+    pub target_port: u16,
+}
+
+/// A Kubernetes Service: virtual IPs and ports in front of the pods its selector matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Labels,
+    /// Pod IPs of the matching pods (computed at compile time), sorted.
+    pub endpoints: Vec<IpAddr>,
+}
+
+impl Service {
+    /// `name.namespace.svc.cluster.local`, as Istio names the destination service.
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
 }
 
 /// Whether a pod is in the mesh, and why.
@@ -47,7 +78,6 @@ pub enum EnrollDecision {
 
 /// Kinds recognised but not compiled yet; accepted with a warning naming them.
 const KNOWN_NOT_ENFORCED: &[&str] = &[
-    "Service",
     "ServiceEntry",
     "PeerAuthentication",
     "AuthorizationPolicy",
@@ -65,6 +95,15 @@ pub struct Snapshot {
     /// Keyed by (namespace, name).
     #[serde(skip)]
     pub pods: HashMap<(String, String), PodEntry>,
+    /// Pod IP -> (namespace, name).
+    #[serde(skip)]
+    pub pods_by_ip: HashMap<IpAddr, (String, String)>,
+    /// Keyed by (namespace, name).
+    #[serde(skip)]
+    pub services: HashMap<(String, String), Service>,
+    /// Service VIP:port -> (namespace, name, index into ports).
+    #[serde(skip)]
+    pub vips: HashMap<SocketAddr, (String, String, usize)>,
 }
 
 impl Snapshot {
@@ -91,6 +130,18 @@ impl Snapshot {
             Some(DATAPLANE_MODE_AMBIENT) => EnrollDecision::Enrolled,
             _ => EnrollDecision::NotEnrolled("namespace not labelled istio.io/dataplane-mode=ambient"),
         }
+    }
+
+    /// The pod (or Workload) that owns `ip`.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&PodEntry> {
+        self.pods_by_ip.get(&ip).and_then(|k| self.pods.get(k))
+    }
+
+    /// The Service and port behind a virtual `ip:port`.
+    pub fn service_by_vip(&self, addr: SocketAddr) -> Option<(&Service, &ServicePort)> {
+        let (ns, name, idx) = self.vips.get(&addr)?;
+        let svc = self.services.get(&(ns.clone(), name.clone()))?;
+        Some((svc, svc.ports.get(*idx)?))
     }
 
     /// The service account of a pod (`default` when the config does not say).
@@ -138,13 +189,31 @@ impl Snapshot {
                     snap.namespaces.insert(name.clone(), Namespace { name, labels });
                 }
                 "Pod" | "Workload" => {
-                    let sa_path = if kind == "Pod" {
-                        "spec.serviceAccountName"
+                    let (sa_path, ips) = if kind == "Pod" {
+                        let mut ips = cx.ip_list("status.podIPs", Some("ip"));
+                        if ips.is_empty() {
+                            ips = cx.ip_list("status.podIP", None);
+                        }
+                        ("spec.serviceAccountName", ips)
                     } else {
-                        "spec.serviceAccount"
+                        ("spec.serviceAccount", cx.ip_list("spec.addresses", None))
                     };
                     let service_account = cx.string(sa_path, false).unwrap_or_else(|| "default".into());
                     let namespace = namespace.unwrap_or_else(|| "default".into());
+                    for ip in &ips {
+                        let key = (namespace.clone(), name.clone());
+                        if let Some(other) = snap.pods_by_ip.insert(*ip, key) {
+                            cx.error(
+                                if kind == "Pod" {
+                                    "status.podIPs"
+                                } else {
+                                    "spec.addresses"
+                                },
+                                format!("address {ip} is already used by {}/{}", other.0, other.1),
+                                "every workload needs its own addresses",
+                            );
+                        }
+                    }
                     snap.pods.insert(
                         (namespace.clone(), name.clone()),
                         PodEntry {
@@ -152,6 +221,27 @@ impl Snapshot {
                             name,
                             labels,
                             service_account,
+                            ips,
+                        },
+                    );
+                }
+                "Service" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    let mut vips = cx.ip_list("spec.clusterIPs", None);
+                    if vips.is_empty() {
+                        vips = cx.ip_list("spec.clusterIP", None);
+                    }
+                    let ports = cx.service_ports();
+                    let selector = cx.labels("spec.selector");
+                    snap.services.insert(
+                        (namespace.clone(), name.clone()),
+                        Service {
+                            namespace,
+                            name,
+                            vips,
+                            ports,
+                            selector,
+                            endpoints: Vec::new(),
                         },
                     );
                 }
@@ -167,7 +257,32 @@ impl Snapshot {
                 ),
             }
         }
+        snap.link_services();
         snap
+    }
+
+    /// Computes each Service's endpoints from its selector and indexes its VIPs.
+    fn link_services(&mut self) {
+        for ((ns, name), svc) in self.services.iter_mut() {
+            if !svc.selector.is_empty() {
+                let mut eps: Vec<IpAddr> = self
+                    .pods
+                    .values()
+                    .filter(|p| {
+                        &p.namespace == ns && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                    })
+                    .flat_map(|p| p.ips.iter().copied())
+                    .collect();
+                eps.sort();
+                svc.endpoints = eps;
+            }
+            for vip in &svc.vips {
+                for (i, p) in svc.ports.iter().enumerate() {
+                    self.vips
+                        .insert(SocketAddr::new(*vip, p.port), (ns.clone(), name.clone(), i));
+                }
+            }
+        }
     }
 }
 
@@ -223,6 +338,83 @@ impl Cx<'_> {
                 None
             }
         }
+    }
+
+    /// A string or a list of strings (optionally objects with `field`) parsed as IP addresses.
+    fn ip_list(&mut self, path: &str, field: Option<&str>) -> Vec<IpAddr> {
+        let items: Vec<(String, Value)> = match self.get(path).cloned() {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{path}[{i}]"), v))
+                .collect(),
+            Some(v) => vec![(path.to_string(), v)],
+        };
+        let mut out = Vec::new();
+        for (p, v) in items {
+            let v = match field {
+                Some(f) => v.get(f).cloned().unwrap_or(Value::Null),
+                None => v,
+            };
+            match v.as_str().map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => out.push(ip),
+                // Kubernetes writes "None" for headless services.
+                Some(Err(_)) if v.as_str() == Some("None") => {}
+                _ => self.error(
+                    &p,
+                    format!("`{v}` is not an IP address"),
+                    "write an IPv4 or IPv6 address",
+                ),
+            }
+        }
+        out
+    }
+
+    /// `spec.ports` of a Service.
+    fn service_ports(&mut self) -> Vec<ServicePort> {
+        let Some(Value::Array(items)) = self.get("spec.ports").cloned() else {
+            self.error(
+                "spec.ports",
+                "a Service needs at least one port".into(),
+                "add spec.ports",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, p) in items.iter().enumerate() {
+            let path = format!("spec.ports[{i}]");
+            let valid = |v: Option<&Value>| v.and_then(Value::as_u64).filter(|n| (1..=65535).contains(n));
+            let Some(port) = valid(p.get("port")) else {
+                self.error(
+                    &format!("{path}.port"),
+                    "must be a port number 1-65535".into(),
+                    "set port",
+                );
+                continue;
+            };
+            let target_port = match p.get("targetPort") {
+                None | Some(Value::Null) => port,
+                Some(v) => match valid(Some(v)) {
+                    Some(t) => t,
+                    None => {
+                        self.error(
+                            &format!("{path}.targetPort"),
+                            format!("targetPort {v} is not supported (named ports are not yet)"),
+                            "use the container's port number",
+                        );
+                        continue;
+                    }
+                },
+            };
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+            out.push(ServicePort {
+                name,
+                port: port as u16,
+                target_port: target_port as u16,
+            });
+        }
+        out
     }
 
     fn labels(&mut self, path: &str) -> Labels {
@@ -311,6 +503,65 @@ spec: {serviceAccountName: api-sa}
         }
         assert_eq!(s.service_account("legacy", "api"), "api-sa");
         assert_eq!(s.service_account("shop", "web"), "default");
+    }
+
+    #[test]
+    fn services_resolve_vips_to_selected_pod_endpoints() {
+        let (s, d) = compile(
+            r#"
+kind: Pod
+metadata: {name: a, namespace: shop, labels: {app: web}}
+status: {podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+---
+kind: Pod
+metadata: {name: b, namespace: shop, labels: {app: web}}
+status: {podIP: 10.0.1.1}
+---
+kind: Pod
+metadata: {name: c, namespace: other, labels: {app: web}}
+status: {podIP: 10.0.2.1}
+---
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+        );
+        assert!(!d.has_errors(), "{d}");
+        let (svc, port) = s
+            .service_by_vip("10.96.0.10:80".parse().expect("addr"))
+            .expect("vip");
+        assert_eq!(svc.hostname(), "web.shop.svc.cluster.local");
+        assert_eq!(port.target_port, 8080);
+        let want: Vec<IpAddr> = ["10.0.0.1", "10.0.1.1", "fd00::1"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        assert_eq!(svc.endpoints, want);
+        assert!(s.service_by_vip("10.96.0.10:81".parse().expect("addr")).is_none());
+        assert_eq!(
+            s.workload_by_ip("10.0.1.1".parse().expect("ip"))
+                .map(|p| p.name.as_str()),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn bad_addresses_and_ports_are_reported() {
+        let (_, d) = compile(
+            "kind: Pod\nmetadata: {name: a}\nstatus: {podIP: nope}\n---\nkind: Pod\nmetadata: {name: b}\nstatus: {podIP: 10.0.0.1}\n---\nkind: Pod\nmetadata: {name: c}\nstatus: {podIP: 10.0.0.1}\n---\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n",
+        );
+        let e: Vec<String> = d.errors().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].contains("status.podIP") && e[0].contains("is not an IP address"),
+            "{}",
+            e[0]
+        );
+        assert!(e[1].contains("already used by default/"), "{}", e[1]);
+        assert!(e[2].contains("spec.ports[0].port"), "{}", e[2]);
     }
 
     #[test]
