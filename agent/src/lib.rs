@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`cli`] | the command line of the `sluice` binary |
 //! | [`config`] | mesh config model, the file source and the snapshot enrollment reads |
+//! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
 //! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
 //! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
 //! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod identity;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;

@@ -1,0 +1,212 @@
+//! The `local` CA: a signing certificate and key in a directory shared by the cluster, and a trust
+//! bundle that may hold several roots (so the root can be rotated). Layout, as Istio's `cacerts`:
+//! `ca-cert.pem` (signing certificate), `ca-key.pem` (its PKCS#8 key), `root-cert.pem` (trust bundle;
+//! defaults to `ca-cert.pem`).
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
+
+use super::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("CA file {path}: {source} (create the CA with `sluice ca init --dir <dir>`)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("CA file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("CA directory {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("minting a certificate for {identity}: {detail}")]
+    Mint { identity: String, detail: String },
+    #[error("CA directory {path} already holds a CA; refusing to overwrite it")]
+    Exists { path: PathBuf },
+}
+
+/// A minted leaf: chain (leaf first), key, expiry.
+pub struct Leaf {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub not_after: SystemTime,
+}
+
+/// The signing CA and the trust bundle.
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+    ca_cert: CertificateDer<'static>,
+    /// Every trusted root (DER).
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+fn read(path: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn certs_from_pem(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(text.as_bytes()).collect();
+    let certs = certs.map_err(|e| CaError::Parse {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(CaError::Parse {
+            path: path.to_path_buf(),
+            detail: "no PEM certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+impl LocalCa {
+    /// Creates a new self-signed root for `trust_domain` in `dir` (refuses to overwrite).
+    pub fn init(dir: &Path, trust_domain: &str, lifetime: Duration) -> Result<(), CaError> {
+        let w = |source| CaError::Write {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(w)?;
+        if dir.join("ca-key.pem").exists() {
+            return Err(CaError::Exists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mint = |detail: rcgen::Error| CaError::Mint {
+            identity: format!("root CA of {trust_domain}"),
+            detail: detail.to_string(),
+        };
+        let key = KeyPair::generate().map_err(mint)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::CommonName, format!("sluice root CA ({trust_domain})"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + lifetime).into();
+        let cert = params.self_signed(&key).map_err(mint)?;
+        std::fs::write(dir.join("ca-cert.pem"), cert.pem()).map_err(w)?;
+        std::fs::write(dir.join("root-cert.pem"), cert.pem()).map_err(w)?;
+        let key_path = dir.join("ca-key.pem");
+        std::fs::write(&key_path, key.serialize_pem()).map_err(w)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(w)?;
+        Ok(())
+    }
+
+    /// Loads the CA from `dir`.
+    pub fn load(dir: &Path) -> Result<LocalCa, CaError> {
+        let cert_path = dir.join("ca-cert.pem");
+        let key_path = dir.join("ca-key.pem");
+        let root_path = dir.join("root-cert.pem");
+        let cert_pem = read(&cert_path)?;
+        let ca_cert = certs_from_pem(&cert_path, &cert_pem)?.remove(0);
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| CaError::Parse {
+            path: key_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| CaError::Parse {
+            path: cert_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let roots = if root_path.exists() {
+            certs_from_pem(&root_path, &read(&root_path)?)?
+        } else {
+            vec![ca_cert.clone()]
+        };
+        Ok(LocalCa {
+            issuer,
+            ca_cert,
+            roots,
+        })
+    }
+
+    /// Mints a leaf certificate for `id` valid for `lifetime` (ECDSA P-256, URI SAN, both EKUs).
+    pub fn mint(&self, id: &Identity, lifetime: Duration) -> Result<Leaf, CaError> {
+        let err = |e: rcgen::Error| CaError::Mint {
+            identity: id.to_string(),
+            detail: e.to_string(),
+        };
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::default();
+        let uri = id.to_string().try_into().map_err(err)?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.distinguished_name = DistinguishedName::new();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_after = now + lifetime;
+        // Tolerate small clock differences between nodes.
+        params.not_before = (now - Duration::from_secs(30)).into();
+        params.not_after = not_after.into();
+        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
+        let mut chain = vec![cert.der().clone()];
+        if !self.roots.contains(&self.ca_cert) {
+            // An intermediate signing CA: send it along.
+            chain.push(self.ca_cert.clone());
+        }
+        Ok(Leaf {
+            chain,
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_load_mint_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
+        let e = LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600))
+            .expect_err("second init refused");
+        assert!(matches!(e, CaError::Exists { .. }));
+        let ca = LocalCa::load(dir.path()).expect("load");
+        assert_eq!(ca.roots.len(), 1);
+        let id = Identity::new("cluster.local", "shop", "web");
+        let leaf = ca.mint(&id, Duration::from_secs(60)).expect("mint");
+        let (_, x) = x509_parser::parse_x509_certificate(&leaf.chain[0]).expect("parse");
+        let sans = x.subject_alternative_name().expect("ext").expect("present");
+        let uris: Vec<String> = sans
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, vec![id.to_string()]);
+    }
+
+    #[test]
+    fn missing_ca_names_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = LocalCa::load(dir.path()).err().expect("missing").to_string();
+        assert!(e.contains("ca-cert.pem") && e.contains("sluice ca init"), "{e}");
+    }
+}
