@@ -9,6 +9,7 @@
 //! | [`config`] | mesh config model, the file source and the snapshot enrollment reads |
 //! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
 //! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
+//! | [`tunnel`] | HBONE: HTTP/2 CONNECT over mutual TLS on 15008, client pool and server |
 //! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
 //! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
 //! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
@@ -23,3 +24,4 @@ pub mod identity;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;
+pub mod tunnel;

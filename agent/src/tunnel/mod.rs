@@ -1,0 +1,53 @@
+//! HBONE: TCP connections carried as HTTP/2 CONNECT streams over mutual TLS 1.3 on port 15008,
+//! wire-compatible with Istio's ztunnel (ALPN `h2`, SPIFFE URI SANs, plain CONNECT with
+//! `:authority` = the original destination `ip:port`, 200 on success, 400/401/503 on failure).
+//!
+//! - [`server`]: the in-pod 15008 side: TLS accept, peer identity, CONNECT streams handed to a handler.
+//! - [`pool`]: the client side: one pooled HTTP/2 connection per (source pod, destination, expected
+//!   identity), many streams each, idle connections closed after a timeout.
+//! - [`copy`]: bytes between a TCP socket and a CONNECT stream, honouring HTTP/2 flow control and
+//!   carrying half-close (FIN <-> END_STREAM) both ways.
+pub mod copy;
+pub mod pool;
+pub mod server;
+
+/// HTTP/2 settings, as ztunnel uses them: large windows and frames for bulk throughput.
+pub mod settings {
+    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    pub const MAX_FRAME: u32 = 1024 * 1024;
+    /// Streams the server allows per connection.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+    pub const MAX_SEND_BUFFER: usize = 4 * 1024 * 1024;
+}
+
+/// Why a tunnel could not be used; one value per reason (the `response_flags` label).
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("TCP connect to {0} failed: {1}")]
+    Connect(std::net::SocketAddr, std::io::Error),
+    #[error("TCP connect to {0} timed out — is a NetworkPolicy blocking the HBONE port 15008?")]
+    ConnectTimeout(std::net::SocketAddr),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(std::net::SocketAddr, std::io::Error),
+    #[error("HTTP/2 with {0} failed: {1}")]
+    H2(std::net::SocketAddr, h2::Error),
+    #[error("the peer refused CONNECT {0} with status {1}")]
+    Refused(std::net::SocketAddr, http::StatusCode),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+impl TunnelError {
+    /// Istio's response flag for this failure.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            TunnelError::Connect(..) | TunnelError::ConnectTimeout(_) => "CONNECT",
+            TunnelError::Tls(..) | TunnelError::Config(_) => "TLS_FAILURE",
+            TunnelError::H2(..) => "H2_HANDSHAKE_FAILURE",
+            TunnelError::Refused(_, s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
+            TunnelError::Refused(..) => "CONNECT",
+        }
+    }
+}

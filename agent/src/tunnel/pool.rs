@@ -1,0 +1,386 @@
+//! The HBONE client: pooled HTTP/2-over-mTLS connections opened from inside the source pod's netns.
+//!
+//! One connection per (source pod, destination `ip:15008`, source identity, expected destination
+//! identity) carries many CONNECT streams (the server bounds them with MAX_CONCURRENT_STREAMS; h2
+//! queues beyond that). A broken connection is replaced on next use; connections without streams
+//! for longer than the idle timeout are closed by [`Pool::reap_idle`].
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream, client::SendRequest};
+use http::{Method, Request, StatusCode};
+use parking_lot::Mutex;
+use tokio_rustls::TlsConnector;
+
+use super::{TunnelError, settings};
+use crate::{
+    identity::{
+        Identity,
+        certs::CertManager,
+        tls::{client_config, server_name},
+    },
+    redirect::{NetNs, inpod},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The source pod (its netns cookie): connections leave from inside it.
+    pub src_pod: u64,
+    pub src: Identity,
+    /// `pod-ip:15008`.
+    pub dst: SocketAddr,
+    pub expected: Identity,
+}
+
+struct Conn {
+    send: SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+/// Decrements the connection's active-stream count when the stream ends.
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct Pool {
+    certs: Arc<CertManager>,
+    conns: Mutex<HashMap<PoolKey, Conn>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(certs: Arc<CertManager>, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
+        Pool {
+            certs,
+            conns: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+        }
+    }
+
+    /// Opens a CONNECT stream to `target` through the pooled connection for `key`, dialling it
+    /// from inside `netns` when needed. Succeeds only once the peer answered 200.
+    pub async fn connect(
+        &self,
+        key: &PoolKey,
+        netns: &Arc<NetNs>,
+        target: SocketAddr,
+    ) -> Result<(SendStream<Bytes>, RecvStream, StreamGuard), TunnelError> {
+        let pooled = {
+            let mut conns = self.conns.lock();
+            match conns.get_mut(key) {
+                Some(c) => {
+                    c.last_used = Instant::now();
+                    Some((c.send.clone(), c.active.clone()))
+                }
+                None => None,
+            }
+        };
+        let ready = match pooled {
+            Some((send, active)) => match send.ready().await {
+                Ok(s) => Some((s, active)),
+                Err(_) => {
+                    self.conns.lock().remove(key);
+                    None
+                }
+            },
+            None => None,
+        };
+        let (mut send, active) = match ready {
+            Some(x) => x,
+            None => {
+                let send = self.dial(key, netns).await?;
+                let active = Arc::new(AtomicUsize::new(0));
+                self.conns.lock().insert(
+                    key.clone(),
+                    Conn {
+                        send: send.clone(),
+                        active: active.clone(),
+                        last_used: Instant::now(),
+                    },
+                );
+                let send = send.ready().await.map_err(|e| TunnelError::H2(key.dst, e))?;
+                (send, active)
+            }
+        };
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .body(())
+            .map_err(|e| TunnelError::Config(e.to_string()))?;
+        active.fetch_add(1, Ordering::SeqCst);
+        let guard = StreamGuard(active);
+        let (resp, send_stream) = send
+            .send_request(req, false)
+            .map_err(|e| TunnelError::H2(key.dst, e))?;
+        let resp = resp.await.map_err(|e| TunnelError::H2(key.dst, e))?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::Refused(key.dst, resp.status()));
+        }
+        Ok((send_stream, resp.into_body(), guard))
+    }
+
+    async fn dial(&self, key: &PoolKey, netns: &Arc<NetNs>) -> Result<SendRequest<Bytes>, TunnelError> {
+        let sock =
+            inpod::marked_socket(netns, key.dst.is_ipv6()).map_err(|e| TunnelError::Connect(key.dst, e))?;
+        let tcp = match tokio::time::timeout(self.connect_timeout, sock.connect(key.dst)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(TunnelError::Connect(key.dst, e)),
+            Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
+        };
+        let cfg = client_config(&self.certs, &key.src, vec![key.expected.clone()])
+            .map_err(|e| TunnelError::Config(e.to_string()))?;
+        let tls = TlsConnector::from(cfg)
+            .connect(server_name(), tcp)
+            .await
+            .map_err(|e| TunnelError::Tls(key.dst, e))?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(settings::STREAM_WINDOW)
+            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .max_frame_size(settings::MAX_FRAME)
+            .max_header_list_size(settings::MAX_HEADER_LIST)
+            .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| TunnelError::H2(key.dst, e))?;
+        let dst = key.dst;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%dst, error = %e, "HBONE connection ended");
+            }
+        });
+        tracing::debug!(%dst, src = %key.src, expected = %key.expected, "HBONE connection opened");
+        Ok(send)
+    }
+
+    /// Closes pooled connections without streams that were not used for the idle timeout.
+    pub fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut conns = self.conns.lock();
+        let before = conns.len();
+        conns.retain(|_, c| {
+            c.active.load(Ordering::SeqCst) > 0 || now.duration_since(c.last_used) < self.idle_timeout
+        });
+        before - conns.len()
+    }
+
+    /// Pooled connections now.
+    pub fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+
+    use super::*;
+    use crate::{
+        identity::{ca::LocalCa, tls::server_config},
+        tunnel::{copy, server},
+    };
+
+    fn root_or_skip() -> bool {
+        // Pooled sockets carry SO_MARK, which needs CAP_NET_ADMIN.
+        // SAFETY: geteuid has no preconditions.
+        #[allow(unsafe_code)]
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root && std::env::var("SLUICE_E2E_ALLOW_SKIP").as_deref() != Ok("1") {
+            panic!("this test needs root (SO_MARK); run as root or set SLUICE_E2E_ALLOW_SKIP=1");
+        }
+        root
+    }
+
+    async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        a
+    }
+
+    /// An HBONE server on 127.0.0.1 that forwards streams to their target, or refuses port 1.
+    async fn hbone_server(certs: Arc<CertManager>, id: Identity) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = l.local_addr().expect("addr");
+        let cfg = server_config(&certs, &id).expect("cfg");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let cfg = cfg.clone();
+                tokio::spawn(async move {
+                    let _ = server::serve_connection(tcp, cfg, "cluster.local", |stream| {
+                        tokio::spawn(async move {
+                            if stream.target.port() == 1 {
+                                return stream.refuse(http::StatusCode::UNAUTHORIZED);
+                            }
+                            let Ok(app) = tokio::net::TcpStream::connect(stream.target).await else {
+                                return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+                            };
+                            if let Ok((send, recv)) = stream.accept() {
+                                copy::splice(app, send, recv).await;
+                            }
+                        });
+                    })
+                    .await;
+                });
+            }
+        });
+        a
+    }
+
+    async fn roundtrip(send: &mut SendStream<Bytes>, recv: &mut RecvStream, data: &[u8]) -> Vec<u8> {
+        send.reserve_capacity(data.len());
+        let mut rest = Bytes::copy_from_slice(data);
+        while !rest.is_empty() {
+            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .expect("open")
+                .expect("cap");
+            let chunk = rest.split_to(cap.min(rest.len()));
+            send.send_data(chunk, rest.is_empty()).expect("send");
+        }
+        let mut out = Vec::new();
+        while let Some(c) = recv.data().await {
+            let c = c.expect("data");
+            let _ = recv.flow_control().release_capacity(c.len());
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn pooled_streams_carry_bytes_and_failures_are_typed() {
+        if !root_or_skip() {
+            return;
+        }
+        crate::redirect::sys::init_home().expect("home");
+        let dir = tempfile::tempdir().expect("tempdir");
+        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
+        let certs = Arc::new(CertManager::new(
+            LocalCa::load(dir.path()).expect("load"),
+            "cluster.local",
+            Duration::from_secs(600),
+            0.5,
+        ));
+        let backend = Identity::new("cluster.local", "shop", "backend");
+        let frontend = Identity::new("cluster.local", "shop", "frontend");
+        let hbone = hbone_server(certs.clone(), backend.clone()).await;
+        let echo = echo_server().await;
+        let netns = Arc::new(NetNs::current().expect("netns"));
+        let pool = Pool::new(certs.clone(), Duration::from_secs(2), Duration::from_millis(200));
+        let key = PoolKey {
+            src_pod: 1,
+            src: frontend.clone(),
+            dst: hbone,
+            expected: backend.clone(),
+        };
+
+        let data: Vec<u8> = (0..(2 * 1024 * 1024)).map(|i| (i * 7 % 251) as u8).collect();
+        let (mut s1, mut r1, g1) = pool.connect(&key, &netns, echo).await.expect("stream 1");
+        let (mut s2, mut r2, g2) = pool.connect(&key, &netns, echo).await.expect("stream 2");
+        assert_eq!(pool.len(), 1, "both streams share one pooled connection");
+        let (a, b) = tokio::join!(
+            roundtrip(&mut s1, &mut r1, &data),
+            roundtrip(&mut s2, &mut r2, b"hello")
+        );
+        assert!(a == data, "2 MiB echoed byte-exact through the tunnel");
+        assert_eq!(b, b"hello");
+        drop((g1, g2));
+
+        let e = pool
+            .connect(&key, &netns, SocketAddr::from(([127, 0, 0, 1], 1)))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.response_flag(), "DENY", "{e}");
+        let e = pool
+            .connect(&key, &netns, SocketAddr::from(([127, 0, 0, 2], 80)))
+            .await
+            .err()
+            .expect("bad target");
+        assert!(
+            matches!(e, TunnelError::Refused(_, s) if s == StatusCode::BAD_REQUEST),
+            "{e}"
+        );
+
+        let wrong = PoolKey {
+            expected: Identity::new("cluster.local", "shop", "other"),
+            ..key.clone()
+        };
+        let e = pool
+            .connect(&wrong, &netns, echo)
+            .await
+            .err()
+            .expect("wrong identity");
+        assert_eq!(e.response_flag(), "TLS_FAILURE", "{e}");
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(pool.reap_idle() >= 1);
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_destination_is_a_connect_failure() {
+        if !root_or_skip() {
+            return;
+        }
+        crate::redirect::sys::init_home().expect("home");
+        let dir = tempfile::tempdir().expect("tempdir");
+        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
+        let certs = Arc::new(CertManager::new(
+            LocalCa::load(dir.path()).expect("load"),
+            "cluster.local",
+            Duration::from_secs(600),
+            0.5,
+        ));
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let pool = Pool::new(certs, Duration::from_secs(2), Duration::from_secs(60));
+        let id = Identity::new("cluster.local", "a", "b");
+        let key = PoolKey {
+            src_pod: 1,
+            src: id.clone(),
+            dst: closed,
+            expected: id,
+        };
+        let netns = Arc::new(NetNs::current().expect("netns"));
+        let e = pool
+            .connect(&key, &netns, closed)
+            .await
+            .err()
+            .expect("closed port");
+        assert_eq!(e.response_flag(), "CONNECT", "{e}");
+    }
+}

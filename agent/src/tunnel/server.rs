@@ -1,0 +1,138 @@
+//! The HBONE server side: accepts mTLS on a pod's 15008 listener, verifies the peer's SPIFFE
+//! identity, and hands every valid CONNECT stream to the caller. Malformed requests are answered
+//! here (400); the caller answers the rest (200 after connecting upstream, 401 on policy deny,
+//! 503 when the destination cannot be reached), always ending the stream on refusal.
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream, server::SendResponse};
+use http::{Method, Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::settings;
+use crate::identity::{Identity, tls::peer_identity};
+
+/// A CONNECT stream from a verified peer.
+pub struct Stream {
+    /// The peer's verified identity.
+    pub peer: Identity,
+    /// The TCP peer (the source pod's address).
+    pub peer_addr: SocketAddr,
+    /// Where the peer asked to go (`:authority`), an address of this pod.
+    pub target: SocketAddr,
+    respond: SendResponse<Bytes>,
+    body: RecvStream,
+}
+
+impl Stream {
+    /// Answers 200 and returns the stream halves to copy with.
+    pub fn accept(mut self) -> Result<(SendStream<Bytes>, RecvStream), h2::Error> {
+        let send = self.respond.send_response(ok_response(StatusCode::OK), false)?;
+        Ok((send, self.body))
+    }
+
+    /// Answers `status` and ends the stream.
+    pub fn refuse(mut self, status: StatusCode) {
+        let _ = self.respond.send_response(ok_response(status), true);
+    }
+}
+
+fn ok_response(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS handshake from {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("peer {0} refused: {1}")]
+    Identity(SocketAddr, crate::identity::tls::PeerError),
+    #[error("HTTP/2 with {0} failed: {1}")]
+    H2(SocketAddr, h2::Error),
+}
+
+impl ServerError {
+    /// Istio's response flag for this failure.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            ServerError::Tls(..) => "TLS_FAILURE",
+            ServerError::Identity(..) => "IDENTITY_ERROR",
+            ServerError::H2(..) => "H2_HANDSHAKE_FAILURE",
+        }
+    }
+}
+
+/// Serves one accepted TCP connection until the peer closes it; `on_stream` is called (and must
+/// not block) for each valid CONNECT stream.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    tls: Arc<ServerConfig>,
+    trust_domain: &str,
+    on_stream: impl Fn(Stream),
+) -> Result<(), ServerError> {
+    let peer_addr = tcp.peer_addr().map_err(|e| ServerError::Tls(unspecified(), e))?;
+    let local = tcp.local_addr().map_err(|e| ServerError::Tls(peer_addr, e))?;
+    let peer_addr = canonical(peer_addr);
+    let local_ip = canonical(local).ip();
+    let tls = TlsAcceptor::from(tls)
+        .accept(tcp)
+        .await
+        .map_err(|e| ServerError::Tls(peer_addr, e))?;
+    let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
+        .map_err(|e| ServerError::Identity(peer_addr, e))?;
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(settings::STREAM_WINDOW)
+        .initial_connection_window_size(settings::CONNECTION_WINDOW)
+        .max_frame_size(settings::MAX_FRAME)
+        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
+        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|e| ServerError::H2(peer_addr, e))?;
+    while let Some(next) = conn.accept().await {
+        let (req, mut respond) = match next {
+            Ok(x) => x,
+            Err(e) if e.is_go_away() || e.reason() == Some(h2::Reason::NO_ERROR) => break,
+            Err(e) => return Err(ServerError::H2(peer_addr, e)),
+        };
+        let target = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+            .map(canonical);
+        let status = match (req.method(), target) {
+            (m, _) if m != Method::CONNECT => Some(StatusCode::METHOD_NOT_ALLOWED),
+            (_, None) => Some(StatusCode::BAD_REQUEST),
+            // Only this pod's own addresses may be reached through its HBONE port.
+            (_, Some(t)) if t.ip() != local_ip => Some(StatusCode::BAD_REQUEST),
+            _ => None,
+        };
+        match (status, target) {
+            (None, Some(target)) => on_stream(Stream {
+                peer: peer.clone(),
+                peer_addr,
+                target,
+                respond,
+                body: req.into_body(),
+            }),
+            (status, _) => {
+                let _ = respond.send_response(ok_response(status.unwrap_or(StatusCode::BAD_REQUEST)), true);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
