@@ -20,6 +20,7 @@ pub struct State {
     pub kernel: Arc<Kernel>,
     pub pods: Arc<Pods>,
     pub store: Arc<SnapshotStore>,
+    pub certs: Arc<crate::identity::certs::CertManager>,
 }
 
 /// Which endpoints a listener serves.
@@ -75,7 +76,21 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             text(StatusCode::OK, s.metrics.render())
         }
         "/debug/pods" => json(&s.pods.status().await),
-        "/debug/config_dump" => json(&*s.store.load()),
+        "/debug/config_dump" => {
+            let snap = s.store.load();
+            let mut workloads: Vec<_> = snap.pods.values().collect();
+            workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            let mut services: Vec<_> = snap.services.values().collect();
+            services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            json(&serde_json::json!({
+                "generation": s.store.generation(),
+                "namespaces": snap.namespaces,
+                "workloads": workloads,
+                "services": services,
+                "certificates": s.certs.status(),
+            }))
+        }
+        "/debug/certs" => json(&s.certs.status()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/config_dump\n".into(),

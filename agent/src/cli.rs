@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Per-node agent: loads eBPF, enrolls pods, runs the tunnel proxy (DaemonSet).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// L7 waypoint proxy (not implemented yet).
     Waypoint,
     /// CNI plugin: run by the container runtime after the cluster's CNI (also works as `sluice-cni`).
@@ -46,6 +46,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+    /// Manage the local certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Show an agent's enrolled pods, certificates and connections (not implemented yet).
     Status {
         /// Agent admin address.
@@ -60,6 +63,7 @@ impl Command {
             Command::Agent(_) => "agent",
             Command::Waypoint => "waypoint",
             Command::Cni => "cni",
+            Command::Ca(_) => "ca",
             Command::Analyze { .. } => "analyze",
             Command::Config { .. } => "config",
             Command::Status { .. } => "status",
@@ -97,6 +101,41 @@ pub struct AgentArgs {
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
+    /// Certificate authority mode; `local` reads a CA from --ca-dir (shared by the cluster).
+    #[arg(long, value_enum, default_value_t = CaMode::Local)]
+    pub ca: CaMode,
+    /// Directory of the local CA (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`); see `sluice ca init`.
+    #[arg(long, env = "SLUICE_CA_DIR", default_value = "/etc/sluice/ca")]
+    pub ca_dir: PathBuf,
+    /// Lifetime of the workload certificates the agent mints.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: std::time::Duration,
+    /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
+    #[arg(long, default_value_t = 0.5)]
+    pub cert_rotate_after: f64,
+    /// Pooled HBONE connections without streams are closed after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub pool_idle_timeout: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CaMode {
+    /// A CA directory shared by the cluster; each agent mints certificates for its own pods.
+    Local,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Creates a new root CA in a directory (refuses to overwrite an existing one).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Lifetime of the root certificate.
+        #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+        lifetime: std::time::Duration,
+    },
 }
 
 /// Parses `250ms`, `10s`, `5m`.
@@ -111,7 +150,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
     }
 }
 
@@ -140,7 +180,8 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(std::time::Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(std::time::Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(std::time::Duration::from_secs(7200)));
+        assert!(parse_duration("1d").is_err());
         assert!(parse_duration("x").is_err());
     }
 }

@@ -12,8 +12,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice::telemetry::logging::init(cli.log_format, &cli.log_level);
     let result: anyhow::Result<()> = match cli.command {
-        Command::Agent(args) => sluice::agent::run(args),
+        Command::Agent(args) => sluice::agent::run(*args),
         Command::Cni => return sluice::cni::plugin::main(),
+        Command::Ca(sluice::cli::CaCommand::Init {
+            dir,
+            trust_domain,
+            lifetime,
+        }) => sluice::identity::ca::LocalCa::init(&dir, &trust_domain, lifetime)
+            .map(|()| println!("created a root CA for {trust_domain} in {}", dir.display()))
+            .map_err(anyhow::Error::from),
         Command::Waypoint | Command::Analyze { .. } | Command::Config { .. } | Command::Status { .. } => {
             eprintln!(
                 "sluice {}: not implemented yet (see README.md, feature status)",

@@ -32,8 +32,46 @@ pub struct Pod {
     pub cgroup: PathBuf,
     pub ipv4: IpAddr,
     pub ipv6: Option<IpAddr>,
+    pub labels: Vec<(String, String)>,
+    pub service_account: String,
     container_id: String,
     cni_result: Value,
+}
+
+/// What a test asks for when it creates a pod (the API server's Pod object).
+#[derive(Clone, Debug, Default)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// Defaults to the pod's name, so every test pod has its own SPIFFE identity.
+    pub service_account: Option<String>,
+}
+
+impl PodSpec {
+    pub fn new(namespace: &str, name: &str) -> PodSpec {
+        PodSpec {
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> PodSpec {
+        self.labels.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A Service (the API server's object): VIP, ports, selector.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub vips: Vec<IpAddr>,
+    /// (port, targetPort)
+    pub ports: Vec<(u16, u16)>,
+    pub selector: Vec<(String, String)>,
 }
 
 impl Pod {
@@ -64,7 +102,10 @@ pub struct Cluster {
     cni_bin: PathBuf,
     sluice: PathBuf,
     pods: Mutex<Vec<Pod>>,
+    services: Mutex<Vec<ServiceSpec>>,
     procs: Mutex<Vec<Child>>,
+    /// Extra arguments for every agent started from now on.
+    pub agent_args: Mutex<Vec<String>>,
 }
 
 /// The sluice binary under test: `SLUICE_BIN`, else `target/debug/sluice`.
@@ -132,6 +173,8 @@ impl Cluster {
             sluice,
             pods: Mutex::new(Vec::new()),
             procs: Mutex::new(Vec::new()),
+            services: Mutex::new(Vec::new()),
+            agent_args: Mutex::new(Vec::new()),
         };
         c.build(nodes)?;
         Ok(c)
@@ -144,6 +187,8 @@ impl Cluster {
         fs::create_dir_all(&self.cgroup)?;
         sys::mount_bpffs(&self.bpffs)?;
         std::os::unix::fs::symlink(&self.sluice, self.cni_bin.join("sluice-cni"))?;
+        let ca = self.tmp.join("ca");
+        sys::run_ok(Command::new(&self.sluice).args(["ca", "init", "--dir"]).arg(&ca))?;
         ip(&["netns", "add", &self.router])?;
         ipn(&self.router, &["link", "set", "lo", "up"])?;
         sysctl_in(
@@ -306,6 +351,9 @@ impl Cluster {
         .arg(node.state.join("run"))
         .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
         .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
+        .arg("--ca-dir")
+        .arg(self.tmp.join("ca"))
+        .args(self.agent_args.lock().map(|a| a.clone()).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -406,6 +454,22 @@ impl Cluster {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<(Pod, Result<(), String>)> {
+        self.try_add_pod_spec(n, PodSpec::new(namespace, name))
+    }
+
+    /// Creates a pod from a spec (labels, service account); fails the test on a CNI error.
+    pub fn add_pod_spec(&self, n: usize, spec: PodSpec) -> anyhow::Result<Pod> {
+        let (ns, name) = (spec.namespace.clone(), spec.name.clone());
+        let (pod, result) = self.try_add_pod_spec(n, spec)?;
+        result.map_err(|e| anyhow::anyhow!("CNI ADD for {ns}/{name} failed: {e}"))?;
+        Ok(pod)
+    }
+
+    /// Like [`Cluster::add_pod_spec`] but returns the sluice-cni outcome. As in Kubernetes, the
+    /// Pod object (labels, service account, and its IPs once the primary CNI assigned them) is
+    /// published to the mesh config before sluice-cni runs; the agents have seen it by then.
+    pub fn try_add_pod_spec(&self, n: usize, spec: PodSpec) -> anyhow::Result<(Pod, Result<(), String>)> {
+        let (namespace, name) = (spec.namespace.as_str(), spec.name.as_str());
         let node = self.node(n);
         let idx = self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
         let netns = format!("sl{}p{idx}", self.id);
@@ -423,6 +487,8 @@ impl Cluster {
             cgroup,
             ipv4: IpAddr::from([0, 0, 0, 0]),
             ipv6: None,
+            labels: spec.labels.clone(),
+            service_account: spec.service_account.clone().unwrap_or_else(|| name.to_string()),
             container_id,
             cni_result: Value::Null,
         };
@@ -467,10 +533,111 @@ impl Cluster {
         {
             *p = pod.clone();
         }
+        self.publish_objects()?;
         let sluice = self
             .cni(n, &pod, "ADD", self.sluice_conf(n), Some(ptp))
             .map(|_| ());
         Ok((pod, sluice))
+    }
+
+    /// Declares a Service (written to the mesh config; waits until every running agent has it).
+    pub fn add_service(&self, svc: ServiceSpec) -> anyhow::Result<()> {
+        self.services
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(svc);
+        self.publish_objects()
+    }
+
+    /// Writes every pod with addresses and every Service as the API server would hold them
+    /// (`runtime.yaml` in the mesh config), then waits until each running agent has loaded it.
+    fn publish_objects(&self) -> anyhow::Result<()> {
+        let mut docs = Vec::new();
+        for p in self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+            if p.ipv4.is_unspecified() {
+                continue;
+            }
+            let labels: serde_json::Map<String, Value> = p
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let ips: Vec<Value> = std::iter::once(p.ipv4)
+                .chain(p.ipv6)
+                .map(|ip| json!({"ip": ip.to_string()}))
+                .collect();
+            docs.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": labels},
+                "spec": {"serviceAccountName": p.service_account},
+                "status": {"podIPs": ips},
+            }));
+        }
+        for s in self
+            .services
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .iter()
+        {
+            let selector: serde_json::Map<String, Value> = s
+                .selector
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let ports: Vec<Value> = s
+                .ports
+                .iter()
+                .map(|(p, t)| json!({"port": p, "targetPort": t}))
+                .collect();
+            let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
+            docs.push(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": s.name, "namespace": s.namespace},
+                "spec": {"clusterIPs": vips, "ports": ports, "selector": selector},
+            }));
+        }
+        // JSON is YAML: one document per object.
+        let text: Vec<String> = docs.iter().map(Value::to_string).collect();
+        let expected_docs = docs.len();
+        self.write_config("runtime.yaml", &text.join("\n---\n"))?;
+        for n in 1..=self.nodes.len() {
+            if self.node(n).agent.lock().map(|a| a.is_none()).unwrap_or(true) {
+                continue;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let dump: Value = serde_json::from_str(&self.agent_get(n, "/debug/config_dump")?)?;
+                let count = |k: &str| dump[k].as_array().map_or(0, Vec::len);
+                // Other files may define pods too; the runtime objects must all be there.
+                if count("workloads") + count("services") >= expected_docs
+                    && docs.iter().all(|d| {
+                        let kind = if d["kind"] == "Pod" {
+                            "workloads"
+                        } else {
+                            "services"
+                        };
+                        dump[kind].as_array().is_some_and(|a| {
+                            a.iter().any(|w| {
+                                w["name"] == d["metadata"]["name"]
+                                    && w["namespace"] == d["metadata"]["namespace"]
+                                    && (kind == "services"
+                                        || w["ips"]
+                                            == json!(d["status"]["podIPs"].as_array().map(|v| {
+                                                v.iter().map(|i| i["ip"].clone()).collect::<Vec<_>>()
+                                            })))
+                            })
+                        })
+                    })
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("agent on node{n} did not load the published pods/services within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a pod as the runtime does (CNI DEL in reverse order), then its netns.

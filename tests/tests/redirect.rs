@@ -1,7 +1,7 @@
 //! Kernel redirection end to end: real agents, real CNI plugins, real sockets, real eBPF hooks.
 use std::net::{IpAddr, SocketAddr};
 
-use sluice_e2e::{Cluster, Pod, probe::Probe, require_root};
+use sluice_e2e::{Cluster, Pod, cluster::PodSpec, probe::Probe, require_root};
 
 const MIB: usize = 1 << 20;
 
@@ -20,8 +20,6 @@ fn namespaces(mesh_labelled: bool) -> String {
     )
 }
 
-const OPTOUT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: optout\n  namespace: mesh\n  labels:\n    istio.io/dataplane-mode: none\n";
-
 /// Two nodes with agents, the mesh namespace labelled, an enrolled client on node 1, enrolled
 /// servers on both nodes.
 struct World {
@@ -35,7 +33,6 @@ fn world() -> World {
     let c = Cluster::new(2).expect("cluster");
     c.write_config("namespaces.yaml", &namespaces(true))
         .expect("config");
-    c.write_config("pods.yaml", OPTOUT_POD).expect("config");
     c.start_agent(1).expect("agent 1");
     c.start_agent(2).expect("agent 2");
     let client = c.add_pod(1, "mesh", "client").expect("client pod");
@@ -199,7 +196,12 @@ fn pods_outside_the_mesh_and_opted_out_pods_are_untouched() {
     let p = probe();
     let plain_client = w.c.add_pod(1, "plain", "plain-client").expect("pod");
     let plain_server = w.c.add_pod(2, "plain", "plain-server").expect("pod");
-    let optout = w.c.add_pod(1, "mesh", "optout").expect("pod");
+    let optout =
+        w.c.add_pod_spec(
+            1,
+            PodSpec::new("mesh", "optout").label("istio.io/dataplane-mode", "none"),
+        )
+        .expect("pod");
     p.serve(&w.c, &plain_server, &[8080]).expect("server");
     p.serve(&w.c, &optout, &[8080]).expect("server");
     let status = w.c.agent_get(1, "/debug/pods").expect("status");
@@ -325,14 +327,20 @@ fn killed_agent_restarts_and_readopts_its_pods() {
         "{}",
         w.c.agent_log(1)
     );
-    // Inbound to a pod of the restarted node is captured again too.
+    // Inbound to a pod of the restarted node is captured again too: plaintext from outside the
+    // mesh through sk_lookup, and HBONE from a mesh pod on the other node.
+    let outsider = w.c.add_pod(2, "plain", "outsider").expect("outsider");
     let (s0, o0) = (steered(&w.c, 1), inbound_opened(&w.c, 1, "near"));
     let r = p
-        .client(&w.c, &w.far, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
+        .client(&w.c, &outsider, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
         .expect("inbound");
-    assert!(r.ok, "inbound after restart: {}", r.error);
-    assert!(steered(&w.c, 1) > s0);
-    assert_eq!(inbound_opened(&w.c, 1, "near"), o0 + 1.0);
+    assert!(r.ok, "plaintext inbound after restart: {}", r.error);
+    assert!(steered(&w.c, 1) > s0, "sk_lookup steering is back");
+    let r = p
+        .client(&w.c, &w.far, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
+        .expect("hbone");
+    assert!(r.ok, "HBONE inbound after restart: {}", r.error);
+    assert_eq!(inbound_opened(&w.c, 1, "near"), o0 + 2.0);
 }
 
 #[test]

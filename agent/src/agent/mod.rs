@@ -13,9 +13,11 @@ use crate::{
     admin,
     cli::AgentArgs,
     config::{self, SnapshotStore},
+    identity::{ca::LocalCa, certs::CertManager},
     proxy::Proxy,
     redirect::{self, Kernel},
     telemetry::metrics::Metrics,
+    tunnel::pool::Pool,
 };
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -47,12 +49,37 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
 
+    let crate::cli::CaMode::Local = args.ca;
+    let ca = LocalCa::load(&args.ca_dir)?;
+    let certs = Arc::new(CertManager::new(
+        ca,
+        &args.trust_domain,
+        args.cert_lifetime,
+        args.cert_rotate_after,
+    ));
+    let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
-    let proxy = Arc::new(Proxy {
-        kernel: kernel.clone(),
-        metrics: metrics.clone(),
-        connect_timeout: args.connect_timeout,
-    });
+    let proxy = Arc::new(Proxy::new(
+        kernel.clone(),
+        metrics.clone(),
+        store.clone(),
+        certs.clone(),
+        pool,
+        args.connect_timeout,
+    ));
+    let reaper = {
+        let proxy = proxy.clone();
+        let every = (args.pool_idle_timeout / 4).max(std::time::Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let closed = proxy.pool.reap_idle();
+                if closed > 0 {
+                    tracing::debug!(closed, "idle HBONE connections closed");
+                }
+            }
+        })
+    };
     let pods = Arc::new(pods::Pods::new(
         proxy,
         store.clone(),
@@ -81,6 +108,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         kernel,
         pods: pods.clone(),
         store,
+        certs,
     };
     let metrics_srv = admin::serve(args.metrics_addr, state.clone(), admin::Surface::Metrics)
         .await
@@ -99,6 +127,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     metrics_srv.abort();
     admin_srv.abort();
     reconciler.abort();
+    reaper.abort();
     Ok(())
 }
 

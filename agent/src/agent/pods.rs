@@ -39,6 +39,8 @@ pub enum PodError {
     InPod { pod: String, source: InPodError },
     #[error("pod {pod}: {source}")]
     Kernel { pod: String, source: KernelError },
+    #[error("pod {pod}: TLS configuration: {detail}")]
+    Tls { pod: String, detail: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -264,7 +266,27 @@ impl Pods {
             );
             return Err(e);
         }
+        let identity = crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account);
+        let tls = match crate::identity::tls::server_config(&self.proxy.certs, &identity) {
+            Ok(t) => t,
+            Err(e) => {
+                let accept_loops = vec![];
+                self.release(
+                    &info.key(),
+                    Enrolled {
+                        netns_cookie: pl.netns_cookie,
+                        ips: info.ips.clone(),
+                        accept_loops,
+                    },
+                );
+                return Err(PodError::Tls {
+                    pod: pod.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        };
         let ctx = Arc::new(PodCtx {
+            tls,
             namespace: info.namespace.clone(),
             name: info.name.clone(),
             service_account: service_account.to_string(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use model::{EnrollDecision, Snapshot};
+pub use model::{EnrollDecision, Service, Snapshot};
 use tokio::sync::watch;
 
 /// The current snapshot plus a change notification (a generation counter).
@@ -40,6 +40,11 @@ impl SnapshotStore {
     pub fn store(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
         self.tx.send_modify(|g| *g += 1);
+    }
+
+    /// How many snapshots have been stored since start (0 = the initial one).
+    pub fn generation(&self) -> u64 {
+        *self.tx.borrow()
     }
 
     /// A receiver that changes whenever a new snapshot is stored.

@@ -7,10 +7,25 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{Direction, Failure, PodCtx, Proxy, copy, is_agent_port};
+use super::{Direction, Failure, PodCtx, Proxy, Upstream, is_agent_port};
 use crate::telemetry::metrics::ConnLabels;
 
 impl Proxy {
+    /// Connects to the application at `dst` inside `pod`, from the client's address `src` when the
+    /// pod's delivery route is in place.
+    pub(super) async fn deliver(
+        &self,
+        pod: &PodCtx,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<TcpStream, (Failure, String)> {
+        if pod.transparent {
+            super::copy::deliver_transparent(&self.kernel, &pod.netns, src, dst, self.connect_timeout).await
+        } else {
+            super::copy::connect_from(&pod.netns, dst, self.connect_timeout).await
+        }
+    }
+
     pub(super) async fn inbound(self: Arc<Self>, client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         let dir = Direction::Inbound;
         let dst = match client.local_addr() {
@@ -36,11 +51,11 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "unknown",
         };
-        let app = if pod.transparent {
-            copy::deliver_transparent(&self.kernel, &pod.netns, peer, dst, self.connect_timeout).await
-        } else {
-            copy::connect_from(&pod.netns, dst, self.connect_timeout).await
-        };
+        let app = self
+            .deliver(&pod, peer, dst)
+            .await
+            .map(Upstream::Tcp)
+            .map_err(|(f, d)| (f.label(), d));
         self.carry(dir, &pod, peer, dst, labels, client, app).await;
     }
 }

@@ -1,10 +1,15 @@
-//! The per-pod capture listeners' accept loops and the connections they carry.
+//! The per-pod listeners' accept loops and the connections they carry.
 //!
-//! Until the tunnel lands, captured connections pass through as plain TCP: outbound ones are
-//! re-originated from inside the source pod's netns to their original destination, inbound ones
-//! are delivered to the application from inside the destination pod's netns. Every connection is
-//! counted with Istio's TCP metrics and logged on the `sluice::access` target.
+//! - outbound (15001): destinations inside the mesh (a workload of an enrolled pod, directly or
+//!   behind a Service VIP) are carried over HBONE to the destination pod's 15008; anything else
+//!   passes through as plain TCP re-originated from inside the source pod's netns.
+//! - inbound plaintext (15006): delivered to the application from inside the pod's netns.
+//! - HBONE (15008): mTLS from other agents; each CONNECT stream is delivered to the application
+//!   from the source pod's address.
+//!
+//! Every connection is counted with Istio's TCP metrics and logged on the `sluice::access` target.
 mod copy;
+mod hbone;
 mod inbound;
 mod outbound;
 
@@ -17,9 +22,17 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use parking_lot::Mutex;
+use rustls::ServerConfig;
+
 use crate::{
+    config::{Service, SnapshotStore},
+    identity::{Identity, certs::CertManager},
     redirect::{Kernel, NetNs, inpod::Role},
     telemetry::metrics::{ConnLabels, Metrics},
+    tunnel::pool::{Pool, StreamGuard},
 };
 
 /// What the proxy knows about the pod a listener belongs to.
@@ -34,15 +47,18 @@ pub struct PodCtx {
     /// Inbound connections reach the app from the original client's address (the pod's delivery
     /// policy route is in place); otherwise from the pod's own address.
     pub transparent: bool,
+    /// TLS server config presenting this pod's identity on 15008.
+    pub tls: Arc<ServerConfig>,
 }
 
 impl PodCtx {
+    pub fn identity(&self) -> Identity {
+        Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
     /// The pod's SPIFFE identity.
     pub fn principal(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        self.identity().to_string()
     }
 }
 
@@ -50,7 +66,18 @@ impl PodCtx {
 pub struct Proxy {
     pub kernel: Arc<Kernel>,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<SnapshotStore>,
+    pub certs: Arc<CertManager>,
+    pub pool: Pool,
     pub connect_timeout: Duration,
+    /// Round-robin position per Service.
+    rr: Mutex<std::collections::HashMap<(String, String), usize>>,
+}
+
+/// The far side of a captured connection once it is connected.
+pub enum Upstream {
+    Tcp(TcpStream),
+    Tunnel(SendStream<Bytes>, RecvStream, StreamGuard),
 }
 
 /// Why a captured connection was dropped or failed; one label value per reason
@@ -67,15 +94,18 @@ pub enum Failure {
     ConnectTimeout,
     /// Could not create a socket in the pod's network namespace.
     Socket,
+    /// A Service VIP with no endpoints: the client's connection fails at once.
+    NoEndpoints,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 5] = [
+    pub const ALL: [Failure; 6] = [
         Failure::NoOriginalDst,
         Failure::Loop,
         Failure::ConnectFailed,
         Failure::ConnectTimeout,
         Failure::Socket,
+        Failure::NoEndpoints,
     ];
 
     pub fn label(self) -> &'static str {
@@ -85,6 +115,7 @@ impl Failure {
             Failure::ConnectFailed => "connect_failed",
             Failure::ConnectTimeout => "connect_timeout",
             Failure::Socket => "socket",
+            Failure::NoEndpoints => "no_endpoints",
         }
     }
 }
@@ -113,6 +144,43 @@ fn is_agent_port(addr: SocketAddr) -> bool {
 }
 
 impl Proxy {
+    pub fn new(
+        kernel: Arc<Kernel>,
+        metrics: Arc<Metrics>,
+        store: Arc<SnapshotStore>,
+        certs: Arc<CertManager>,
+        pool: Pool,
+        connect_timeout: Duration,
+    ) -> Proxy {
+        Proxy {
+            kernel,
+            metrics,
+            store,
+            certs,
+            pool,
+            connect_timeout,
+            rr: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Picks the next endpoint of `svc` round robin, preferring the VIP's address family.
+    fn pick_endpoint(&self, svc: &Service, v6: bool) -> Option<std::net::IpAddr> {
+        let same: Vec<_> = svc.endpoints.iter().filter(|ip| ip.is_ipv6() == v6).collect();
+        let pool: Vec<_> = if same.is_empty() {
+            svc.endpoints.iter().collect()
+        } else {
+            same
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        let mut rr = self.rr.lock();
+        let n = rr.entry((svc.namespace.clone(), svc.name.clone())).or_default();
+        let ip = *pool[*n % pool.len()];
+        *n = n.wrapping_add(1);
+        Some(ip)
+    }
+
     /// Starts the accept loop of each listener; abort the handles to stop accepting (connections
     /// already accepted keep running in their own tasks).
     pub fn spawn(
@@ -144,27 +212,36 @@ impl Proxy {
         dst: SocketAddr,
         mut labels: ConnLabels,
         client: TcpStream,
-        other: Result<TcpStream, (Failure, String)>,
+        other: Result<Upstream, (&'static str, String)>,
     ) {
         let other = match other {
             Ok(s) => s,
-            Err((f, detail)) => {
-                self.metrics.failure(dir.label(), f.label());
-                labels.response_flags = f.label().to_string();
+            Err((reason, detail)) => {
+                self.metrics.failure(dir.label(), reason);
+                labels.response_flags = reason.to_string();
                 self.metrics.conn_opened(&labels);
                 self.metrics.conn_closed(&labels, 0, 0);
                 warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
-                      %src, %dst, reason = f.label(), detail, "connection failed");
+                      %src, %dst, reason, detail, security = labels.connection_security_policy,
+                      dst_principal = %labels.destination_principal, "connection failed");
                 return;
             }
         };
         self.metrics.conn_opened(&labels);
         let start = std::time::Instant::now();
-        let (sent, received, err) = copy::splice(client, other).await;
+        let (sent, received, err) = match other {
+            Upstream::Tcp(s) => {
+                let (a, b, e) = copy::splice(client, s).await;
+                (a, b, e.map(|e| e.to_string()))
+            }
+            Upstream::Tunnel(send, recv, _guard) => crate::tunnel::copy::splice(client, send, recv).await,
+        };
         self.metrics.conn_closed(&labels, sent, received);
         info!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
               %src, %dst, sent, received, duration_ms = start.elapsed().as_millis() as u64,
-              error = err.map(|e| e.to_string()), "connection closed");
+              security = labels.connection_security_policy, src_principal = %labels.source_principal,
+              dst_principal = %labels.destination_principal, dst_service = %labels.destination_service,
+              error = err, "connection closed");
     }
 
     async fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener, pod: Arc<PodCtx>) {
@@ -177,6 +254,7 @@ impl Proxy {
                         match role {
                             Role::Outbound => me.outbound(stream, peer, pod).await,
                             Role::Inbound => me.inbound(stream, peer, pod).await,
+                            Role::Hbone => me.hbone(stream, pod).await,
                         }
                     });
                 }

@@ -1,12 +1,17 @@
 //! Outbound: a connection an enrolled pod's app opened, redirected by `cgroup/connect4/6` to the
-//! pod's 15001 listener. The original destination comes from the kernel's ORIG_DST map.
+//! pod's 15001 listener. The original destination comes from the kernel's ORIG_DST map; a Service
+//! VIP is resolved to one of its endpoints; a destination inside the mesh is reached over HBONE,
+//! anything else as plain TCP.
 use std::{net::SocketAddr, sync::Arc};
 
+use sluice_common::INBOUND_HBONE_PORT;
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{Direction, Failure, PodCtx, Proxy, copy, is_agent_port};
-use crate::telemetry::metrics::ConnLabels;
+use super::{Direction, Failure, PodCtx, Proxy, Upstream, copy, is_agent_port};
+use crate::{
+    config::EnrollDecision, identity::Identity, telemetry::metrics::ConnLabels, tunnel::pool::PoolKey,
+};
 
 impl Proxy {
     pub(super) async fn outbound(self: Arc<Self>, client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
@@ -21,7 +26,8 @@ impl Proxy {
             self.metrics.failure(dir.label(), Failure::Loop.label());
             return;
         }
-        let labels = ConnLabels {
+        let snap = self.store.load();
+        let mut labels = ConnLabels {
             reporter: "source",
             source_workload: pod.name.clone(),
             source_workload_namespace: pod.namespace.clone(),
@@ -33,7 +39,48 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "unknown",
         };
-        let upstream = copy::connect_from(&pod.netns, dst, self.connect_timeout).await;
-        self.carry(dir, &pod, peer, dst, labels, client, upstream).await;
+        // A Service VIP becomes one of its endpoints.
+        let target = match snap.service_by_vip(dst) {
+            Some((svc, port)) => {
+                labels.destination_service = svc.hostname();
+                match self.pick_endpoint(svc, dst.is_ipv6()) {
+                    Some(ip) => SocketAddr::new(ip, port.target_port),
+                    None => {
+                        let detail = format!("service {} has no endpoints", svc.hostname());
+                        let err = Err((Failure::NoEndpoints.label(), detail));
+                        return self.carry(dir, &pod, peer, dst, labels, client, err).await;
+                    }
+                }
+            }
+            None => dst,
+        };
+        let in_mesh = snap
+            .workload_by_ip(target.ip())
+            .filter(|w| snap.enrollment(&w.namespace, &w.name) == EnrollDecision::Enrolled);
+        let upstream = match in_mesh {
+            Some(w) => {
+                let expected = Identity::new(&pod.trust_domain, &w.namespace, &w.service_account);
+                labels.destination_workload = w.name.clone();
+                labels.destination_workload_namespace = w.namespace.clone();
+                labels.destination_principal = expected.to_string();
+                labels.connection_security_policy = "mutual_tls";
+                let key = PoolKey {
+                    src_pod: pod.netns_cookie,
+                    src: pod.identity(),
+                    dst: SocketAddr::new(target.ip(), INBOUND_HBONE_PORT),
+                    expected,
+                };
+                match self.pool.connect(&key, &pod.netns, target).await {
+                    Ok((send, recv, guard)) => Ok(Upstream::Tunnel(send, recv, guard)),
+                    Err(e) => Err((e.response_flag(), e.to_string())),
+                }
+            }
+            None => copy::connect_from(&pod.netns, target, self.connect_timeout)
+                .await
+                .map(Upstream::Tcp)
+                .map_err(|(f, d)| (f.label(), d)),
+        };
+        self.carry(dir, &pod, peer, target, labels, client, upstream)
+            .await;
     }
 }

@@ -7,7 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use sluice_common::{AGENT_SOCKET_MARK, INBOUND_CAPTURE_PORT, INBOUND_DELIVERY_MARK, OUTBOUND_CAPTURE_PORT};
+use sluice_common::{
+    AGENT_SOCKET_MARK, INBOUND_CAPTURE_PORT, INBOUND_DELIVERY_MARK, INBOUND_HBONE_PORT, OUTBOUND_CAPTURE_PORT,
+};
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::sys::{self, NetNs};
@@ -22,6 +24,8 @@ pub enum Role {
     Outbound,
     /// 15006: inbound TCP steered by sk_lookup lands here.
     Inbound,
+    /// 15008: HBONE (mutual TLS) from other agents; reachable on the pod's addresses.
+    Hbone,
 }
 
 /// The capture listeners of one enrolled pod.
@@ -46,9 +50,10 @@ pub enum InPodError {
     Cookie { netns: String, source: io::Error },
 }
 
-/// Opens the capture listeners in `netns`: 15001 and 15006 on 127.0.0.1, and on ::1 when the pod
-/// has IPv6. They are bound to loopback so nothing outside the pod reaches them directly; the
-/// kernel programs deliver captured traffic to them whatever its address.
+/// Opens the pod's listeners in `netns`: the capture listeners 15001 and 15006 on 127.0.0.1 (and
+/// ::1 when the pod has IPv6) — bound to loopback so nothing outside the pod reaches them directly;
+/// the kernel programs deliver captured traffic to them whatever its address — and the HBONE
+/// listener on 15008, which other agents reach on the pod's own addresses.
 pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
     let name = netns.path().display().to_string();
     let mut listeners = Vec::new();
@@ -85,6 +90,32 @@ pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
                 }
             }
         }
+    }
+    // HBONE: [::]:15008 takes IPv4 and IPv6 (dual stack); 0.0.0.0 when the pod has no IPv6.
+    let hbone = [
+        SocketAddr::from(([0u16; 8], INBOUND_HBONE_PORT)),
+        SocketAddr::from(([0u8; 4], INBOUND_HBONE_PORT)),
+    ];
+    let mut last_err = None;
+    for addr in hbone {
+        match netns.run(|| listen(addr)).map_err(|source| InPodError::Enter {
+            netns: name.clone(),
+            source,
+        })? {
+            Ok(l) => {
+                listeners.push((Role::Hbone, l));
+                last_err = None;
+                break;
+            }
+            Err(e) => last_err = Some((addr, e)),
+        }
+    }
+    if let Some((addr, source)) = last_err {
+        return Err(InPodError::Listen {
+            netns: name.clone(),
+            addr,
+            source,
+        });
     }
     let netns_cookie = cookie.ok_or_else(|| InPodError::Cookie {
         netns: name.clone(),

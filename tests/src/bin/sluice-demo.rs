@@ -4,7 +4,12 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use sluice_e2e::{Cluster, Pod, cluster::sum_metric, probe::Probe, sys};
+use sluice_e2e::{
+    Cluster, Pod,
+    cluster::{PodSpec, ServiceSpec, sum_metric},
+    probe::Probe,
+    sys,
+};
 
 fn main() -> ExitCode {
     if !sys::is_root() {
@@ -60,7 +65,7 @@ fn run() -> anyhow::Result<()> {
     let p = probe()?;
     step("1. A two-node cluster: router + node1 + node2 network namespaces, one sluice agent per node");
     let c = Cluster::new(2)?;
-    for f in ["namespaces.yaml", "pods.yaml"] {
+    for f in ["namespaces.yaml"] {
         let path = examples_dir().join("mesh").join(f);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         c.write_config(f, &text)?;
@@ -72,10 +77,21 @@ fn run() -> anyhow::Result<()> {
     check_interrupt()?;
 
     step("2. Pods, created the way a container runtime does: loopback, ptp + host-local, then sluice-cni");
-    let frontend = c.add_pod(1, "shop", "frontend")?;
-    let backend = c.add_pod(2, "shop", "backend")?;
-    let reports = c.add_pod(1, "shop", "reports")?;
-    let batch = c.add_pod(2, "legacy", "batch")?;
+    let frontend = c.add_pod_spec(1, PodSpec::new("shop", "frontend"))?;
+    let backend = c.add_pod_spec(2, PodSpec::new("shop", "backend").label("app", "backend"))?;
+    let reports = c.add_pod_spec(
+        1,
+        PodSpec::new("shop", "reports").label("istio.io/dataplane-mode", "none"),
+    )?;
+    let batch = c.add_pod_spec(2, PodSpec::new("legacy", "batch"))?;
+    c.add_service(ServiceSpec {
+        namespace: "shop".into(),
+        name: "backend".into(),
+        vips: vec!["10.96.0.20".parse()?],
+        ports: vec![(80, 8080)],
+        selector: vec![("app".into(), "backend".into())],
+    })?;
+    println!("   Service shop/backend: VIP 10.96.0.20:80 -> pods labelled app=backend, port 8080");
     for n in 1..=2 {
         let pods: serde_json::Value = serde_json::from_str(&c.agent_get(n, "/debug/pods")?)?;
         for pod in pods.as_array().into_iter().flatten() {
@@ -96,7 +112,7 @@ fn run() -> anyhow::Result<()> {
     p.serve(&c, &reports, &[8080])?;
     check_interrupt()?;
 
-    step("3. Traffic (1 MiB echoed back and compared byte for byte)");
+    step("3. Traffic (1 MiB echoed back and compared byte for byte; mesh-to-mesh goes over HBONE mTLS)");
     let v6 = backend.ipv6.context("backend has no IPv6")?;
     let flows: Vec<(&str, &Pod, SocketAddr, usize, usize)> = vec![
         (
@@ -110,6 +126,13 @@ fn run() -> anyhow::Result<()> {
             "frontend -> backend (cross-node, IPv6)",
             &frontend,
             SocketAddr::new(v6, 8080),
+            1,
+            2,
+        ),
+        (
+            "frontend -> Service VIP 10.96.0.20:80 (shop/backend)",
+            &frontend,
+            SocketAddr::from(([10, 96, 0, 20], 80)),
             1,
             2,
         ),
@@ -149,10 +172,16 @@ fn run() -> anyhow::Result<()> {
             "      bytes ok={}  client getpeername={}  server saw client as {}",
             r.bytes, r.peer, r.server_saw
         );
+        let how = if after.2 > before.2 {
+            "HBONE (mutual TLS, verified SPIFFE identities)"
+        } else if after.1 > before.1 {
+            "plaintext, steered by sk_lookup"
+        } else {
+            "not captured"
+        };
         println!(
-            "      outbound captured by node{src_node} agent: {}   inbound captured by node{dst_node} agent: {}",
-            yes(after.0 > before.0),
-            yes(after.1 > before.1)
+            "      outbound captured by node{src_node} agent: {}   arrived at node{dst_node}: {how}",
+            yes(after.0 > before.0)
         );
     }
 
@@ -190,19 +219,29 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// (outbound redirects on `src`, inbound steers on `dst`)
-fn counters(c: &Cluster, src: usize, dst: usize) -> anyhow::Result<(f64, f64)> {
+/// (outbound redirects on `src`, inbound steers on `dst`, mTLS connections reported by `dst`)
+fn counters(c: &Cluster, src: usize, dst: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let src_text = c.agent_get(src, "/stats/prometheus")?;
+    let dst_text = c.agent_get(dst, "/stats/prometheus")?;
     let out = sum_metric(
-        &c.agent_get(src, "/stats/prometheus")?,
+        &src_text,
         "sluice_redirect_decisions_total",
         &[("decision", "outbound_redirected")],
     );
     let inb = sum_metric(
-        &c.agent_get(dst, "/stats/prometheus")?,
+        &dst_text,
         "sluice_redirect_decisions_total",
         &[("decision", "inbound_steered")],
     );
-    Ok((out, inb))
+    let mtls = sum_metric(
+        &dst_text,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    Ok((out, inb, mtls))
 }
 
 fn yes(b: bool) -> &'static str {
@@ -217,6 +256,7 @@ fn shorten(line: &str) -> String {
         "source_principal",
         "destination_workload=",
         "destination_service",
+        "connection_security_policy",
     ];
     let (series, value) = line.rsplit_once(' ').unwrap_or((line, ""));
     let (name, labels) = series.split_once('{').unwrap_or((series, ""));
