@@ -65,12 +65,11 @@ fn run() -> anyhow::Result<()> {
     let p = probe()?;
     step("1. A two-node cluster: router + node1 + node2 network namespaces, one sluice agent per node");
     let c = Cluster::new(2)?;
-    for f in ["namespaces.yaml"] {
-        let path = examples_dir().join("mesh").join(f);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        c.write_config(f, &text)?;
-        println!("   mesh config: examples/mesh/{f}");
-    }
+    let f = "namespaces.yaml";
+    let path = examples_dir().join("mesh").join(f);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    c.write_config(f, &text)?;
+    println!("   mesh config: examples/mesh/{f}");
     c.start_agent(1)?;
     c.start_agent(2)?;
     println!("   agents ready (eBPF loaded and pinned per node, cgroup-scoped)");
