@@ -66,12 +66,8 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
     match path {
         "/healthz/ready" => text(StatusCode::OK, "ready\n".into()),
         "/stats/prometheus" | "/metrics" => {
-            let totals: Vec<(&'static str, u64)> = s
-                .kernel
-                .counters()
-                .into_iter()
-                .map(|(d, v)| (d.label(), v))
-                .collect();
+            let totals: Vec<(&'static str, u64)> =
+                s.kernel.counters().into_iter().map(|(d, v)| (d.label(), v)).collect();
             s.metrics.sync_redirect_counters(&totals);
             text(StatusCode::OK, s.metrics.render())
         }
@@ -101,10 +97,8 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }
 
@@ -112,15 +106,10 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(v) {
         Ok(b) => {
             let mut r = Response::new(Full::new(Bytes::from(b)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             r
         }
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("serialization failed: {e}\n"),
-        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("serialization failed: {e}\n")),
     }
 }

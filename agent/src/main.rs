@@ -14,28 +14,20 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Agent(args) => sluice::agent::run(*args),
         Command::Cni => return sluice::cni::plugin::main(),
-        Command::Ca(sluice::cli::CaCommand::Init {
-            dir,
-            trust_domain,
-            lifetime,
-        }) => sluice::identity::ca::LocalCa::init(&dir, &trust_domain, lifetime)
-            .map(|()| println!("created a root CA for {trust_domain} in {}", dir.display()))
-            .map_err(anyhow::Error::from),
+        Command::Ca(sluice::cli::CaCommand::Init { dir, trust_domain, lifetime }) => {
+            sluice::identity::ca::LocalCa::init(&dir, &trust_domain, lifetime)
+                .map(|()| println!("created a root CA for {trust_domain} in {}", dir.display()))
+                .map_err(anyhow::Error::from)
+        }
         Command::Waypoint | Command::Analyze { .. } | Command::Config { .. } | Command::Status { .. } => {
-            eprintln!(
-                "sluice {}: not implemented yet (see README.md, feature status)",
-                cli.command.name()
-            );
+            eprintln!("sluice {}: not implemented yet (see README.md, feature status)", cli.command.name());
             return ExitCode::from(2);
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "sluice: error: {}",
-                sluice::telemetry::logging::error_chain(e.as_ref())
-            );
+            eprintln!("sluice: error: {}", sluice::telemetry::logging::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

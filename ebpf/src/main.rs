@@ -126,33 +126,20 @@ fn connect(ctx: &SockAddrContext, family: u16) {
     if !is_enrolled {
         return;
     }
-    let addr = if family == AF_INET {
-        [sa.user_ip4, 0, 0, 0]
-    } else {
-        read_user_ip6(ctx.sock_addr)
-    };
+    let addr = if family == AF_INET { [sa.user_ip4, 0, 0, 0] } else { read_user_ip6(ctx.sock_addr) };
     // SAFETY: in sock_addr programs `sk` is a non-null full socket.
     let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
     let facts = ConnectFacts {
         enrolled: is_enrolled,
         is_tcp: sa.type_ == SOCK_STREAM && (sa.protocol == IPPROTO_TCP || sa.protocol == 0),
         socket_mark: mark,
-        dst_is_loopback: if family == AF_INET {
-            ipv4_is_loopback(addr[0])
-        } else {
-            ipv6_is_loopback(addr)
-        },
+        dst_is_loopback: if family == AF_INET { ipv4_is_loopback(addr[0]) } else { ipv6_is_loopback(addr) },
     };
     match connect_verdict(&facts) {
         ConnectVerdict::NotEnrolled => {}
         ConnectVerdict::Exempt(d) => count(d),
         ConnectVerdict::Redirect => {
-            let orig = SockAddr {
-                family,
-                port: u16::from_be(sa.user_port as u16),
-                _pad: 0,
-                addr,
-            };
+            let orig = SockAddr { family, port: u16::from_be(sa.user_port as u16), _pad: 0, addr };
             // SAFETY: helper on the program's own context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             if SOCK_ORIG.insert(cookie, orig, 0).is_err() {
@@ -195,12 +182,8 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     };
     // SAFETY: helper on the program's own context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key = OrigDstKey {
-        netns_cookie,
-        family: ctx.family() as u16,
-        src_port: ctx.local_port() as u16,
-        _pad: 0,
-    };
+    let key =
+        OrigDstKey { netns_cookie, family: ctx.family() as u16, src_port: ctx.local_port() as u16, _pad: 0 };
     if ORIG_DST.insert(key, orig, 0).is_ok() {
         count(Decision::OrigDstRecorded);
     } else {
@@ -266,11 +249,7 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
     let (family, local, remote) = if l.family == AF_INET as u32 {
         (AF_INET, [l.local_ip4, 0, 0, 0], [l.remote_ip4, 0, 0, 0])
     } else {
-        (
-            AF_INET6,
-            lookup_ip6!(ctx.lookup, local_ip6),
-            lookup_ip6!(ctx.lookup, remote_ip6),
-        )
+        (AF_INET6, lookup_ip6!(ctx.lookup, local_ip6), lookup_ip6!(ctx.lookup, remote_ip6))
     };
     let verdict = lookup_verdict(l.protocol == IPPROTO_TCP, l.local_port as u16, local == remote);
     if verdict == LookupVerdict::Pass {
@@ -289,10 +268,7 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
         count(Decision::InboundAgentDelivery);
         return sk_action::SK_PASS;
     }
-    let key = InboundKey {
-        family: family as u32,
-        addr: local,
-    };
+    let key = InboundKey { family: family as u32, addr: local };
     // SAFETY: read-only lookup of a plain value.
     if unsafe { IN_PODS.get(key) }.is_none() {
         return sk_action::SK_PASS;
@@ -304,11 +280,7 @@ pub fn sluice_sk_lookup(ctx: SkLookupContext) -> u32 {
         }
         Err(e) => {
             // Enrolled pod without its capture listener: refuse rather than deliver uncaptured.
-            let d = if e == -2 {
-                Decision::InboundNoListener
-            } else {
-                Decision::InboundAssignFailed
-            };
+            let d = if e == -2 { Decision::InboundNoListener } else { Decision::InboundAssignFailed };
             count(d);
             sk_action::SK_DROP
         }

@@ -50,11 +50,7 @@ pub struct PodSpec {
 
 impl PodSpec {
     pub fn new(namespace: &str, name: &str) -> PodSpec {
-        PodSpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            ..Default::default()
-        }
+        PodSpec { namespace: namespace.into(), name: name.into(), ..Default::default() }
     }
 
     pub fn label(mut self, k: &str, v: &str) -> PodSpec {
@@ -154,11 +150,7 @@ impl Cluster {
                 sluice.display()
             );
         }
-        let id = format!(
-            "{:x}x{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let id = format!("{:x}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let tmp = PathBuf::from("/tmp/sluice-e2e").join(&id);
         let cgroup = cgroup2_root()?.join("sluice-e2e").join(&id);
         let mut c = Cluster {
@@ -191,10 +183,7 @@ impl Cluster {
         sys::run_ok(Command::new(&self.sluice).args(["ca", "init", "--dir"]).arg(&ca))?;
         ip(&["netns", "add", &self.router])?;
         ipn(&self.router, &["link", "set", "lo", "up"])?;
-        sysctl_in(
-            &self.router,
-            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
-        )?;
+        sysctl_in(&self.router, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
         for i in 1..=nodes {
             let name = format!("node{i}");
             let netns = format!("sl{}n{i}", self.id);
@@ -202,10 +191,7 @@ impl Cluster {
             let rtr_if = format!("sl{}r{i}", self.id);
             ip(&["netns", "add", &netns])?;
             ipn(&netns, &["link", "set", "lo", "up"])?;
-            sysctl_in(
-                &netns,
-                &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
-            )?;
+            sysctl_in(&netns, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
             ip(&[
                 "link",
                 "add",
@@ -220,73 +206,21 @@ impl Cluster {
                 "netns",
                 &self.router,
             ])?;
-            ipn(
-                &netns,
-                &["addr", "add", &format!("10.255.{i}.2/24"), "dev", &node_if],
-            )?;
-            ipn(
-                &netns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("fd00:255:{i}::2/64"),
-                    "dev",
-                    &node_if,
-                    "nodad",
-                ],
-            )?;
+            ipn(&netns, &["addr", "add", &format!("10.255.{i}.2/24"), "dev", &node_if])?;
+            ipn(&netns, &["addr", "add", &format!("fd00:255:{i}::2/64"), "dev", &node_if, "nodad"])?;
             ipn(&netns, &["link", "set", &node_if, "up"])?;
-            ipn(
-                &netns,
-                &["route", "add", "default", "via", &format!("10.255.{i}.1")],
-            )?;
-            ipn(
-                &netns,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("fd00:255:{i}::1"),
-                ],
-            )?;
-            ipn(
-                &self.router,
-                &["addr", "add", &format!("10.255.{i}.1/24"), "dev", &rtr_if],
-            )?;
-            ipn(
-                &self.router,
-                &[
-                    "addr",
-                    "add",
-                    &format!("fd00:255:{i}::1/64"),
-                    "dev",
-                    &rtr_if,
-                    "nodad",
-                ],
-            )?;
+            ipn(&netns, &["route", "add", "default", "via", &format!("10.255.{i}.1")])?;
+            ipn(&netns, &["-6", "route", "add", "default", "via", &format!("fd00:255:{i}::1")])?;
+            ipn(&self.router, &["addr", "add", &format!("10.255.{i}.1/24"), "dev", &rtr_if])?;
+            ipn(&self.router, &["addr", "add", &format!("fd00:255:{i}::1/64"), "dev", &rtr_if, "nodad"])?;
             ipn(&self.router, &["link", "set", &rtr_if, "up"])?;
             ipn(
                 &self.router,
-                &[
-                    "route",
-                    "add",
-                    &format!("10.10.{i}.0/24"),
-                    "via",
-                    &format!("10.255.{i}.2"),
-                ],
+                &["route", "add", &format!("10.10.{i}.0/24"), "via", &format!("10.255.{i}.2")],
             )?;
             ipn(
                 &self.router,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    &format!("fd00:10:{i}::/64"),
-                    "via",
-                    &format!("fd00:255:{i}::2"),
-                ],
+                &["-6", "route", "add", &format!("fd00:10:{i}::/64"), "via", &format!("fd00:255:{i}::2")],
             )?;
             let cgroup = self.cgroup.join(&name);
             fs::create_dir_all(cgroup.join("agent"))?;
@@ -329,50 +263,33 @@ impl Cluster {
     /// Starts (or restarts) node `n`'s agent and waits until it is ready.
     pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
         let node = self.node(n);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.state.join("agent.log"))?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(node.state.join("agent.log"))?;
         let mut cmd = Command::new(&self.sluice);
-        cmd.args([
-            "agent",
-            "--log-level",
-            "info,sluice=debug",
-            "--node-name",
-            &node.name,
-        ])
-        .arg("--config")
-        .arg(&self.mesh_dir)
-        .arg("--cgroup")
-        .arg(&node.cgroup)
-        .arg("--bpffs")
-        .arg(&node.bpffs)
-        .arg("--state-dir")
-        .arg(node.state.join("run"))
-        .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
-        .arg("--ca-dir")
-        .arg(self.tmp.join("ca"))
-        .args(self.agent_args.lock().map(|a| a.clone()).unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        cmd.args(["agent", "--log-level", "info,sluice=debug", "--node-name", &node.name])
+            .arg("--config")
+            .arg(&self.mesh_dir)
+            .arg("--cgroup")
+            .arg(&node.cgroup)
+            .arg("--bpffs")
+            .arg(&node.bpffs)
+            .arg("--state-dir")
+            .arg(node.state.join("run"))
+            .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
+            .arg("--ca-dir")
+            .arg(self.tmp.join("ca"))
+            .args(self.agent_args.lock().map(|a| a.clone()).unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&node.cgroup.join("agent")))?;
         let mut child = cmd.spawn().context("spawning the agent")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = child.try_wait()? {
-                bail!(
-                    "agent on {} exited during start-up ({st}):\n{}",
-                    node.name,
-                    self.agent_log(n)
-                );
+                bail!("agent on {} exited during start-up ({st}):\n{}", node.name, self.agent_log(n));
             }
-            if self
-                .agent_get(n, "/healthz/ready")
-                .map(|b| b.starts_with("ready"))
-                .unwrap_or(false)
-            {
+            if self.agent_get(n, "/healthz/ready").map(|b| b.starts_with("ready")).unwrap_or(false) {
                 break;
             }
             if Instant::now() > deadline {
@@ -387,13 +304,7 @@ impl Cluster {
 
     /// SIGKILLs node `n`'s agent (no cleanup runs in it).
     pub fn kill_agent(&self, n: usize) -> anyhow::Result<()> {
-        if let Some(mut c) = self
-            .node(n)
-            .agent
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .take()
-        {
+        if let Some(mut c) = self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take() {
             c.kill()?;
             c.wait()?;
         }
@@ -407,21 +318,14 @@ impl Cluster {
 
     /// GET `path` from node `n`'s agent (admin port for `/debug/*`, metrics port otherwise); the body.
     pub fn agent_get(&self, n: usize, path: &str) -> anyhow::Result<String> {
-        let port = if path.starts_with("/debug/") {
-            ADMIN_PORT
-        } else {
-            METRICS_PORT
-        };
+        let port = if path.starts_with("/debug/") { ADMIN_PORT } else { METRICS_PORT };
         let path = path.to_string();
         sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<String> {
             use std::io::{Read as _, Write as _};
             let mut s =
                 std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
-            )?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
             let mut buf = String::new();
             s.read_to_string(&mut buf)?;
             let (head, body) = buf.split_once("\r\n\r\n").context("malformed HTTP response")?;
@@ -493,36 +397,15 @@ impl Cluster {
             cni_result: Value::Null,
         };
         // The pod is tracked from here on so cleanup removes its netns and cgroup on any failure.
-        self.pods
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(pod.clone());
-        sysctl_in(
-            &pod.netns,
-            &[
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ],
-        )?;
-        self.cni(n, &pod, "ADD", json!({"type": "loopback"}), None)
-            .map_err(anyhow::Error::msg)?;
-        let ptp = self
-            .cni(n, &pod, "ADD", self.ptp_conf(n), None)
-            .map_err(anyhow::Error::msg)?;
+        self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(pod.clone());
+        sysctl_in(&pod.netns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        self.cni(n, &pod, "ADD", json!({"type": "loopback"}), None).map_err(anyhow::Error::msg)?;
+        let ptp = self.cni(n, &pod, "ADD", self.ptp_conf(n), None).map_err(anyhow::Error::msg)?;
         pod.cni_result = ptp.clone();
         for ipc in ptp["ips"].as_array().into_iter().flatten() {
-            let addr: IpAddr = ipc["address"]
-                .as_str()
-                .unwrap_or("")
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .parse()?;
-            if addr.is_ipv4() {
-                pod.ipv4 = addr
-            } else {
-                pod.ipv6 = Some(addr)
-            }
+            let addr: IpAddr =
+                ipc["address"].as_str().unwrap_or("").split('/').next().unwrap_or("").parse()?;
+            if addr.is_ipv4() { pod.ipv4 = addr } else { pod.ipv6 = Some(addr) }
         }
         if let Some(p) = self
             .pods
@@ -534,18 +417,13 @@ impl Cluster {
             *p = pod.clone();
         }
         self.publish_objects()?;
-        let sluice = self
-            .cni(n, &pod, "ADD", self.sluice_conf(n), Some(ptp))
-            .map(|_| ());
+        let sluice = self.cni(n, &pod, "ADD", self.sluice_conf(n), Some(ptp)).map(|_| ());
         Ok((pod, sluice))
     }
 
     /// Declares a Service (written to the mesh config; waits until every running agent has it).
     pub fn add_service(&self, svc: ServiceSpec) -> anyhow::Result<()> {
-        self.services
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(svc);
+        self.services.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(svc);
         self.publish_objects()
     }
 
@@ -557,15 +435,10 @@ impl Cluster {
             if p.ipv4.is_unspecified() {
                 continue;
             }
-            let labels: serde_json::Map<String, Value> = p
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let ips: Vec<Value> = std::iter::once(p.ipv4)
-                .chain(p.ipv6)
-                .map(|ip| json!({"ip": ip.to_string()}))
-                .collect();
+            let labels: serde_json::Map<String, Value> =
+                p.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let ips: Vec<Value> =
+                std::iter::once(p.ipv4).chain(p.ipv6).map(|ip| json!({"ip": ip.to_string()})).collect();
             docs.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": p.name, "namespace": p.namespace, "labels": labels},
@@ -573,22 +446,11 @@ impl Cluster {
                 "status": {"podIPs": ips},
             }));
         }
-        for s in self
-            .services
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .iter()
-        {
-            let selector: serde_json::Map<String, Value> = s
-                .selector
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let ports: Vec<Value> = s
-                .ports
-                .iter()
-                .map(|(p, t)| json!({"port": p, "targetPort": t}))
-                .collect();
+        for s in self.services.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+            let selector: serde_json::Map<String, Value> =
+                s.selector.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let ports: Vec<Value> =
+                s.ports.iter().map(|(p, t)| json!({"port": p, "targetPort": t})).collect();
             let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
             docs.push(json!({
                 "apiVersion": "v1", "kind": "Service",
@@ -611,11 +473,7 @@ impl Cluster {
                 // Other files may define pods too; the runtime objects must all be there.
                 if count("workloads") + count("services") >= expected_docs
                     && docs.iter().all(|d| {
-                        let kind = if d["kind"] == "Pod" {
-                            "workloads"
-                        } else {
-                            "services"
-                        };
+                        let kind = if d["kind"] == "Pod" { "workloads" } else { "services" };
                         dump[kind].as_array().is_some_and(|a| {
                             a.iter().any(|w| {
                                 w["name"] == d["metadata"]["name"]
@@ -645,8 +503,7 @@ impl Cluster {
         let prev = Some(pod.cni_result.clone());
         self.cni(pod.node, pod, "DEL", self.sluice_conf(pod.node), prev.clone())
             .map_err(anyhow::Error::msg)?;
-        self.cni(pod.node, pod, "DEL", self.ptp_conf(pod.node), prev)
-            .map_err(anyhow::Error::msg)?;
+        self.cni(pod.node, pod, "DEL", self.ptp_conf(pod.node), prev).map_err(anyhow::Error::msg)?;
         ip(&["netns", "del", &pod.netns])?;
         Ok(())
     }
@@ -686,11 +543,8 @@ impl Cluster {
             .into_iter()
             .find(|p| p.exists())
             .ok_or_else(|| {
-                format!(
-                    "CNI plugin {typ} not found in {} or {CNI_DIR}",
-                    self.cni_bin.display()
-                )
-            })?;
+            format!("CNI plugin {typ} not found in {} or {CNI_DIR}", self.cni_bin.display())
+        })?;
         let mut cmd = Command::new(&bin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &pod.container_id)
@@ -735,10 +589,7 @@ impl Cluster {
     pub fn spawn_in_pod(&self, pod: &Pod, mut cmd: Command) -> anyhow::Result<()> {
         let _ = pod;
         let child = cmd.stdin(Stdio::null()).spawn()?;
-        self.procs
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(child);
+        self.procs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(child);
         Ok(())
     }
 

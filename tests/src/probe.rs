@@ -36,9 +36,7 @@ impl Probe {
     /// Starts an echo server in `pod` on `ports` and waits until they accept.
     pub fn serve(&self, c: &Cluster, pod: &Pod, ports: &[u16]) -> anyhow::Result<()> {
         let mut cmd = c.pod_command(pod, &self.bin)?;
-        cmd.arg("serve")
-            .args(ports.iter().map(u16::to_string))
-            .stdout(Stdio::null());
+        cmd.arg("serve").args(ports.iter().map(u16::to_string)).stdout(Stdio::null());
         c.spawn_in_pod(pod, cmd)?;
         // Wait until every port is listening (checked from inside the pod, over loopback).
         for p in ports {
@@ -82,25 +80,13 @@ impl Probe {
         hold_ms: u64,
     ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<ClientReport>>> {
         let mut cmd = c.pod_command(pod, &self.bin)?;
-        cmd.args([
-            "client",
-            &to.to_string(),
-            &bytes.to_string(),
-            &hold_ms.to_string(),
-        ]);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        cmd.args(["client", &to.to_string(), &bytes.to_string(), &hold_ms.to_string()]);
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         Ok(std::thread::spawn(move || {
             let out = child.wait_with_output()?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             serde_json::from_str(stdout.trim()).with_context(|| {
-                format!(
-                    "sl-probe output {stdout:?} stderr {:?}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
+                format!("sl-probe output {stdout:?} stderr {:?}", String::from_utf8_lossy(&out.stderr))
             })
         }))
     }

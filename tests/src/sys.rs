@@ -14,11 +14,7 @@ use std::{
 pub fn enter_on_spawn(cmd: &mut Command, netns: &Path, cgroup: Option<&Path>) -> io::Result<()> {
     let ns = File::open(netns)?;
     let procs = match cgroup {
-        Some(c) => Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(c.join("cgroup.procs"))?,
-        ),
+        Some(c) => Some(std::fs::OpenOptions::new().write(true).open(c.join("cgroup.procs"))?),
         None => None,
     };
     // SAFETY: the closure only calls async-signal-safe syscalls on fds opened before fork.

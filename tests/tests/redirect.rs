@@ -10,11 +10,7 @@ fn probe() -> Probe {
 }
 
 fn namespaces(mesh_labelled: bool) -> String {
-    let label = if mesh_labelled {
-        "\n  labels:\n    istio.io/dataplane-mode: ambient"
-    } else {
-        ""
-    };
+    let label = if mesh_labelled { "\n  labels:\n    istio.io/dataplane-mode: ambient" } else { "" };
     format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh{label}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n"
     )
@@ -31,8 +27,7 @@ struct World {
 
 fn world() -> World {
     let c = Cluster::new(2).expect("cluster");
-    c.write_config("namespaces.yaml", &namespaces(true))
-        .expect("config");
+    c.write_config("namespaces.yaml", &namespaces(true)).expect("config");
     c.start_agent(1).expect("agent 1");
     c.start_agent(2).expect("agent 2");
     let client = c.add_pod(1, "mesh", "client").expect("client pod");
@@ -45,12 +40,8 @@ fn world() -> World {
 }
 
 fn redirected(c: &Cluster, node: usize) -> f64 {
-    c.metric(
-        node,
-        "sluice_redirect_decisions_total",
-        &[("decision", "outbound_redirected")],
-    )
-    .expect("metrics")
+    c.metric(node, "sluice_redirect_decisions_total", &[("decision", "outbound_redirected")])
+        .expect("metrics")
 }
 
 fn opened_by(c: &Cluster, node: usize, workload: &str, dst: SocketAddr) -> f64 {
@@ -90,25 +81,10 @@ fn outbound_tcp_is_captured_byte_exact_with_real_peer() {
         let r = p.client(&w.c, &w.client, dst, MIB, 0).expect(name);
         assert!(r.ok, "{name}: {}", r.error);
         assert_eq!(r.bytes as usize, MIB, "{name}");
-        assert_eq!(
-            r.peer,
-            dst.to_string(),
-            "{name}: getpeername must show the real peer"
-        );
-        let client_ip = if ip.is_ipv4() {
-            w.client.ipv4
-        } else {
-            v6(&w.client)
-        };
-        assert_eq!(
-            ip_of(&r.server_saw),
-            client_ip,
-            "{name}: the server must see the client pod's address"
-        );
-        assert!(
-            redirected(&w.c, 1) > before,
-            "{name}: the kernel did not redirect the connect"
-        );
+        assert_eq!(r.peer, dst.to_string(), "{name}: getpeername must show the real peer");
+        let client_ip = if ip.is_ipv4() { w.client.ipv4 } else { v6(&w.client) };
+        assert_eq!(ip_of(&r.server_saw), client_ip, "{name}: the server must see the client pod's address");
+        assert!(redirected(&w.c, 1) > before, "{name}: the kernel did not redirect the connect");
         assert_eq!(
             opened_by(&w.c, 1, "client", dst),
             opened_before + 1.0,
@@ -118,18 +94,11 @@ fn outbound_tcp_is_captured_byte_exact_with_real_peer() {
 }
 
 fn ip_of(addr: &str) -> IpAddr {
-    addr.parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .unwrap_or_else(|e| panic!("{addr:?}: {e}"))
+    addr.parse::<SocketAddr>().map(|a| a.ip()).unwrap_or_else(|e| panic!("{addr:?}: {e}"))
 }
 
 fn steered(c: &Cluster, node: usize) -> f64 {
-    c.metric(
-        node,
-        "sluice_redirect_decisions_total",
-        &[("decision", "inbound_steered")],
-    )
-    .expect("metrics")
+    c.metric(node, "sluice_redirect_decisions_total", &[("decision", "inbound_steered")]).expect("metrics")
 }
 
 fn inbound_opened(c: &Cluster, node: usize, workload: &str) -> f64 {
@@ -156,29 +125,14 @@ fn inbound_tcp_from_outside_the_mesh_is_captured_on_any_port() {
     ];
     for (name, ip, port) in rows {
         let dst = SocketAddr::new(ip, port);
-        let (s0, o0, r0) = (
-            steered(&w.c, 2),
-            inbound_opened(&w.c, 2, "far"),
-            redirected(&w.c, 1),
-        );
+        let (s0, o0, r0) = (steered(&w.c, 2), inbound_opened(&w.c, 2, "far"), redirected(&w.c, 1));
         let r = p.client(&w.c, &outsider, dst, MIB, 0).expect(name);
         assert!(r.ok, "{name}: {}", r.error);
         assert_eq!(r.peer, dst.to_string(), "{name}");
         // The source port differs: the client's 4-tuple is held by the agent's accepted socket.
-        assert_eq!(
-            ip_of(&r.server_saw),
-            ip_of(&r.local),
-            "{name}: the app must see the real client address"
-        );
-        assert_eq!(
-            redirected(&w.c, 1),
-            r0,
-            "{name}: a pod outside the mesh must not be captured outbound"
-        );
-        assert!(
-            steered(&w.c, 2) > s0,
-            "{name}: sk_lookup did not steer the connection"
-        );
+        assert_eq!(ip_of(&r.server_saw), ip_of(&r.local), "{name}: the app must see the real client address");
+        assert_eq!(redirected(&w.c, 1), r0, "{name}: a pod outside the mesh must not be captured outbound");
+        assert!(steered(&w.c, 2) > s0, "{name}: sk_lookup did not steer the connection");
         assert_eq!(
             inbound_opened(&w.c, 2, "far"),
             o0 + 1.0,
@@ -197,21 +151,14 @@ fn pods_outside_the_mesh_and_opted_out_pods_are_untouched() {
     let plain_client = w.c.add_pod(1, "plain", "plain-client").expect("pod");
     let plain_server = w.c.add_pod(2, "plain", "plain-server").expect("pod");
     let optout =
-        w.c.add_pod_spec(
-            1,
-            PodSpec::new("mesh", "optout").label("istio.io/dataplane-mode", "none"),
-        )
-        .expect("pod");
+        w.c.add_pod_spec(1, PodSpec::new("mesh", "optout").label("istio.io/dataplane-mode", "none"))
+            .expect("pod");
     p.serve(&w.c, &plain_server, &[8080]).expect("server");
     p.serve(&w.c, &optout, &[8080]).expect("server");
     let status = w.c.agent_get(1, "/debug/pods").expect("status");
     let pods: serde_json::Value = serde_json::from_str(&status).expect("json");
     let enrolled = |name: &str| {
-        pods.as_array()
-            .expect("array")
-            .iter()
-            .find(|p| p["name"] == name)
-            .map(|p| p["enrolled"] == true)
+        pods.as_array().expect("array").iter().find(|p| p["name"] == name).map(|p| p["enrolled"] == true)
     };
     assert_eq!(enrolled("optout"), Some(false), "{status}");
     assert_eq!(enrolled("plain-client"), Some(false), "{status}");
@@ -223,22 +170,12 @@ fn pods_outside_the_mesh_and_opted_out_pods_are_untouched() {
     ];
     for (name, from, to) in rows {
         let dst = SocketAddr::new(to.ipv4, 8080);
-        let before: Vec<f64> = (1..=2)
-            .flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)])
-            .collect();
+        let before: Vec<f64> = (1..=2).flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)]).collect();
         let r = p.client(&w.c, from, dst, 64 * 1024, 0).expect(name);
         assert!(r.ok, "{name}: {}", r.error);
-        assert_eq!(
-            r.server_saw, r.local,
-            "{name}: the server must see the client's own address"
-        );
-        let after: Vec<f64> = (1..=2)
-            .flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)])
-            .collect();
-        assert_eq!(
-            before, after,
-            "{name}: no kernel program may act on pods outside the mesh"
-        );
+        assert_eq!(r.server_saw, r.local, "{name}: the server must see the client's own address");
+        let after: Vec<f64> = (1..=2).flat_map(|n| [redirected(&w.c, n), steered(&w.c, n)]).collect();
+        assert_eq!(before, after, "{name}: no kernel program may act on pods outside the mesh");
     }
 }
 
@@ -251,34 +188,24 @@ fn label_removal_stops_capture_quickly_and_keeps_established_connections() {
     let p = probe();
     let dst = SocketAddr::new(w.far.ipv4, 8080);
     // A captured connection that stays open across both label changes (8 s of trickled bytes).
-    let long = p
-        .client_bg(&w.c, &w.client, dst, 256 * 1024, 8000)
-        .expect("long client");
+    let long = p.client_bg(&w.c, &w.client, dst, 256 * 1024, 8000).expect("long client");
     std::thread::sleep(std::time::Duration::from_millis(500));
 
-    w.c.write_config("namespaces.yaml", &namespaces(false))
-        .expect("unlabel");
+    w.c.write_config("namespaces.yaml", &namespaces(false)).expect("unlabel");
     let released = wait_for(|| {
         let r0 = redirected(&w.c, 1);
         let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
         r.ok && redirected(&w.c, 1) == r0
     });
-    assert!(
-        released.is_some_and(|t| t <= 2.0),
-        "capture still on {released:?} s after removing the label"
-    );
+    assert!(released.is_some_and(|t| t <= 2.0), "capture still on {released:?} s after removing the label");
 
-    w.c.write_config("namespaces.yaml", &namespaces(true))
-        .expect("relabel");
+    w.c.write_config("namespaces.yaml", &namespaces(true)).expect("relabel");
     let resumed = wait_for(|| {
         let r0 = redirected(&w.c, 1);
         let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
         r.ok && redirected(&w.c, 1) > r0
     });
-    assert!(
-        resumed.is_some_and(|t| t <= 2.0),
-        "capture not back {resumed:?} s after re-adding the label"
-    );
+    assert!(resumed.is_some_and(|t| t <= 2.0), "capture not back {resumed:?} s after re-adding the label");
 
     let r = long.join().expect("thread").expect("report");
     assert!(r.ok, "the established connection broke: {}", r.error);
@@ -310,10 +237,7 @@ fn killed_agent_restarts_and_readopts_its_pods() {
     // While the agent is down, enrolled pods fail closed: the connect is still redirected to the
     // (now absent) capture listener and refused, never sent around the mesh.
     let down = p.client(&w.c, &w.client, dst, 4096, 0).expect("during");
-    assert!(
-        !down.ok,
-        "a connection bypassed the mesh while the agent was down"
-    );
+    assert!(!down.ok, "a connection bypassed the mesh while the agent was down");
 
     w.c.start_agent(1).expect("restart");
     let before = redirected(&w.c, 1);
@@ -321,24 +245,15 @@ fn killed_agent_restarts_and_readopts_its_pods() {
     assert!(r.ok, "after restart: {}", r.error);
     assert_eq!(r.peer, dst.to_string());
     assert!(redirected(&w.c, 1) > before, "not captured after the restart");
-    assert!(
-        w.c.agent_log(1)
-            .contains("re-adopted pods from the registry pods=2"),
-        "{}",
-        w.c.agent_log(1)
-    );
+    assert!(w.c.agent_log(1).contains("re-adopted pods from the registry pods=2"), "{}", w.c.agent_log(1));
     // Inbound to a pod of the restarted node is captured again too: plaintext from outside the
     // mesh through sk_lookup, and HBONE from a mesh pod on the other node.
     let outsider = w.c.add_pod(2, "plain", "outsider").expect("outsider");
     let (s0, o0) = (steered(&w.c, 1), inbound_opened(&w.c, 1, "near"));
-    let r = p
-        .client(&w.c, &outsider, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
-        .expect("inbound");
+    let r = p.client(&w.c, &outsider, SocketAddr::new(w.near.ipv4, 8080), 4096, 0).expect("inbound");
     assert!(r.ok, "plaintext inbound after restart: {}", r.error);
     assert!(steered(&w.c, 1) > s0, "sk_lookup steering is back");
-    let r = p
-        .client(&w.c, &w.far, SocketAddr::new(w.near.ipv4, 8080), 4096, 0)
-        .expect("hbone");
+    let r = p.client(&w.c, &w.far, SocketAddr::new(w.near.ipv4, 8080), 4096, 0).expect("hbone");
     assert!(r.ok, "HBONE inbound after restart: {}", r.error);
     assert_eq!(inbound_opened(&w.c, 1, "near"), o0 + 2.0);
 }
@@ -350,11 +265,7 @@ fn sluice_adds_no_iptables_or_nftables_rules() {
     }
     let w = world();
     let p = probe();
-    assert!(
-        p.client(&w.c, &w.client, SocketAddr::new(w.far.ipv4, 8080), 4096, 0)
-            .expect("traffic")
-            .ok
-    );
+    assert!(p.client(&w.c, &w.client, SocketAddr::new(w.far.ipv4, 8080), 4096, 0).expect("traffic").ok);
     let namespaces = [
         ("node1", w.c.node_netns(1)),
         ("node2", w.c.node_netns(2)),
@@ -362,9 +273,7 @@ fn sluice_adds_no_iptables_or_nftables_rules() {
         ("far", w.far.netns_path()),
     ];
     for (name, ns) in namespaces {
-        let ipt =
-            w.c.run_in_netns(&ns, "iptables-save", &[])
-                .expect("iptables-save");
+        let ipt = w.c.run_in_netns(&ns, "iptables-save", &[]).expect("iptables-save");
         let rules: Vec<String> = String::from_utf8_lossy(&ipt.stdout)
             .lines()
             .filter(|l| l.starts_with("-A"))
@@ -372,16 +281,9 @@ fn sluice_adds_no_iptables_or_nftables_rules() {
             .collect();
         assert!(rules.is_empty(), "{name}: iptables rules present: {rules:?}");
         let nft = w.c.run_in_netns(&ns, "nft", &["list", "ruleset"]).expect("nft");
-        assert!(
-            nft.status.success(),
-            "{name}: nft failed: {}",
-            String::from_utf8_lossy(&nft.stderr)
-        );
+        assert!(nft.status.success(), "{name}: nft failed: {}", String::from_utf8_lossy(&nft.stderr));
         let ruleset = String::from_utf8_lossy(&nft.stdout);
-        assert!(
-            !ruleset.contains("table"),
-            "{name}: nftables ruleset present: {ruleset}"
-        );
+        assert!(!ruleset.contains("table"), "{name}: nftables ruleset present: {ruleset}");
     }
 }
 
@@ -391,14 +293,10 @@ fn cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it()
         return;
     }
     let c = Cluster::new(1).expect("cluster");
-    c.write_config("namespaces.yaml", &namespaces(true))
-        .expect("config");
+    c.write_config("namespaces.yaml", &namespaces(true)).expect("config");
     let (_, res) = c.try_add_pod(1, "mesh", "early").expect("pod");
     let err = res.expect_err("ADD must fail without an agent");
-    assert!(
-        err.contains("\"code\":11") && err.contains("not reachable"),
-        "{err}"
-    );
+    assert!(err.contains("\"code\":11") && err.contains("not reachable"), "{err}");
 
     c.start_agent(1).expect("agent");
     let pod = c.add_pod(1, "mesh", "web").expect("pod");
@@ -418,16 +316,9 @@ fn cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it()
             "{name}: {e}"
         );
     }
-    assert!(
-        c.agent_get(1, "/healthz/ready")
-            .expect("agent alive")
-            .starts_with("ready")
-    );
+    assert!(c.agent_get(1, "/healthz/ready").expect("agent alive").starts_with("ready"));
     let st = c.agent_get(1, "/debug/pods").expect("status");
-    assert!(
-        st.contains("\"web\"") && st.contains("\"enrolled\": true"),
-        "{st}"
-    );
+    assert!(st.contains("\"web\"") && st.contains("\"enrolled\": true"), "{st}");
     c.remove_pod(&pod).expect("DEL");
     let st = c.agent_get(1, "/debug/pods").expect("status");
     assert!(!st.contains("\"web\""), "DEL did not remove the pod: {st}");

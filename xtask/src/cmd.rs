@@ -25,9 +25,7 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 /// `cargo ARGS` in the workspace root with `$CARGO_HOME/bin` (bpf-linker) first on PATH.
 pub fn cargo_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(cargo_bin());
-    c.args(args)
-        .current_dir(workspace_root())
-        .env("PATH", path_with_cargo_bin());
+    c.args(args).current_dir(workspace_root()).env("PATH", path_with_cargo_bin());
     c
 }
 
@@ -43,9 +41,7 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
 /// Runs a command inheriting stdio; a non-zero exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", display(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {}", display(cmd)))?;
+    let status = cmd.status().with_context(|| format!("could not start {}", display(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", display(cmd));
     }
@@ -55,9 +51,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs a command and returns its stdout if it succeeded; None if it failed or could not start.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn display(cmd: &Command) -> String {

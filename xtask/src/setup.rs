@@ -18,10 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libpolly-22-dev", "bpf-linker's LLVM 22 link dependency"),
     ("libzstd-dev", "bpf-linker's LLVM 22 link dependency"),
     ("iproute2", "ip netns / veth / routes for the test cluster"),
-    (
-        "containernetworking-plugins",
-        "ptp/bridge/host-local/loopback CNI plugins wire test pods",
-    ),
+    ("containernetworking-plugins", "ptp/bridge/host-local/loopback CNI plugins wire test pods"),
     ("iptables", "tests assert sluice adds no iptables rules"),
     ("nftables", "tests assert sluice adds no nftables rules"),
     ("curl", "HTTP client in tests and demo"),
@@ -53,17 +50,12 @@ pub fn run() -> anyhow::Result<()> {
 
     if !bpf_linker_ok() {
         install_bpf_linker()?;
-        did.push(format!(
-            "built bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR}"
-        ));
+        did.push(format!("built bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR}"));
     }
 
     let took = start.elapsed();
     if did.is_empty() {
-        eprintln!(
-            "setup: everything already installed (checked in {:.2}s)",
-            took.as_secs_f64()
-        );
+        eprintln!("setup: everything already installed (checked in {:.2}s)", took.as_secs_f64());
     } else {
         for d in &did {
             eprintln!("setup: {d}");
@@ -92,11 +84,7 @@ fn missing_packages() -> Vec<String> {
             (status == "ii").then_some(name)
         })
         .collect();
-    names
-        .iter()
-        .filter(|n| !installed.contains(n))
-        .map(|n| n.to_string())
-        .collect()
+    names.iter().filter(|n| !installed.contains(n)).map(|n| n.to_string()).collect()
 }
 
 fn install_packages(missing: &[String]) -> anyhow::Result<()> {
@@ -114,11 +102,7 @@ fn install_packages(missing: &[String]) -> anyhow::Result<()> {
         );
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    cmd::run(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    cmd::run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -175,13 +159,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     );
     cmd::run(
         Command::new(cmd::cargo_bin())
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--no-default-features",
-            ])
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
             .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
             .env("LLVM_PREFIX", &prefix),
     )

@@ -54,20 +54,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let mut t = Tally::default();
 
     if !args.no_lint && !args.e2e_only {
-        t.step(
-            "cargo fmt --check",
-            cmd::run(&mut cmd::cargo_cmd(&["fmt", "--all", "--check"])).is_ok(),
-        );
+        t.step("cargo fmt --check", cmd::run(&mut cmd::cargo_cmd(&["fmt", "--all", "--check"])).is_ok());
         t.step(
             "cargo clippy (host)",
-            cmd::run(&mut cmd::cargo_cmd(&[
-                "clippy",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))
-            .is_ok(),
+            cmd::run(&mut cmd::cargo_cmd(&["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok(),
         );
         t.step("cargo clippy (eBPF)", cmd::run(&mut ebpf_clippy()).is_ok());
     }
@@ -122,31 +112,20 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
 
 fn ebpf_clippy() -> Command {
     let mut c = Command::new("rustup");
-    c.args([
-        "run",
-        "nightly",
-        "cargo",
-        "clippy",
-        "-p",
-        "sluice-ebpf",
-        "--target",
-        "bpfel-unknown-none",
-    ])
-    .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
-    .current_dir(cmd::workspace_root())
-    .env("PATH", cmd::path_with_cargo_bin())
-    .env_remove("RUSTC")
-    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    c.args(["run", "nightly", "cargo", "clippy", "-p", "sluice-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+        .current_dir(cmd::workspace_root())
+        .env("PATH", cmd::path_with_cargo_bin())
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
     c
 }
 
 /// Runs a `cargo test` command, streaming its output, and adds its per-binary results to the tally.
 fn run_tests(tier: &str, mut c: Command, t: &mut Tally) -> anyhow::Result<()> {
     eprintln!("+ {} ({tier})", cmd::display(&c));
-    let mut child = c
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start {}", cmd::display(&c)))?;
+    let mut child =
+        c.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start {}", cmd::display(&c)))?;
     let mut saw_result = false;
     let failed_before = t.failed;
     if let Some(out) = child.stdout.take() {
@@ -159,10 +138,7 @@ fn run_tests(tier: &str, mut c: Command, t: &mut Tally) -> anyhow::Result<()> {
                 t.failed += f;
                 t.skipped += i;
             }
-            if let Some(name) = line
-                .strip_prefix("test ")
-                .and_then(|l| l.strip_suffix(" ... FAILED"))
-            {
+            if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
                 t.failures.push(format!("{tier}: {name}"));
             }
         }

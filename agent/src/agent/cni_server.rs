@@ -39,9 +39,7 @@ pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinH
 async fn handle(s: UnixStream, pods: Arc<Pods>) -> std::io::Result<()> {
     let (r, mut w) = s.into_split();
     let mut line = String::new();
-    BufReader::new(r.take(MAX_MESSAGE as u64))
-        .read_line(&mut line)
-        .await?;
+    BufReader::new(r.take(MAX_MESSAGE as u64)).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::err(format!("malformed request: {e}")),
         Ok(req) => {

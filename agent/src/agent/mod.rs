@@ -51,12 +51,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
 
     let crate::cli::CaMode::Local = args.ca;
     let ca = LocalCa::load(&args.ca_dir)?;
-    let certs = Arc::new(CertManager::new(
-        ca,
-        &args.trust_domain,
-        args.cert_lifetime,
-        args.cert_rotate_after,
-    ));
+    let certs =
+        Arc::new(CertManager::new(ca, &args.trust_domain, args.cert_lifetime, args.cert_rotate_after));
     let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(
@@ -103,13 +99,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let sock = args.state_dir.join("cni.sock");
     let cni = cni_server::serve(&sock, pods.clone())
         .with_context(|| format!("cannot listen on {}", sock.display()))?;
-    let state = admin::State {
-        metrics,
-        kernel,
-        pods: pods.clone(),
-        store,
-        certs,
-    };
+    let state = admin::State { metrics, kernel, pods: pods.clone(), store, certs };
     let metrics_srv = admin::serve(args.metrics_addr, state.clone(), admin::Surface::Metrics)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;

@@ -30,11 +30,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("pod {pod}: network namespace {netns}: {source}")]
-    Netns {
-        pod: String,
-        netns: String,
-        source: std::io::Error,
-    },
+    Netns { pod: String, netns: String, source: std::io::Error },
     #[error("pod {pod}: {source}")]
     InPod { pod: String, source: InPodError },
     #[error("pod {pod}: {source}")]
@@ -89,13 +85,7 @@ impl Pods {
         registry: Registry,
         trust_domain: String,
     ) -> Pods {
-        Pods {
-            proxy,
-            store,
-            registry,
-            trust_domain,
-            state: Mutex::new(State::default()),
-        }
+        Pods { proxy, store, registry, trust_domain, state: Mutex::new(State::default()) }
     }
 
     /// Re-adopts the pods persisted by a previous agent: drops those whose netns is gone, enrolls
@@ -144,9 +134,7 @@ impl Pods {
         let snap = self.store.load();
         match snap.enrollment(&info.namespace, &info.name) {
             EnrollDecision::Enrolled => {
-                let e = self
-                    .enroll(&info, &snap.service_account(&info.namespace, &info.name))
-                    .await?;
+                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await?;
                 st.enrolled.insert(key, e);
                 self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
                 Ok(true)
@@ -180,11 +168,7 @@ impl Pods {
         };
         let want = self.store.load().enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
         let have = st.enrolled.contains_key(key);
-        if want == have {
-            Ok(have)
-        } else {
-            Err(format!("enrolled={have}, config wants enrolled={want}"))
-        }
+        if want == have { Ok(have) } else { Err(format!("enrolled={have}, config wants enrolled={want}")) }
     }
 
     /// Brings every known pod to the state the current snapshot asks for.
@@ -196,10 +180,7 @@ impl Pods {
             let want = snap.enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
             let have = st.enrolled.contains_key(&info.key());
             if want && !have {
-                match self
-                    .enroll(&info, &snap.service_account(&info.namespace, &info.name))
-                    .await
-                {
+                match self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await {
                     Ok(e) => {
                         st.enrolled.insert(info.key(), e);
                     }
@@ -222,10 +203,8 @@ impl Pods {
             netns: info.netns.display().to_string(),
             source,
         })?);
-        let pl = inpod::open_listeners(&netns).map_err(|source| PodError::InPod {
-            pod: pod.clone(),
-            source,
-        })?;
+        let pl =
+            inpod::open_listeners(&netns).map_err(|source| PodError::InPod { pod: pod.clone(), source })?;
         let has_v6 = info.ips.iter().any(IpAddr::is_ipv6);
         let transparent = match routing::ensure_delivery_routing(&netns, has_v6).await {
             Ok(()) => true,
@@ -235,10 +214,7 @@ impl Pods {
             }
         };
         let k = &self.proxy.kernel;
-        let kerr = |source| PodError::Kernel {
-            pod: pod.clone(),
-            source,
-        };
+        let kerr = |source| PodError::Kernel { pod: pod.clone(), source };
         let result = (|| {
             for ip in &info.ips {
                 let want_v6 = ip.is_ipv6();
@@ -258,11 +234,7 @@ impl Pods {
         if let Err(e) = result {
             self.release(
                 &info.key(),
-                Enrolled {
-                    netns_cookie: pl.netns_cookie,
-                    ips: info.ips.clone(),
-                    accept_loops: vec![],
-                },
+                Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops: vec![] },
             );
             return Err(e);
         }
@@ -273,16 +245,9 @@ impl Pods {
                 let accept_loops = vec![];
                 self.release(
                     &info.key(),
-                    Enrolled {
-                        netns_cookie: pl.netns_cookie,
-                        ips: info.ips.clone(),
-                        accept_loops,
-                    },
+                    Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops },
                 );
-                return Err(PodError::Tls {
-                    pod: pod.clone(),
-                    detail: e.to_string(),
-                });
+                return Err(PodError::Tls { pod: pod.clone(), detail: e.to_string() });
             }
         };
         let ctx = Arc::new(PodCtx {
@@ -297,11 +262,7 @@ impl Pods {
         });
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
-        Ok(Enrolled {
-            netns_cookie: pl.netns_cookie,
-            ips: info.ips.clone(),
-            accept_loops,
-        })
+        Ok(Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops })
     }
 
     fn release(&self, key: &str, e: Enrolled) {

@@ -19,17 +19,12 @@ pub enum RegistryError {
     #[error("pod registry {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("pod registry {path} is corrupt: {source} (delete it; pods re-register on their next CNI call)")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
 impl Registry {
     pub fn new(state_dir: &Path) -> Registry {
-        Registry {
-            path: state_dir.join("pods.json"),
-        }
+        Registry { path: state_dir.join("pods.json") }
     }
 
     /// The persisted pods by [`PodRef::key`].
@@ -38,16 +33,11 @@ impl Registry {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
             Err(source) => {
-                return Err(RegistryError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
+                return Err(RegistryError::Io { path: self.path.clone(), source });
             }
         };
-        let pods: Vec<PodRef> = serde_json::from_str(&text).map_err(|source| RegistryError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
+        let pods: Vec<PodRef> = serde_json::from_str(&text)
+            .map_err(|source| RegistryError::Corrupt { path: self.path.clone(), source })?;
         Ok(pods.into_iter().map(|p| (p.key(), p)).collect())
     }
 
@@ -55,10 +45,7 @@ impl Registry {
         let list: Vec<&PodRef> = pods.values().collect();
         let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
         let tmp = self.path.with_extension("json.tmp");
-        let io = |source| RegistryError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| RegistryError::Io { path: self.path.clone(), source };
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
     }

@@ -32,11 +32,7 @@ pub struct CniError {
 
 impl CniError {
     fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> CniError {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        CniError { code, msg: msg.into(), details: details.into() }
     }
 }
 
@@ -84,11 +80,7 @@ pub fn main() -> ExitCode {
     {
         return emit_error(
             "1.0.0",
-            &CniError::new(
-                code::IO_FAILURE,
-                "cannot read network config from stdin",
-                e.to_string(),
-            ),
+            &CniError::new(code::IO_FAILURE, "cannot read network config from stdin", e.to_string()),
         );
     }
     let version = serde_json::from_slice::<Value>(&stdin)
@@ -145,23 +137,13 @@ pub fn run(inv: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<Option<S
         ));
     }
     if inv.command == "VERSION" {
-        return Ok(Some(
-            json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}).to_string(),
-        ));
+        return Ok(Some(json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED_VERSIONS}).to_string()));
     }
     if stdin.len() as u64 > MAX_STDIN {
-        return Err(CniError::new(
-            code::DECODE_FAILURE,
-            "network config on stdin is larger than 1 MiB",
-            "",
-        ));
+        return Err(CniError::new(code::DECODE_FAILURE, "network config on stdin is larger than 1 MiB", ""));
     }
     let conf: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            "network config on stdin is not valid JSON",
-            e.to_string(),
-        )
+        CniError::new(code::DECODE_FAILURE, "network config on stdin is not valid JSON", e.to_string())
     })?;
     let version = conf.get("cniVersion").and_then(Value::as_str).unwrap_or("");
     if !SUPPORTED_VERSIONS.contains(&version) {
@@ -259,11 +241,7 @@ fn with_version(mut prev: Value, version: &str) -> String {
 
 /// Parses `K=V;K=V` CNI_ARGS.
 fn cni_arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
-    args.split(';').find_map(|kv| {
-        kv.split_once('=')
-            .filter(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim())
-    })
+    args.split(';').find_map(|kv| kv.split_once('=').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim()))
 }
 
 /// The pod this invocation is about, or None when the runtime is not Kubernetes.
@@ -333,10 +311,7 @@ mod tests {
     }
 
     fn agent(reply: Result<Reply, std::io::ErrorKind>) -> FakeAgent {
-        FakeAgent {
-            reply,
-            seen: RefCell::new(Vec::new()),
-        }
+        FakeAgent { reply, seen: RefCell::new(Vec::new()) }
     }
 
     fn inv(cmd: &str) -> Invocation {
@@ -356,37 +331,23 @@ mod tests {
     #[test]
     fn add_passes_prev_result_through_and_tells_the_agent() {
         let a = agent(Ok(Reply::ok(true)));
-        let out = run(&inv("ADD"), CONF.as_bytes(), &a)
-            .expect("ok")
-            .expect("output");
+        let out = run(&inv("ADD"), CONF.as_bytes(), &a).expect("ok").expect("output");
         let v: Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["ips"][0]["address"], "10.1.0.5/24");
         assert_eq!(v["cniVersion"], "1.0.0");
         let seen = a.seen.borrow();
-        let Request::Add { pod } = &seen[0] else {
-            panic!("expected ADD, got {seen:?}")
-        };
-        assert_eq!(
-            (pod.namespace.as_str(), pod.name.as_str(), pod.key().as_str()),
-            ("shop", "web", "u-1")
-        );
+        let Request::Add { pod } = &seen[0] else { panic!("expected ADD, got {seen:?}") };
+        assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.key().as_str()), ("shop", "web", "u-1"));
         assert_eq!(
             pod.ips,
-            vec![
-                "10.1.0.5".parse::<IpAddr>().expect("ip"),
-                "fd00:1::5".parse().expect("ip")
-            ]
+            vec!["10.1.0.5".parse::<IpAddr>().expect("ip"), "fd00:1::5".parse().expect("ip")]
         );
     }
 
     #[test]
     fn add_fails_when_agent_is_down_or_refuses() {
-        let e = run(
-            &inv("ADD"),
-            CONF.as_bytes(),
-            &agent(Err(std::io::ErrorKind::ConnectionRefused)),
-        )
-        .expect_err("down");
+        let e = run(&inv("ADD"), CONF.as_bytes(), &agent(Err(std::io::ErrorKind::ConnectionRefused)))
+            .expect_err("down");
         assert_eq!(e.code, code::TRY_AGAIN_LATER);
         assert!(e.msg.contains("not reachable at /tmp/x.sock"), "{e:?}");
         let e = run(&inv("ADD"), CONF.as_bytes(), &agent(Ok(Reply::err("boom")))).expect_err("refused");
@@ -405,36 +366,17 @@ mod tests {
                 r#"{"cniVersion":"9.9.9","prevResult":{}}"#,
                 code::INCOMPATIBLE_VERSION,
             ),
-            (
-                "not chained",
-                inv("ADD"),
-                r#"{"cniVersion":"1.0.0"}"#,
-                code::INVALID_CONFIG,
-            ),
+            ("not chained", inv("ADD"), r#"{"cniVersion":"1.0.0"}"#, code::INVALID_CONFIG),
             (
                 "unknown netns",
-                Invocation {
-                    netns: "/nonexistent/ns".into(),
-                    ..inv("ADD")
-                },
+                Invocation { netns: "/nonexistent/ns".into(), ..inv("ADD") },
                 CONF,
                 code::UNKNOWN_CONTAINER,
             ),
-            (
-                "missing netns",
-                Invocation {
-                    netns: String::new(),
-                    ..inv("ADD")
-                },
-                CONF,
-                code::INVALID_ENV,
-            ),
+            ("missing netns", Invocation { netns: String::new(), ..inv("ADD") }, CONF, code::INVALID_ENV),
             (
                 "missing pod name",
-                Invocation {
-                    args: "K8S_POD_NAMESPACE=x".into(),
-                    ..inv("ADD")
-                },
+                Invocation { args: "K8S_POD_NAMESPACE=x".into(), ..inv("ADD") },
                 CONF,
                 code::INVALID_ENV,
             ),
@@ -445,40 +387,20 @@ mod tests {
             assert_eq!(e.code, want, "{name}: {e:?}");
             assert!(!e.msg.is_empty(), "{name}");
         }
-        assert!(
-            a.seen.borrow().is_empty(),
-            "malformed invocations must not reach the agent"
-        );
+        assert!(a.seen.borrow().is_empty(), "malformed invocations must not reach the agent");
     }
 
     #[test]
     fn del_always_succeeds_and_version_lists_versions() {
-        assert_eq!(
-            run(
-                &inv("DEL"),
-                CONF.as_bytes(),
-                &agent(Err(std::io::ErrorKind::NotFound))
-            ),
-            Ok(None)
-        );
-        let v = run(&inv("VERSION"), b"", &agent(Ok(Reply::ok(false))))
-            .expect("ok")
-            .expect("out");
+        assert_eq!(run(&inv("DEL"), CONF.as_bytes(), &agent(Err(std::io::ErrorKind::NotFound))), Ok(None));
+        let v = run(&inv("VERSION"), b"", &agent(Ok(Reply::ok(false)))).expect("ok").expect("out");
         assert!(v.contains("\"1.0.0\""));
     }
 
     #[test]
     fn non_kubernetes_add_passes_through_without_agent() {
         let a = agent(Err(std::io::ErrorKind::ConnectionRefused));
-        let out = run(
-            &Invocation {
-                args: String::new(),
-                ..inv("ADD")
-            },
-            CONF.as_bytes(),
-            &a,
-        )
-        .expect("ok");
+        let out = run(&Invocation { args: String::new(), ..inv("ADD") }, CONF.as_bytes(), &a).expect("ok");
         assert!(out.is_some());
         assert!(a.seen.borrow().is_empty());
     }

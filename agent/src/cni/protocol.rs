@@ -20,11 +20,7 @@ pub struct PodRef {
 impl PodRef {
     /// Stable registry key: the UID, or the container ID when the runtime gave none.
     pub fn key(&self) -> String {
-        if self.uid.is_empty() {
-            self.container_id.clone()
-        } else {
-            self.uid.clone()
-        }
+        if self.uid.is_empty() { self.container_id.clone() } else { self.uid.clone() }
     }
 }
 
@@ -51,17 +47,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(enrolled: bool) -> Reply {
-        Reply {
-            ok: true,
-            enrolled,
-            error: None,
-        }
+        Reply { ok: true, enrolled, error: None }
     }
     pub fn err(msg: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            enrolled: false,
-            error: Some(msg.into()),
-        }
+        Reply { ok: false, enrolled: false, error: Some(msg.into()) }
     }
 }

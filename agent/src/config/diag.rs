@@ -31,13 +31,7 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
             Severity::Error => "error",
         };
-        write!(
-            f,
-            "{}:{}:{}: {sev}: ",
-            self.file.display(),
-            self.line,
-            self.column
-        )?;
+        write!(f, "{}:{}:{}: {sev}: ", self.file.display(), self.line, self.column)?;
         if let Some(o) = &self.object {
             write!(f, "{o}: ")?;
         }

@@ -31,10 +31,7 @@ pub enum LoadError {
 
 /// Loads and compiles every YAML file below `dir`. Warnings come back with the snapshot.
 pub fn load_dir(dir: &Path) -> Result<(Snapshot, Diagnostics), LoadError> {
-    let files = yaml_files(dir).map_err(|source| LoadError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let files = yaml_files(dir).map_err(|source| LoadError::Dir { path: dir.to_path_buf(), source })?;
     let mut diags = Diagnostics::default();
     let mut docs = Vec::new();
     for file in files {
@@ -128,10 +125,7 @@ pub fn watch(dir: PathBuf, store: Arc<SnapshotStore>) -> Result<WatchGuard, noti
             }
         }
     });
-    Ok(WatchGuard {
-        _watcher: watcher,
-        task,
-    })
+    Ok(WatchGuard { _watcher: watcher, task })
 }
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -153,32 +147,20 @@ mod tests {
     #[test]
     fn loads_directory_and_reports_every_error_with_file_and_line() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("a.yaml"),
-            "kind: Namespace\nmetadata: {name: a}\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join("a.yaml"), "kind: Namespace\nmetadata: {name: a}\n").expect("write");
         std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-        std::fs::write(
-            dir.path().join("sub/b.yml"),
-            "kind: Pod\nmetadata: {name: p, namespace: a}\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join("sub/b.yml"), "kind: Pod\nmetadata: {name: p, namespace: a}\n")
+            .expect("write");
         let (snap, _) = load_dir(dir.path()).expect("loads");
         assert!(snap.namespaces.contains_key("a"));
         assert_eq!(snap.pods.len(), 1);
 
         std::fs::write(dir.path().join("c.yaml"), "kind: [\n").expect("write");
         std::fs::write(dir.path().join("d.yaml"), "kind: Namespace\n").expect("write");
-        let Err(LoadError::Rejected(r)) = load_dir(dir.path()) else {
-            panic!("broken config accepted")
-        };
+        let Err(LoadError::Rejected(r)) = load_dir(dir.path()) else { panic!("broken config accepted") };
         let text = r.to_string();
         assert!(text.contains("c.yaml:"), "{text}");
-        assert!(
-            text.contains("d.yaml:1:1: error: field `metadata.name`: is required"),
-            "{text}"
-        );
+        assert!(text.contains("d.yaml:1:1: error: field `metadata.name`: is required"), "{text}");
     }
 
     #[test]
@@ -204,9 +186,6 @@ mod tests {
         assert!(store.load().namespaces.contains_key("b"));
         std::fs::write(&f, "kind: Namespace\nmetadata: {name: [}\n").expect("write");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            store.load().namespaces.contains_key("b"),
-            "bad change must keep the last good snapshot"
-        );
+        assert!(store.load().namespaces.contains_key("b"), "bad change must keep the last good snapshot");
     }
 }

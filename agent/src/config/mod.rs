@@ -25,10 +25,7 @@ pub struct SnapshotStore {
 impl SnapshotStore {
     pub fn new(initial: Snapshot) -> Arc<Self> {
         let (tx, _rx) = watch::channel(0);
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(initial),
-            tx,
-        })
+        Arc::new(Self { current: ArcSwap::from_pointee(initial), tx })
     }
 
     /// The snapshot in force now.

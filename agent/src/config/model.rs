@@ -122,10 +122,7 @@ impl Snapshot {
             Some(DATAPLANE_MODE_AMBIENT) => return EnrollDecision::Enrolled,
             _ => {}
         }
-        let ns_mode = self
-            .namespaces
-            .get(namespace)
-            .and_then(|n| n.labels.get(DATAPLANE_MODE_LABEL));
+        let ns_mode = self.namespaces.get(namespace).and_then(|n| n.labels.get(DATAPLANE_MODE_LABEL));
         match ns_mode.map(String::as_str) {
             Some(DATAPLANE_MODE_AMBIENT) => EnrollDecision::Enrolled,
             _ => EnrollDecision::NotEnrolled("namespace not labelled istio.io/dataplane-mode=ambient"),
@@ -157,12 +154,7 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
         for (file, doc) in docs {
-            let mut cx = Cx {
-                file,
-                doc,
-                diags,
-                object: None,
-            };
+            let mut cx = Cx { file, doc, diags, object: None };
             let Some(kind) = cx.string("kind", true) else {
                 continue;
             };
@@ -204,11 +196,7 @@ impl Snapshot {
                         let key = (namespace.clone(), name.clone());
                         if let Some(other) = snap.pods_by_ip.insert(*ip, key) {
                             cx.error(
-                                if kind == "Pod" {
-                                    "status.podIPs"
-                                } else {
-                                    "spec.addresses"
-                                },
+                                if kind == "Pod" { "status.podIPs" } else { "spec.addresses" },
                                 format!("address {ip} is already used by {}/{}", other.0, other.1),
                                 "every workload needs its own addresses",
                             );
@@ -216,13 +204,7 @@ impl Snapshot {
                     }
                     snap.pods.insert(
                         (namespace.clone(), name.clone()),
-                        PodEntry {
-                            namespace,
-                            name,
-                            labels,
-                            service_account,
-                            ips,
-                        },
+                        PodEntry { namespace, name, labels, service_account, ips },
                     );
                 }
                 "Service" => {
@@ -235,14 +217,7 @@ impl Snapshot {
                     let selector = cx.labels("spec.selector");
                     snap.services.insert(
                         (namespace.clone(), name.clone()),
-                        Service {
-                            namespace,
-                            name,
-                            vips,
-                            ports,
-                            selector,
-                            endpoints: Vec::new(),
-                        },
+                        Service { namespace, name, vips, ports, selector, endpoints: Vec::new() },
                     );
                 }
                 k if KNOWN_NOT_ENFORCED.contains(&k) => cx.warning(
@@ -278,8 +253,7 @@ impl Snapshot {
             }
             for vip in &svc.vips {
                 for (i, p) in svc.ports.iter().enumerate() {
-                    self.vips
-                        .insert(SocketAddr::new(*vip, p.port), (ns.clone(), name.clone(), i));
+                    self.vips.insert(SocketAddr::new(*vip, p.port), (ns.clone(), name.clone(), i));
                 }
             }
         }
@@ -330,11 +304,7 @@ impl Cx<'_> {
                 None
             }
             Some(other) => {
-                self.error(
-                    path,
-                    format!("must be a non-empty string, found {other}"),
-                    "quote the value",
-                );
+                self.error(path, format!("must be a non-empty string, found {other}"), "quote the value");
                 None
             }
         }
@@ -344,11 +314,9 @@ impl Cx<'_> {
     fn ip_list(&mut self, path: &str, field: Option<&str>) -> Vec<IpAddr> {
         let items: Vec<(String, Value)> = match self.get(path).cloned() {
             None | Some(Value::Null) => return Vec::new(),
-            Some(Value::Array(a)) => a
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| (format!("{path}[{i}]"), v))
-                .collect(),
+            Some(Value::Array(a)) => {
+                a.into_iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect()
+            }
             Some(v) => vec![(path.to_string(), v)],
         };
         let mut out = Vec::new();
@@ -361,11 +329,7 @@ impl Cx<'_> {
                 Some(Ok(ip)) => out.push(ip),
                 // Kubernetes writes "None" for headless services.
                 Some(Err(_)) if v.as_str() == Some("None") => {}
-                _ => self.error(
-                    &p,
-                    format!("`{v}` is not an IP address"),
-                    "write an IPv4 or IPv6 address",
-                ),
+                _ => self.error(&p, format!("`{v}` is not an IP address"), "write an IPv4 or IPv6 address"),
             }
         }
         out
@@ -374,11 +338,7 @@ impl Cx<'_> {
     /// `spec.ports` of a Service.
     fn service_ports(&mut self) -> Vec<ServicePort> {
         let Some(Value::Array(items)) = self.get("spec.ports").cloned() else {
-            self.error(
-                "spec.ports",
-                "a Service needs at least one port".into(),
-                "add spec.ports",
-            );
+            self.error("spec.ports", "a Service needs at least one port".into(), "add spec.ports");
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -386,11 +346,7 @@ impl Cx<'_> {
             let path = format!("spec.ports[{i}]");
             let valid = |v: Option<&Value>| v.and_then(Value::as_u64).filter(|n| (1..=65535).contains(n));
             let Some(port) = valid(p.get("port")) else {
-                self.error(
-                    &format!("{path}.port"),
-                    "must be a port number 1-65535".into(),
-                    "set port",
-                );
+                self.error(&format!("{path}.port"), "must be a port number 1-65535".into(), "set port");
                 continue;
             };
             let target_port = match p.get("targetPort") {
@@ -408,11 +364,7 @@ impl Cx<'_> {
                 },
             };
             let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-            out.push(ServicePort {
-                name,
-                port: port as u16,
-                target_port: target_port as u16,
-            });
+            out.push(ServicePort { name, port: port as u16, target_port: target_port as u16 });
         }
         out
     }
@@ -455,10 +407,7 @@ mod tests {
 
     fn compile(text: &str) -> (Snapshot, Diagnostics) {
         let docs = yaml::parse(text).expect("yaml");
-        let docs: Vec<_> = docs
-            .into_iter()
-            .map(|d| (PathBuf::from("mesh.yaml"), d))
-            .collect();
+        let docs: Vec<_> = docs.into_iter().map(|d| (PathBuf::from("mesh.yaml"), d)).collect();
         let mut diags = Diagnostics::default();
         let s = Snapshot::compile(&docs, &mut diags);
         (s, diags)
@@ -495,11 +444,7 @@ spec: {serviceAccountName: api-sa}
             ("absent", "x", false),
         ];
         for (ns, pod, want) in cases {
-            assert_eq!(
-                s.enrollment(ns, pod) == EnrollDecision::Enrolled,
-                want,
-                "{ns}/{pod}"
-            );
+            assert_eq!(s.enrollment(ns, pod) == EnrollDecision::Enrolled, want, "{ns}/{pod}");
         }
         assert_eq!(s.service_account("legacy", "api"), "api-sa");
         assert_eq!(s.service_account("shop", "web"), "default");
@@ -530,22 +475,14 @@ spec:
 "#,
         );
         assert!(!d.has_errors(), "{d}");
-        let (svc, port) = s
-            .service_by_vip("10.96.0.10:80".parse().expect("addr"))
-            .expect("vip");
+        let (svc, port) = s.service_by_vip("10.96.0.10:80".parse().expect("addr")).expect("vip");
         assert_eq!(svc.hostname(), "web.shop.svc.cluster.local");
         assert_eq!(port.target_port, 8080);
-        let want: Vec<IpAddr> = ["10.0.0.1", "10.0.1.1", "fd00::1"]
-            .iter()
-            .map(|a| a.parse().expect("ip"))
-            .collect();
+        let want: Vec<IpAddr> =
+            ["10.0.0.1", "10.0.1.1", "fd00::1"].iter().map(|a| a.parse().expect("ip")).collect();
         assert_eq!(svc.endpoints, want);
         assert!(s.service_by_vip("10.96.0.10:81".parse().expect("addr")).is_none());
-        assert_eq!(
-            s.workload_by_ip("10.0.1.1".parse().expect("ip"))
-                .map(|p| p.name.as_str()),
-            Some("b")
-        );
+        assert_eq!(s.workload_by_ip("10.0.1.1".parse().expect("ip")).map(|p| p.name.as_str()), Some("b"));
     }
 
     #[test]
@@ -555,11 +492,7 @@ spec:
         );
         let e: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(
-            e[0].contains("status.podIP") && e[0].contains("is not an IP address"),
-            "{}",
-            e[0]
-        );
+        assert!(e[0].contains("status.podIP") && e[0].contains("is not an IP address"), "{}", e[0]);
         assert!(e[1].contains("already used by default/"), "{}", e[1]);
         assert!(e[2].contains("spec.ports[0].port"), "{}", e[2]);
     }
@@ -584,14 +517,7 @@ spec:
         let errors: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("field `kind`: is required"), "{}", errors[0]);
-        assert!(
-            errors[1].contains("duplicate object, first defined at mesh.yaml:3"),
-            "{}",
-            errors[1]
-        );
-        assert!(
-            d.warnings()
-                .any(|w| w.message.contains("unknown kind `Frobnicator`"))
-        );
+        assert!(errors[1].contains("duplicate object, first defined at mesh.yaml:3"), "{}", errors[1]);
+        assert!(d.warnings().any(|w| w.message.contains("unknown kind `Frobnicator`")));
     }
 }

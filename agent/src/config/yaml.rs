@@ -50,10 +50,7 @@ pub struct SyntaxError {
 /// Parses every document of `text`. Empty documents are skipped.
 pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let docs = MarkedYaml::load_from_str(text).map_err(|e| SyntaxError {
-        pos: Pos {
-            line: e.marker().line(),
-            column: e.marker().col() + 1,
-        },
+        pos: Pos { line: e.marker().line(), column: e.marker().col() + 1 },
         message: e.info().to_string(),
     })?;
     let mut out = Vec::new();
@@ -64,20 +61,13 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
         if value.is_null() {
             continue;
         }
-        out.push(Document {
-            value,
-            start,
-            positions,
-        });
+        out.push(Document { value, start, positions });
     }
     Ok(out)
 }
 
 fn pos_of(n: &MarkedYaml<'_>) -> Pos {
-    Pos {
-        line: n.span.start.line(),
-        column: n.span.start.col() + 1,
-    }
+    Pos { line: n.span.start.line(), column: n.span.start.col() + 1 }
 }
 
 fn convert(n: &MarkedYaml<'_>, path: String, positions: &mut BTreeMap<String, Pos>) -> Value {
@@ -88,11 +78,7 @@ fn convert(n: &MarkedYaml<'_>, path: String, positions: &mut BTreeMap<String, Po
         YamlData::Value(s) => scalar(s),
         YamlData::Representation(s, _, _) => Value::String(s.to_string()),
         YamlData::Sequence(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, it)| convert(it, format!("{path}[{i}]"), positions))
-                .collect(),
+            items.iter().enumerate().map(|(i, it)| convert(it, format!("{path}[{i}]"), positions)).collect(),
         ),
         YamlData::Mapping(m) => {
             let mut obj = serde_json::Map::new();
@@ -102,11 +88,7 @@ fn convert(n: &MarkedYaml<'_>, path: String, positions: &mut BTreeMap<String, Po
                     YamlData::Representation(s, _, _) => s.to_string(),
                     _ => String::from("<complex key>"),
                 };
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 let val = convert(v, child, positions);
                 obj.insert(key, val);
             }

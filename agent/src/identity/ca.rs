@@ -45,23 +45,14 @@ pub struct LocalCa {
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
-    std::fs::read_to_string(path).map_err(|source| CaError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| CaError::Read { path: path.to_path_buf(), source })
 }
 
 fn certs_from_pem(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(text.as_bytes()).collect();
-    let certs = certs.map_err(|e| CaError::Parse {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let certs = certs.map_err(|e| CaError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
     if certs.is_empty() {
-        return Err(CaError::Parse {
-            path: path.to_path_buf(),
-            detail: "no PEM certificate found".into(),
-        });
+        return Err(CaError::Parse { path: path.to_path_buf(), detail: "no PEM certificate found".into() });
     }
     Ok(certs)
 }
@@ -69,15 +60,10 @@ fn certs_from_pem(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>
 impl LocalCa {
     /// Creates a new self-signed root for `trust_domain` in `dir` (refuses to overwrite).
     pub fn init(dir: &Path, trust_domain: &str, lifetime: Duration) -> Result<(), CaError> {
-        let w = |source| CaError::Write {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let w = |source| CaError::Write { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(w)?;
         if dir.join("ca-key.pem").exists() {
-            return Err(CaError::Exists {
-                path: dir.to_path_buf(),
-            });
+            return Err(CaError::Exists { path: dir.to_path_buf() });
         }
         let mint = |detail: rcgen::Error| CaError::Mint {
             identity: format!("root CA of {trust_domain}"),
@@ -90,11 +76,8 @@ impl LocalCa {
         dn.push(DnType::CommonName, format!("sluice root CA ({trust_domain})"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = (now + lifetime).into();
@@ -115,45 +98,29 @@ impl LocalCa {
         let root_path = dir.join("root-cert.pem");
         let cert_pem = read(&cert_path)?;
         let ca_cert = certs_from_pem(&cert_path, &cert_pem)?.remove(0);
-        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| CaError::Parse {
-            path: key_path.clone(),
-            detail: e.to_string(),
-        })?;
-        let issuer = Issuer::from_ca_cert_der(&ca_cert, key).map_err(|e| CaError::Parse {
-            path: cert_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let key = KeyPair::from_pem(&read(&key_path)?)
+            .map_err(|e| CaError::Parse { path: key_path.clone(), detail: e.to_string() })?;
+        let issuer = Issuer::from_ca_cert_der(&ca_cert, key)
+            .map_err(|e| CaError::Parse { path: cert_path.clone(), detail: e.to_string() })?;
         let roots = if root_path.exists() {
             certs_from_pem(&root_path, &read(&root_path)?)?
         } else {
             vec![ca_cert.clone()]
         };
-        Ok(LocalCa {
-            issuer,
-            ca_cert,
-            roots,
-        })
+        Ok(LocalCa { issuer, ca_cert, roots })
     }
 
     /// Mints a leaf certificate for `id` valid for `lifetime` (ECDSA P-256, URI SAN, both EKUs).
     pub fn mint(&self, id: &Identity, lifetime: Duration) -> Result<Leaf, CaError> {
-        let err = |e: rcgen::Error| CaError::Mint {
-            identity: id.to_string(),
-            detail: e.to_string(),
-        };
+        let err = |e: rcgen::Error| CaError::Mint { identity: id.to_string(), detail: e.to_string() };
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::default();
         let uri = id.to_string().try_into().map_err(err)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.distinguished_name = DistinguishedName::new();
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
         let not_after = now + lifetime;
@@ -166,11 +133,7 @@ impl LocalCa {
             // An intermediate signing CA: send it along.
             chain.push(self.ca_cert.clone());
         }
-        Ok(Leaf {
-            chain,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-            not_after,
-        })
+        Ok(Leaf { chain, key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(), not_after })
     }
 }
 

@@ -44,9 +44,7 @@ pub struct CertManager {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl CertManager {
@@ -84,21 +82,11 @@ impl CertManager {
             .provider
             .key_provider
             .load_private_key(leaf.key)
-            .map_err(|e| CaError::Mint {
-                identity: id.to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| CaError::Mint { identity: id.to_string(), detail: e.to_string() })?;
         let key = Arc::new(CertifiedKey::new(leaf.chain, signer));
         let mut certs = self.certs.lock();
         if certs
-            .insert(
-                id.clone(),
-                Entry {
-                    key: key.clone(),
-                    issued: now,
-                    not_after: leaf.not_after,
-                },
-            )
+            .insert(id.clone(), Entry { key: key.clone(), issued: now, not_after: leaf.not_after })
             .is_some()
         {
             *self.rotations.lock().entry(id.clone()).or_default() += 1;
@@ -147,10 +135,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b), "a fresh certificate must be reused");
         std::thread::sleep(Duration::from_millis(250));
         let c = m.get(&id).expect("rotated");
-        assert!(
-            !Arc::ptr_eq(&a, &c),
-            "past half its lifetime the certificate must be replaced"
-        );
+        assert!(!Arc::ptr_eq(&a, &c), "past half its lifetime the certificate must be replaced");
         assert_eq!(m.status()[0].rotations, 1);
     }
 }

@@ -32,13 +32,7 @@ impl Identity {
         let rest = uri.strip_prefix("spiffe://")?;
         let (td, path) = rest.split_once('/')?;
         let mut parts = path.split('/');
-        match (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) {
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None)
                 if !td.is_empty() && !ns.is_empty() && !sa.is_empty() =>
             {
@@ -51,11 +45,7 @@ impl Identity {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
 }
 

@@ -31,10 +31,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn anchors(roots: &[CertificateDer<'static>]) -> Vec<TrustAnchor<'static>> {
-    roots
-        .iter()
-        .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned()))
-        .collect()
+    roots.iter().filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned())).collect()
 }
 
 /// URI SANs of a certificate.
@@ -72,15 +69,9 @@ pub fn peer_identity(
     trust_domain: &str,
 ) -> Result<Identity, PeerError> {
     let leaf = certs.and_then(|c| c.first()).ok_or(PeerError::NoCertificate)?;
-    let id = uri_sans(leaf)
-        .first()
-        .and_then(|u| Identity::parse(u))
-        .ok_or(PeerError::NoSpiffeId)?;
+    let id = uri_sans(leaf).first().and_then(|u| Identity::parse(u)).ok_or(PeerError::NoSpiffeId)?;
     if id.trust_domain != trust_domain {
-        return Err(PeerError::ForeignTrustDomain(
-            id.to_string(),
-            trust_domain.to_string(),
-        ));
+        return Err(PeerError::ForeignTrustDomain(id.to_string(), trust_domain.to_string()));
     }
     Ok(id)
 }
@@ -93,9 +84,7 @@ struct ServerResolver {
 
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertManager")
-            .field("trust_domain", &self.trust_domain)
-            .finish_non_exhaustive()
+        f.debug_struct("CertManager").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
     }
 }
 
@@ -139,10 +128,7 @@ pub fn server_config(certs: &Arc<CertManager>, id: &Identity) -> Result<Arc<Serv
     let mut c = ServerConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(ServerResolver {
-            certs: certs.clone(),
-            id: id.clone(),
-        }));
+        .with_cert_resolver(Arc::new(ServerResolver { certs: certs.clone(), id: id.clone() }));
     c.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(c))
 }
@@ -163,10 +149,7 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(ClientResolver {
-            certs: certs.clone(),
-            id: id.clone(),
-        }));
+        .with_client_cert_resolver(Arc::new(ClientResolver { certs: certs.clone(), id: id.clone() }));
     c.alpn_protocols = vec![ALPN_H2.to_vec()];
     c.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(c))
@@ -174,9 +157,7 @@ pub fn client_config(
 
 /// The server name passed to rustls; ignored by [`SpiffeServerVerifier`] (identity is the SAN URI).
 pub fn server_name() -> ServerName<'static> {
-    ServerName::IpAddress(rustls_pki_types::IpAddr::V4(rustls_pki_types::Ipv4Addr::from([
-        0, 0, 0, 0,
-    ])))
+    ServerName::IpAddress(rustls_pki_types::IpAddr::V4(rustls_pki_types::Ipv4Addr::from([0, 0, 0, 0])))
 }
 
 #[derive(Debug)]
@@ -207,9 +188,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             None,
         )
         .map_err(|e| {
-            TlsError::General(format!(
-                "server certificate does not verify against the trust bundle: {e}"
-            ))
+            TlsError::General(format!("server certificate does not verify against the trust bundle: {e}"))
         })?;
         let sans = uri_sans(end_entity);
         if sans.iter().any(|s| self.expected.contains(s)) {
@@ -263,10 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         LocalCa::init(dir.path(), td, Duration::from_secs(3600)).expect("init");
         let ca = LocalCa::load(dir.path()).expect("load");
-        (
-            dir,
-            Arc::new(CertManager::new(ca, td, Duration::from_secs(600), 0.5)),
-        )
+        (dir, Arc::new(CertManager::new(ca, td, Duration::from_secs(600), 0.5)))
     }
 
     /// Runs one handshake; Ok(server-side peer identity) or Err(description of which side failed).
@@ -280,20 +256,15 @@ mod tests {
         let td = td.to_string();
         let srv = tokio::spawn(async move {
             let (s, _) = l.accept().await.expect("accept");
-            let tls = TlsAcceptor::from(server)
-                .accept(s)
-                .await
-                .map_err(|e| format!("server: {e}"))?;
+            let tls = TlsAcceptor::from(server).accept(s).await.map_err(|e| format!("server: {e}"))?;
             let (_, conn) = tls.get_ref();
             assert_eq!(conn.alpn_protocol(), Some(ALPN_H2));
             assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
             peer_identity(conn.peer_certificates(), &td).map_err(|e| format!("server: {e}"))
         });
         let s = TcpStream::connect(addr).await.expect("connect");
-        let cli = TlsConnector::from(client)
-            .connect(server_name(), s)
-            .await
-            .map_err(|e| format!("client: {e}"));
+        let cli =
+            TlsConnector::from(client).connect(server_name(), s).await.map_err(|e| format!("client: {e}"));
         let srv = srv.await.expect("join");
         cli?;
         srv
@@ -307,17 +278,11 @@ mod tests {
         let sc = server_config(&m, &server_id).expect("server config");
 
         let ok = client_config(&m, &client_id, vec![server_id.clone()]).expect("client config");
-        assert_eq!(
-            handshake(sc.clone(), ok, "cluster.local").await,
-            Ok(client_id.clone())
-        );
+        assert_eq!(handshake(sc.clone(), ok, "cluster.local").await, Ok(client_id.clone()));
 
-        let wrong_expectation = client_config(
-            &m,
-            &client_id,
-            vec![Identity::new("cluster.local", "shop", "other")],
-        )
-        .expect("cfg");
+        let wrong_expectation =
+            client_config(&m, &client_id, vec![Identity::new("cluster.local", "shop", "other")])
+                .expect("cfg");
         let e = handshake(sc.clone(), wrong_expectation, "cluster.local")
             .await
             .expect_err("wrong server identity");
@@ -325,13 +290,8 @@ mod tests {
 
         let (_d2, other_ca) = manager("cluster.local");
         let stranger = client_config(&other_ca, &client_id, vec![server_id.clone()]).expect("cfg");
-        let e = handshake(sc.clone(), stranger, "cluster.local")
-            .await
-            .expect_err("foreign CA");
-        assert!(
-            e.contains("trust bundle") || e.contains("UnknownIssuer") || e.contains("server:"),
-            "{e}"
-        );
+        let e = handshake(sc.clone(), stranger, "cluster.local").await.expect_err("foreign CA");
+        assert!(e.contains("trust bundle") || e.contains("UnknownIssuer") || e.contains("server:"), "{e}");
 
         let (_d3, foreign_td) = manager("evil.example");
         let fsc = server_config(&foreign_td, &Identity::new("evil.example", "shop", "backend")).expect("cfg");
@@ -341,9 +301,7 @@ mod tests {
             vec![Identity::new("evil.example", "shop", "backend")],
         )
         .expect("cfg");
-        let e = handshake(fsc, fcc, "cluster.local")
-            .await
-            .expect_err("foreign trust domain");
+        let e = handshake(fsc, fcc, "cluster.local").await.expect_err("foreign trust domain");
         assert!(e.contains("outside trust domain cluster.local"), "{e}");
     }
 }

@@ -32,9 +32,7 @@ pub async fn deliver_transparent(
 ) -> Result<TcpStream, (Failure, String)> {
     let (sock, from) =
         inpod::transparent_socket(netns, client.ip()).map_err(|e| (Failure::Socket, e.to_string()))?;
-    kernel
-        .begin_delivery(from, dst.port())
-        .map_err(|e| (Failure::Socket, e.to_string()))?;
+    kernel.begin_delivery(from, dst.port()).map_err(|e| (Failure::Socket, e.to_string()))?;
     let r = tokio::time::timeout(timeout, sock.connect(dst)).await;
     if let Err(e) = kernel.end_delivery(from, dst.port()) {
         tracing::warn!(error = %e, "could not clear the delivery record");

@@ -25,8 +25,7 @@ impl Proxy {
         })
         .await;
         if let Err(e) = result {
-            self.metrics
-                .failure(Direction::Inbound.label(), e.response_flag());
+            self.metrics.failure(Direction::Inbound.label(), e.response_flag());
             warn!(target: "sluice::access", direction = "inbound", pod = %pod.name, namespace = %pod.namespace,
                   reason = e.response_flag(), error = %e, "HBONE connection refused");
         }

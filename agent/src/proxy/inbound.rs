@@ -51,11 +51,7 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "unknown",
         };
-        let app = self
-            .deliver(&pod, peer, dst)
-            .await
-            .map(Upstream::Tcp)
-            .map_err(|(f, d)| (f.label(), d));
+        let app = self.deliver(&pod, peer, dst).await.map(Upstream::Tcp).map_err(|(f, d)| (f.label(), d));
         self.carry(dir, &pod, peer, dst, labels, client, app).await;
     }
 }

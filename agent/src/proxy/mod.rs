@@ -137,10 +137,7 @@ impl Direction {
 }
 
 fn is_agent_port(addr: SocketAddr) -> bool {
-    matches!(
-        addr.port(),
-        OUTBOUND_CAPTURE_PORT | INBOUND_CAPTURE_PORT | INBOUND_HBONE_PORT
-    )
+    matches!(addr.port(), OUTBOUND_CAPTURE_PORT | INBOUND_CAPTURE_PORT | INBOUND_HBONE_PORT)
 }
 
 impl Proxy {
@@ -152,25 +149,13 @@ impl Proxy {
         pool: Pool,
         connect_timeout: Duration,
     ) -> Proxy {
-        Proxy {
-            kernel,
-            metrics,
-            store,
-            certs,
-            pool,
-            connect_timeout,
-            rr: Mutex::new(Default::default()),
-        }
+        Proxy { kernel, metrics, store, certs, pool, connect_timeout, rr: Mutex::new(Default::default()) }
     }
 
     /// Picks the next endpoint of `svc` round robin, preferring the VIP's address family.
     fn pick_endpoint(&self, svc: &Service, v6: bool) -> Option<std::net::IpAddr> {
         let same: Vec<_> = svc.endpoints.iter().filter(|ip| ip.is_ipv6() == v6).collect();
-        let pool: Vec<_> = if same.is_empty() {
-            svc.endpoints.iter().collect()
-        } else {
-            same
-        };
+        let pool: Vec<_> = if same.is_empty() { svc.endpoints.iter().collect() } else { same };
         if pool.is_empty() {
             return None;
         }
@@ -200,10 +185,7 @@ impl Proxy {
 
     /// Carries one captured connection once its other side is connected (or failed): metrics,
     /// byte copying, access log. The one place both directions share.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "each argument is one fact of the connection"
-    )]
+    #[allow(clippy::too_many_arguments, reason = "each argument is one fact of the connection")]
     async fn carry(
         &self,
         dir: Direction,

@@ -80,7 +80,6 @@ impl Proxy {
                 .map(Upstream::Tcp)
                 .map_err(|(f, d)| (f.label(), d)),
         };
-        self.carry(dir, &pod, peer, target, labels, client, upstream)
-            .await;
+        self.carry(dir, &pod, peer, target, labels, client, upstream).await;
     }
 }

@@ -41,11 +41,7 @@ pub enum InPodError {
     #[error("cannot enter network namespace {netns}: {source} (is the pod still running?)")]
     Enter { netns: String, source: io::Error },
     #[error("cannot listen on {addr} in network namespace {netns}: {source} (is the port taken by the app?)")]
-    Listen {
-        netns: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    Listen { netns: String, addr: SocketAddr, source: io::Error },
     #[error("cannot read the netns cookie of {netns}: {source} (needs Linux 5.14+)")]
     Cookie { netns: String, source: io::Error },
 }
@@ -58,23 +54,19 @@ pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
     let name = netns.path().display().to_string();
     let mut listeners = Vec::new();
     let mut cookie = None;
-    for (role, port) in [
-        (Role::Outbound, OUTBOUND_CAPTURE_PORT),
-        (Role::Inbound, INBOUND_CAPTURE_PORT),
-    ] {
+    for (role, port) in [(Role::Outbound, OUTBOUND_CAPTURE_PORT), (Role::Inbound, INBOUND_CAPTURE_PORT)] {
         for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
             let addr = SocketAddr::new(ip, port);
-            let res = netns.run(|| listen(addr)).map_err(|source| InPodError::Enter {
-                netns: name.clone(),
-                source,
-            })?;
+            let res = netns
+                .run(|| listen(addr))
+                .map_err(|source| InPodError::Enter { netns: name.clone(), source })?;
             match res {
                 Ok(l) => {
                     if cookie.is_none() {
-                        cookie = Some(sys::netns_cookie(l.as_fd()).map_err(|source| InPodError::Cookie {
-                            netns: name.clone(),
-                            source,
-                        })?);
+                        cookie = Some(
+                            sys::netns_cookie(l.as_fd())
+                                .map_err(|source| InPodError::Cookie { netns: name.clone(), source })?,
+                        );
                     }
                     listeners.push((role, l));
                 }
@@ -82,26 +74,20 @@ pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
                 Err(e) if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {}
                 Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
                 Err(source) => {
-                    return Err(InPodError::Listen {
-                        netns: name.clone(),
-                        addr,
-                        source,
-                    });
+                    return Err(InPodError::Listen { netns: name.clone(), addr, source });
                 }
             }
         }
     }
     // HBONE: [::]:15008 takes IPv4 and IPv6 (dual stack); 0.0.0.0 when the pod has no IPv6.
-    let hbone = [
-        SocketAddr::from(([0u16; 8], INBOUND_HBONE_PORT)),
-        SocketAddr::from(([0u8; 4], INBOUND_HBONE_PORT)),
-    ];
+    let hbone =
+        [SocketAddr::from(([0u16; 8], INBOUND_HBONE_PORT)), SocketAddr::from(([0u8; 4], INBOUND_HBONE_PORT))];
     let mut last_err = None;
     for addr in hbone {
-        match netns.run(|| listen(addr)).map_err(|source| InPodError::Enter {
-            netns: name.clone(),
-            source,
-        })? {
+        match netns
+            .run(|| listen(addr))
+            .map_err(|source| InPodError::Enter { netns: name.clone(), source })?
+        {
             Ok(l) => {
                 listeners.push((Role::Hbone, l));
                 last_err = None;
@@ -111,28 +97,17 @@ pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
         }
     }
     if let Some((addr, source)) = last_err {
-        return Err(InPodError::Listen {
-            netns: name.clone(),
-            addr,
-            source,
-        });
+        return Err(InPodError::Listen { netns: name.clone(), addr, source });
     }
     let netns_cookie = cookie.ok_or_else(|| InPodError::Cookie {
         netns: name.clone(),
         source: io::Error::other("no listener opened"),
     })?;
-    Ok(PodListeners {
-        netns_cookie,
-        listeners,
-    })
+    Ok(PodListeners { netns_cookie, listeners })
 }
 
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
     s.listen(BACKLOG)
@@ -140,13 +115,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// A TCP socket created inside `netns`, carrying `mark`.
 fn socket_in(netns: &NetNs, v6: bool, mark: u32) -> io::Result<TcpSocket> {
-    let s = netns.run(|| {
-        if v6 {
-            TcpSocket::new_v6()
-        } else {
-            TcpSocket::new_v4()
-        }
-    })??;
+    let s = netns.run(|| if v6 { TcpSocket::new_v6() } else { TcpSocket::new_v4() })??;
     sys::set_mark(s.as_fd(), mark)?;
     s.set_nodelay(true)?;
     Ok(s)

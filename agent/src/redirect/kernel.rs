@@ -67,10 +67,7 @@ pub enum KernelError {
     #[error("loading the eBPF object failed: {source} (needs root/CAP_BPF and a kernel with BTF, 6.1+)")]
     Load { source: Box<aya::EbpfError> },
     #[error("eBPF program {program}: {source}")]
-    Program {
-        program: &'static str,
-        source: Box<aya::programs::ProgramError>,
-    },
+    Program { program: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("eBPF program {program} was attached without a bpf_link ({detail}); sluice needs Linux 5.7+")]
     NotALink { program: &'static str, detail: String },
     #[error("eBPF program {program} is missing from the embedded object (build/ebpf mismatch)")]
@@ -78,28 +75,17 @@ pub enum KernelError {
     #[error("eBPF map {map} is missing from the embedded object (build/ebpf mismatch)")]
     MissingMap { map: &'static str },
     #[error("eBPF map {map}: {op}: {source}")]
-    Map {
-        map: &'static str,
-        op: &'static str,
-        source: Box<aya::maps::MapError>,
-    },
+    Map { map: &'static str, op: &'static str, source: Box<aya::maps::MapError> },
     #[error("pinning {path}: {detail}")]
     Pin { path: PathBuf, detail: String },
 }
 
 impl KernelError {
     fn map(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
-        move |e| KernelError::Map {
-            map,
-            op,
-            source: Box::new(e),
-        }
+        move |e| KernelError::Map { map, op, source: Box::new(e) }
     }
     fn prog(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
-        move |e| KernelError::Program {
-            program,
-            source: Box::new(e),
-        }
+        move |e| KernelError::Program { program, source: Box::new(e) }
     }
 }
 
@@ -135,9 +121,7 @@ fn parse_cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;
         let fstype = post.split_whitespace().next()?;
-        (fstype == "cgroup2")
-            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
+        (fstype == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from)).flatten()
     })
 }
 
@@ -145,58 +129,35 @@ impl Kernel {
     /// Loads the programs, re-adopting pinned maps in `dir`, and attaches the outbound programs to
     /// `cgroup` (replacing links a previous agent pinned there).
     pub fn load(dir: &Path, cgroup: &Path) -> Result<Kernel, KernelError> {
-        std::fs::create_dir_all(dir.join("pods")).map_err(|source| KernelError::BpffsDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        if !sys::is_bpffs(dir).map_err(|source| KernelError::BpffsDir {
-            path: dir.to_path_buf(),
-            source,
-        })? {
-            return Err(KernelError::NotBpffs {
-                path: dir.to_path_buf(),
-            });
+        std::fs::create_dir_all(dir.join("pods"))
+            .map_err(|source| KernelError::BpffsDir { path: dir.to_path_buf(), source })?;
+        if !sys::is_bpffs(dir).map_err(|source| KernelError::BpffsDir { path: dir.to_path_buf(), source })? {
+            return Err(KernelError::NotBpffs { path: dir.to_path_buf() });
         }
-        let cg = File::open(cgroup).map_err(|source| KernelError::Cgroup {
-            path: cgroup.to_path_buf(),
-            source,
-        })?;
+        let cg = File::open(cgroup)
+            .map_err(|source| KernelError::Cgroup { path: cgroup.to_path_buf(), source })?;
 
         let pin_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|(m, s)| (*m, dir.join(pin_name(s)))).collect();
         let mut loader = EbpfLoader::new();
         for (m, p) in &pin_paths {
             loader.map_pin_path(m, p.as_path());
         }
-        let mut bpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| KernelError::Load { source: Box::new(e) })?;
+        let mut bpf = loader.load(EBPF_OBJECT).map_err(|e| KernelError::Load { source: Box::new(e) })?;
 
         let mut links = Vec::new();
         for (name, stem) in CGROUP_PROGRAMS {
             let link: FdLink = if *name == "sluice_sockops" {
                 let p: &mut SockOps = program(&mut bpf, name)?;
                 p.load().map_err(KernelError::prog(name))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(KernelError::prog(name))?;
-                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?).map_err(|e| {
-                    KernelError::NotALink {
-                        program: name,
-                        detail: e.to_string(),
-                    }
-                })?
+                let id = p.attach(&cg, CgroupAttachMode::Single).map_err(KernelError::prog(name))?;
+                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?)
+                    .map_err(|e| KernelError::NotALink { program: name, detail: e.to_string() })?
             } else {
                 let p: &mut CgroupSockAddr = program(&mut bpf, name)?;
                 p.load().map_err(KernelError::prog(name))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(KernelError::prog(name))?;
-                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?).map_err(|e| {
-                    KernelError::NotALink {
-                        program: name,
-                        detail: e.to_string(),
-                    }
-                })?
+                let id = p.attach(&cg, CgroupAttachMode::Single).map_err(KernelError::prog(name))?;
+                FdLink::try_from(p.take_link(id).map_err(KernelError::prog(name))?)
+                    .map_err(|e| KernelError::NotALink { program: name, detail: e.to_string() })?
             };
             links.push(replace_pin(link, &dir.join(pin_name(&format!("link_{stem}"))))?);
         }
@@ -212,25 +173,13 @@ impl Kernel {
             delivering: take_map(&mut bpf, "DELIVERING")?,
         };
         info!(dir = %dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
-        Ok(Kernel {
-            bpf: Mutex::new(bpf),
-            dir: dir.to_path_buf(),
-            maps: Mutex::new(maps),
-            _links: links,
-        })
+        Ok(Kernel { bpf: Mutex::new(bpf), dir: dir.to_path_buf(), maps: Mutex::new(maps), _links: links })
     }
 
     /// Starts capturing outbound connects from the pod whose netns has this cookie.
     pub fn enroll_outbound(&self, netns_cookie: u64) -> Result<(), KernelError> {
-        let v = EnrolledPod {
-            flags: ENROLL_OUTBOUND,
-            _pad: 0,
-        };
-        self.maps
-            .lock()
-            .enrolled
-            .insert(netns_cookie, v, 0)
-            .map_err(KernelError::map("ENROLLED", "insert"))
+        let v = EnrolledPod { flags: ENROLL_OUTBOUND, _pad: 0 };
+        self.maps.lock().enrolled.insert(netns_cookie, v, 0).map_err(KernelError::map("ENROLLED", "insert"))
     }
 
     /// Stops capturing outbound connects (existing connections are untouched).
@@ -257,12 +206,8 @@ impl Kernel {
     pub fn add_inbound(&self, ip: IpAddr, listener: &impl AsRawFd) -> Result<(), KernelError> {
         let key = inbound_key(ip);
         let mut maps = self.maps.lock();
-        maps.in_socks
-            .insert(key, listener.as_raw_fd(), 0)
-            .map_err(KernelError::map("IN_SOCKS", "insert"))?;
-        maps.in_pods
-            .insert(key, 1, 0)
-            .map_err(KernelError::map("IN_PODS", "insert"))
+        maps.in_socks.insert(key, listener.as_raw_fd(), 0).map_err(KernelError::map("IN_SOCKS", "insert"))?;
+        maps.in_pods.insert(key, 1, 0).map_err(KernelError::map("IN_PODS", "insert"))
     }
 
     /// Forgets an enrolled pod address: its inbound traffic is no longer steered or refused.
@@ -277,11 +222,7 @@ impl Kernel {
     /// the agent's source port) to the application's `app_port` through the pod's sk_lookup.
     pub fn begin_delivery(&self, from: SocketAddr, app_port: u16) -> Result<(), KernelError> {
         let key = delivery_key(from, app_port);
-        self.maps
-            .lock()
-            .delivering
-            .insert(key, 1, 0)
-            .map_err(KernelError::map("DELIVERING", "insert"))
+        self.maps.lock().delivering.insert(key, 1, 0).map_err(KernelError::map("DELIVERING", "insert"))
     }
 
     /// Ends [`Kernel::begin_delivery`] once the connection is established (or failed).
@@ -292,22 +233,15 @@ impl Kernel {
     }
 
     fn sk_lookup_pin(&self, pod_key: &str) -> PathBuf {
-        self.dir
-            .join("pods")
-            .join(pin_name(&format!("sk_lookup_{pod_key}")))
+        self.dir.join("pods").join(pin_name(&format!("sk_lookup_{pod_key}")))
     }
 
     /// Attaches inbound steering to a pod's netns (replacing a link a previous agent pinned).
     pub fn attach_sk_lookup(&self, pod_key: &str, netns: &NetNs) -> Result<(), KernelError> {
         let mut bpf = self.bpf.lock();
         let p: &mut SkLookup = program(&mut bpf, SK_LOOKUP_PROGRAM)?;
-        let id = p
-            .attach(netns.as_fd())
-            .map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?
-            .into();
+        let id = p.attach(netns.as_fd()).map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?;
+        let link: FdLink = p.take_link(id).map_err(KernelError::prog(SK_LOOKUP_PROGRAM))?.into();
         drop(replace_pin(link, &self.sk_lookup_pin(pod_key))?);
         Ok(())
     }
@@ -323,11 +257,7 @@ impl Kernel {
         Decision::ALL
             .iter()
             .map(|d| {
-                let v = maps
-                    .counters
-                    .get(&(*d as u32), 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .unwrap_or(0);
+                let v = maps.counters.get(&(*d as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
                 (*d, v)
             })
             .collect()
@@ -338,9 +268,7 @@ fn program<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Ke
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = bpf
-        .program_mut(name)
-        .ok_or(KernelError::MissingProgram { program: name })?;
+    let p = bpf.program_mut(name).ok_or(KernelError::MissingProgram { program: name })?;
     p.try_into().map_err(KernelError::prog(name))
 }
 
@@ -355,10 +283,7 @@ where
 /// Pins `link` at `path`; an older link pinned there is detached only after the new one is live.
 fn replace_pin(link: FdLink, path: &Path) -> Result<PinnedLink, KernelError> {
     unpin_link(path)?;
-    link.pin(path).map_err(|e| KernelError::Pin {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
+    link.pin(path).map_err(|e| KernelError::Pin { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 /// Removes a pinned link (detaching it once no one else holds it). Missing is fine.
@@ -368,20 +293,17 @@ fn unpin_link(path: &Path) -> Result<(), KernelError> {
     }
     match PinnedLink::from_pin(path) {
         Ok(old) => {
-            let fd = old.unpin().map_err(|e| KernelError::Pin {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+            let fd = old
+                .unpin()
+                .map_err(|e| KernelError::Pin { path: path.to_path_buf(), detail: e.to_string() })?;
             drop(fd);
             debug!(path = %path.display(), "replaced pinned link");
             Ok(())
         }
         Err(e) => {
             warn!(path = %path.display(), error = %e, "stale pin is not a link; removing it");
-            std::fs::remove_file(path).map_err(|e| KernelError::Pin {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })
+            std::fs::remove_file(path)
+                .map_err(|e| KernelError::Pin { path: path.to_path_buf(), detail: e.to_string() })
         }
     }
 }
@@ -398,14 +320,10 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
 
 fn inbound_key(ip: IpAddr) -> InboundKey {
     match ip {
-        IpAddr::V4(v4) => InboundKey {
-            family: AF_INET as u32,
-            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
-        },
-        IpAddr::V6(v6) => InboundKey {
-            family: AF_INET6 as u32,
-            addr: words_from_v6(v6),
-        },
+        IpAddr::V4(v4) => {
+            InboundKey { family: AF_INET as u32, addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0] }
+        }
+        IpAddr::V6(v6) => InboundKey { family: AF_INET6 as u32, addr: words_from_v6(v6) },
     }
 }
 
@@ -451,10 +369,7 @@ mod tests {
     fn finds_cgroup2_in_hybrid_and_pure_layouts() {
         let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            parse_cgroup2_root(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(parse_cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
         assert_eq!(parse_cgroup2_root(pure), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(parse_cgroup2_root("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
@@ -468,28 +383,12 @@ mod tests {
             _pad: 0,
             addr: [u32::from_ne_bytes([10, 1, 2, 3]), 0, 0, 0],
         };
-        assert_eq!(
-            sock_addr_to_std(&v4),
-            Some("10.1.2.3:8080".parse().expect("addr"))
-        );
+        assert_eq!(sock_addr_to_std(&v4), Some("10.1.2.3:8080".parse().expect("addr")));
         let v6: Ipv6Addr = "fd00::1:2".parse().expect("v6");
-        let s6 = SockAddr {
-            family: AF_INET6,
-            port: 443,
-            _pad: 0,
-            addr: words_from_v6(v6),
-        };
-        assert_eq!(
-            sock_addr_to_std(&s6),
-            Some("[fd00::1:2]:443".parse().expect("addr"))
-        );
+        let s6 = SockAddr { family: AF_INET6, port: 443, _pad: 0, addr: words_from_v6(v6) };
+        assert_eq!(sock_addr_to_std(&s6), Some("[fd00::1:2]:443".parse().expect("addr")));
         let mapped: Ipv6Addr = "::ffff:10.0.0.7".parse().expect("v6");
-        let sm = SockAddr {
-            family: AF_INET6,
-            port: 80,
-            _pad: 0,
-            addr: words_from_v6(mapped),
-        };
+        let sm = SockAddr { family: AF_INET6, port: 80, _pad: 0, addr: words_from_v6(mapped) };
         assert_eq!(sock_addr_to_std(&sm), Some("10.0.0.7:80".parse().expect("addr")));
         assert_eq!(inbound_key("10.1.2.3".parse().expect("ip")).addr[0], v4.addr[0]);
     }

@@ -29,11 +29,7 @@ pub enum RoutingError {
     #[error("netlink socket in {netns}: {source}")]
     Socket { netns: String, source: io::Error },
     #[error("adding {what} in {netns}: {source} (needs CAP_NET_ADMIN)")]
-    Netlink {
-        netns: String,
-        what: &'static str,
-        source: NlError,
-    },
+    Netlink { netns: String, what: &'static str, source: NlError },
     #[error("setting net.ipv4.tcp_fwmark_accept in {netns}: {source}")]
     Sysctl { netns: String, source: io::Error },
 }
@@ -45,25 +41,15 @@ pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), Rout
     let (conn, handle, _) = netns
         .run(rtnetlink::new_connection)
         .and_then(|r| r)
-        .map_err(|source| RoutingError::Socket {
-            netns: name.clone(),
-            source,
-        })?;
+        .map_err(|source| RoutingError::Socket { netns: name.clone(), source })?;
     let conn_task = tokio::spawn(conn);
     let nl = |what: &'static str| {
         let name = name.clone();
-        move |source| RoutingError::Netlink {
-            netns: name,
-            what,
-            source,
-        }
+        move |source| RoutingError::Netlink { netns: name, what, source }
     };
     let result = async {
         let families: &[IpAddr] = if v6 {
-            &[
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            ]
+            &[IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
         } else {
             &[IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
         };
@@ -75,11 +61,7 @@ pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), Rout
                 .fw_mark(INBOUND_DELIVERY_MARK)
                 .table_id(DELIVERY_ROUTE_TABLE)
                 .priority(DELIVERY_ROUTE_TABLE);
-            let added = if any.is_ipv4() {
-                rule.v4().execute().await
-            } else {
-                rule.v6().execute().await
-            };
+            let added = if any.is_ipv4() { rule.v4().execute().await } else { rule.v6().execute().await };
             ignore_exists(added).map_err(nl("fwmark rule"))?;
             let route = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(*any, 0)
@@ -95,10 +77,7 @@ pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), Rout
         netns
             .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))
             .and_then(|r| r)
-            .map_err(|source| RoutingError::Sysctl {
-                netns: name.clone(),
-                source,
-            })
+            .map_err(|source| RoutingError::Sysctl { netns: name.clone(), source })
     }
     .await;
     conn_task.abort();

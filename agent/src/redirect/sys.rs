@@ -1,10 +1,7 @@
 //! The agent's only raw syscalls: entering a pod's network namespace to create sockets there, and the
 //! socket options the data path needs (SO_MARK, SO_NETNS_COOKIE). Everything unsafe lives here,
 //! each call wrapped in a safe function that checks its result.
-#![allow(
-    unsafe_code,
-    reason = "setns/setsockopt/getsockopt have no safe std equivalent"
-)]
+#![allow(unsafe_code, reason = "setns/setsockopt/getsockopt have no safe std equivalent")]
 
 use std::{
     fs::File,
@@ -25,10 +22,7 @@ impl NetNs {
     /// Opens a netns by path (`/var/run/netns/x`, `/proc/<pid>/ns/net`).
     pub fn open(path: &Path) -> io::Result<NetNs> {
         let file = File::open(path)?;
-        Ok(NetNs {
-            file,
-            path: path.to_path_buf(),
-        })
+        Ok(NetNs { file, path: path.to_path_buf() })
     }
 
     /// The namespace of the calling thread.
@@ -94,11 +88,7 @@ impl Drop for Restore {
 fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fd is a valid open namespace file for the duration of the call.
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -118,11 +108,7 @@ pub fn netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
             &mut len,
         )
     };
-    if rc == 0 {
-        Ok(v)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(v) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Sets SO_MARK (needs CAP_NET_ADMIN).
@@ -151,11 +137,7 @@ fn setsockopt_u32(sock: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v
             std::mem::size_of::<u32>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Filesystem magic of bpffs.
@@ -195,10 +177,7 @@ mod tests {
         init_home().expect("home");
         let before = NetNs::current().expect("cur").id().expect("id");
         let same = NetNs::current().expect("cur");
-        let inside = same
-            .run(|| NetNs::current().and_then(|n| n.id()))
-            .expect("run")
-            .expect("id");
+        let inside = same.run(|| NetNs::current().and_then(|n| n.id())).expect("run").expect("id");
         assert_eq!(inside, before);
         assert_eq!(NetNs::current().expect("cur").id().expect("id"), before);
     }

@@ -10,10 +10,7 @@ pub fn init(format: LogFormat, filter: &str) {
         EnvFilter::new("info")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -43,12 +40,7 @@ mod tests {
     #[test]
     fn chain_skips_repeated_causes() {
         let io = std::io::Error::other("disk on fire");
-        let e = anyhow::Error::new(io)
-            .context("reading x: disk on fire")
-            .context("starting");
-        assert_eq!(
-            super::error_chain(e.as_ref()),
-            "starting: reading x: disk on fire"
-        );
+        let e = anyhow::Error::new(io).context("reading x: disk on fire").context("starting");
+        assert_eq!(super::error_chain(e.as_ref()), "starting: reading x: disk on fire");
     }
 }

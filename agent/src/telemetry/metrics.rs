@@ -75,21 +75,10 @@ impl Metrics {
             }
             v
         };
-        let tcp_opened = vec(
-            "istio_tcp_connections_opened_total",
-            "TCP connections opened",
-            TCP_LABELS,
-        );
-        let tcp_closed = vec(
-            "istio_tcp_connections_closed_total",
-            "TCP connections closed",
-            TCP_LABELS,
-        );
-        let tcp_sent = vec(
-            "istio_tcp_sent_bytes_total",
-            "Bytes sent by the client side of TCP connections",
-            TCP_LABELS,
-        );
+        let tcp_opened = vec("istio_tcp_connections_opened_total", "TCP connections opened", TCP_LABELS);
+        let tcp_closed = vec("istio_tcp_connections_closed_total", "TCP connections closed", TCP_LABELS);
+        let tcp_sent =
+            vec("istio_tcp_sent_bytes_total", "Bytes sent by the client side of TCP connections", TCP_LABELS);
         let tcp_received = vec(
             "istio_tcp_received_bytes_total",
             "Bytes received by the client side of TCP connections",

@@ -64,12 +64,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(certs: Arc<CertManager>, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
-        Pool {
-            certs,
-            conns: Mutex::new(HashMap::new()),
-            connect_timeout,
-            idle_timeout,
-        }
+        Pool { certs, conns: Mutex::new(HashMap::new()), connect_timeout, idle_timeout }
     }
 
     /// Opens a CONNECT stream to `target` through the pooled connection for `key`, dialling it
@@ -107,11 +102,7 @@ impl Pool {
                 let active = Arc::new(AtomicUsize::new(0));
                 self.conns.lock().insert(
                     key.clone(),
-                    Conn {
-                        send: send.clone(),
-                        active: active.clone(),
-                        last_used: Instant::now(),
-                    },
+                    Conn { send: send.clone(), active: active.clone(), last_used: Instant::now() },
                 );
                 let send = send.ready().await.map_err(|e| TunnelError::H2(key.dst, e))?;
                 (send, active)
@@ -124,9 +115,7 @@ impl Pool {
             .map_err(|e| TunnelError::Config(e.to_string()))?;
         active.fetch_add(1, Ordering::SeqCst);
         let guard = StreamGuard(active);
-        let (resp, send_stream) = send
-            .send_request(req, false)
-            .map_err(|e| TunnelError::H2(key.dst, e))?;
+        let (resp, send_stream) = send.send_request(req, false).map_err(|e| TunnelError::H2(key.dst, e))?;
         let resp = resp.await.map_err(|e| TunnelError::H2(key.dst, e))?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused(key.dst, resp.status()));
@@ -261,10 +250,7 @@ mod tests {
         send.reserve_capacity(data.len());
         let mut rest = Bytes::copy_from_slice(data);
         while !rest.is_empty() {
-            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx))
-                .await
-                .expect("open")
-                .expect("cap");
+            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx)).await.expect("open").expect("cap");
             let chunk = rest.split_to(cap.min(rest.len()));
             send.send_data(chunk, rest.is_empty()).expect("send");
         }
@@ -297,50 +283,29 @@ mod tests {
         let echo = echo_server().await;
         let netns = Arc::new(NetNs::current().expect("netns"));
         let pool = Pool::new(certs.clone(), Duration::from_secs(2), Duration::from_millis(200));
-        let key = PoolKey {
-            src_pod: 1,
-            src: frontend.clone(),
-            dst: hbone,
-            expected: backend.clone(),
-        };
+        let key = PoolKey { src_pod: 1, src: frontend.clone(), dst: hbone, expected: backend.clone() };
 
         let data: Vec<u8> = (0..(2 * 1024 * 1024)).map(|i| (i * 7 % 251) as u8).collect();
         let (mut s1, mut r1, g1) = pool.connect(&key, &netns, echo).await.expect("stream 1");
         let (mut s2, mut r2, g2) = pool.connect(&key, &netns, echo).await.expect("stream 2");
         assert_eq!(pool.len(), 1, "both streams share one pooled connection");
-        let (a, b) = tokio::join!(
-            roundtrip(&mut s1, &mut r1, &data),
-            roundtrip(&mut s2, &mut r2, b"hello")
-        );
+        let (a, b) = tokio::join!(roundtrip(&mut s1, &mut r1, &data), roundtrip(&mut s2, &mut r2, b"hello"));
         assert!(a == data, "2 MiB echoed byte-exact through the tunnel");
         assert_eq!(b, b"hello");
         drop((g1, g2));
 
-        let e = pool
-            .connect(&key, &netns, SocketAddr::from(([127, 0, 0, 1], 1)))
-            .await
-            .err()
-            .expect("refused");
+        let e =
+            pool.connect(&key, &netns, SocketAddr::from(([127, 0, 0, 1], 1))).await.err().expect("refused");
         assert_eq!(e.response_flag(), "DENY", "{e}");
         let e = pool
             .connect(&key, &netns, SocketAddr::from(([127, 0, 0, 2], 80)))
             .await
             .err()
             .expect("bad target");
-        assert!(
-            matches!(e, TunnelError::Refused(_, s) if s == StatusCode::BAD_REQUEST),
-            "{e}"
-        );
+        assert!(matches!(e, TunnelError::Refused(_, s) if s == StatusCode::BAD_REQUEST), "{e}");
 
-        let wrong = PoolKey {
-            expected: Identity::new("cluster.local", "shop", "other"),
-            ..key.clone()
-        };
-        let e = pool
-            .connect(&wrong, &netns, echo)
-            .await
-            .err()
-            .expect("wrong identity");
+        let wrong = PoolKey { expected: Identity::new("cluster.local", "shop", "other"), ..key.clone() };
+        let e = pool.connect(&wrong, &netns, echo).await.err().expect("wrong identity");
         assert_eq!(e.response_flag(), "TLS_FAILURE", "{e}");
 
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -362,25 +327,12 @@ mod tests {
             Duration::from_secs(600),
             0.5,
         ));
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-            .local_addr()
-            .expect("addr");
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         let pool = Pool::new(certs, Duration::from_secs(2), Duration::from_secs(60));
         let id = Identity::new("cluster.local", "a", "b");
-        let key = PoolKey {
-            src_pod: 1,
-            src: id.clone(),
-            dst: closed,
-            expected: id,
-        };
+        let key = PoolKey { src_pod: 1, src: id.clone(), dst: closed, expected: id };
         let netns = Arc::new(NetNs::current().expect("netns"));
-        let e = pool
-            .connect(&key, &netns, closed)
-            .await
-            .err()
-            .expect("closed port");
+        let e = pool.connect(&key, &netns, closed).await.err().expect("closed port");
         assert_eq!(e.response_flag(), "CONNECT", "{e}");
     }
 }

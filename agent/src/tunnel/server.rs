@@ -78,10 +78,7 @@ pub async fn serve_connection(
     let local = tcp.local_addr().map_err(|e| ServerError::Tls(peer_addr, e))?;
     let peer_addr = canonical(peer_addr);
     let local_ip = canonical(local).ip();
-    let tls = TlsAcceptor::from(tls)
-        .accept(tcp)
-        .await
-        .map_err(|e| ServerError::Tls(peer_addr, e))?;
+    let tls = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| ServerError::Tls(peer_addr, e))?;
     let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
         .map_err(|e| ServerError::Identity(peer_addr, e))?;
     let mut conn = h2::server::Builder::new()
@@ -100,11 +97,7 @@ pub async fn serve_connection(
             Err(e) if e.is_go_away() || e.reason() == Some(h2::Reason::NO_ERROR) => break,
             Err(e) => return Err(ServerError::H2(peer_addr, e)),
         };
-        let target = req
-            .uri()
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            .map(canonical);
+        let target = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()).map(canonical);
         let status = match (req.method(), target) {
             (m, _) if m != Method::CONNECT => Some(StatusCode::METHOD_NOT_ALLOWED),
             (_, None) => Some(StatusCode::BAD_REQUEST),
@@ -113,13 +106,9 @@ pub async fn serve_connection(
             _ => None,
         };
         match (status, target) {
-            (None, Some(target)) => on_stream(Stream {
-                peer: peer.clone(),
-                peer_addr,
-                target,
-                respond,
-                body: req.into_body(),
-            }),
+            (None, Some(target)) => {
+                on_stream(Stream { peer: peer.clone(), peer_addr, target, respond, body: req.into_body() })
+            }
             (status, _) => {
                 let _ = respond.send_response(ok_response(status.unwrap_or(StatusCode::BAD_REQUEST)), true);
             }

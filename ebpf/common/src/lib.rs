@@ -271,56 +271,32 @@ mod tests {
     use super::*;
 
     fn facts() -> ConnectFacts {
-        ConnectFacts {
-            enrolled: true,
-            is_tcp: true,
-            socket_mark: 0,
-            dst_is_loopback: false,
-        }
+        ConnectFacts { enrolled: true, is_tcp: true, socket_mark: 0, dst_is_loopback: false }
     }
 
     #[test]
     fn connect_verdicts() {
         let cases: [(&str, ConnectFacts, ConnectVerdict); 6] = [
             ("enrolled tcp", facts(), ConnectVerdict::Redirect),
-            (
-                "not enrolled",
-                ConnectFacts {
-                    enrolled: false,
-                    ..facts()
-                },
-                ConnectVerdict::NotEnrolled,
-            ),
+            ("not enrolled", ConnectFacts { enrolled: false, ..facts() }, ConnectVerdict::NotEnrolled),
             (
                 "udp",
-                ConnectFacts {
-                    is_tcp: false,
-                    ..facts()
-                },
+                ConnectFacts { is_tcp: false, ..facts() },
                 ConnectVerdict::Exempt(Decision::OutboundExemptNotTcp),
             ),
             (
                 "agent mark",
-                ConnectFacts {
-                    socket_mark: AGENT_SOCKET_MARK,
-                    ..facts()
-                },
+                ConnectFacts { socket_mark: AGENT_SOCKET_MARK, ..facts() },
                 ConnectVerdict::Exempt(Decision::OutboundExemptAgent),
             ),
             (
                 "agent delivery mark",
-                ConnectFacts {
-                    socket_mark: INBOUND_DELIVERY_MARK,
-                    ..facts()
-                },
+                ConnectFacts { socket_mark: INBOUND_DELIVERY_MARK, ..facts() },
                 ConnectVerdict::Exempt(Decision::OutboundExemptAgent),
             ),
             (
                 "loopback",
-                ConnectFacts {
-                    dst_is_loopback: true,
-                    ..facts()
-                },
+                ConnectFacts { dst_is_loopback: true, ..facts() },
                 ConnectVerdict::Exempt(Decision::OutboundExemptLoopback),
             ),
         ];
@@ -336,12 +312,7 @@ mod tests {
         assert!(!ipv4_is_loopback(u32::from_be_bytes([10, 0, 0, 1]).to_be()));
         let one = [0u32, 0, 0, 1u32.to_be()];
         assert!(ipv6_is_loopback(one));
-        let mapped = [
-            0u32,
-            0,
-            0xffffu32.to_be(),
-            u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-        ];
+        let mapped = [0u32, 0, 0xffffu32.to_be(), u32::from_be_bytes([127, 0, 0, 1]).to_be()];
         assert!(ipv6_is_loopback(mapped));
         let other = [0xfd00_0000u32.to_be(), 0, 0, 1u32.to_be()];
         assert!(!ipv6_is_loopback(other));

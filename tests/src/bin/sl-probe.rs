@@ -48,10 +48,7 @@ fn serve(ports: &[String]) -> i32 {
 }
 
 fn echo(mut s: TcpStream) {
-    let peer = s
-        .peer_addr()
-        .map(|a| canonical(a).to_string())
-        .unwrap_or_default();
+    let peer = s.peer_addr().map(|a| canonical(a).to_string()).unwrap_or_default();
     if writeln!(s, "PEER {peer}").is_err() {
         return;
     }
@@ -81,33 +78,19 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 
 fn client(args: &[String]) -> i32 {
     let result = (|| -> Result<String, String> {
-        let to: SocketAddr = args
-            .first()
-            .ok_or("missing ADDR")?
-            .parse()
-            .map_err(|e| format!("ADDR: {e}"))?;
-        let bytes: usize = args
-            .get(1)
-            .ok_or("missing BYTES")?
-            .parse()
-            .map_err(|e| format!("BYTES: {e}"))?;
+        let to: SocketAddr = args.first().ok_or("missing ADDR")?.parse().map_err(|e| format!("ADDR: {e}"))?;
+        let bytes: usize = args.get(1).ok_or("missing BYTES")?.parse().map_err(|e| format!("BYTES: {e}"))?;
         let hold_ms: u64 = args.get(2).map(|h| h.parse().unwrap_or(0)).unwrap_or(0);
         let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
             .map_err(|e| format!("connect {to}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let peer = s.peer_addr().map_err(|e| format!("getpeername: {e}"))?;
         let local = s.local_addr().map_err(|e| e.to_string())?;
         let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading PEER line: {e}"))?;
-        let server_saw = line
-            .trim()
-            .strip_prefix("PEER ")
-            .ok_or(format!("bad greeting {line:?}"))?
-            .to_string();
+        reader.read_line(&mut line).map_err(|e| format!("reading PEER line: {e}"))?;
+        let server_saw =
+            line.trim().strip_prefix("PEER ").ok_or(format!("bad greeting {line:?}"))?.to_string();
         let data = pseudo_random(bytes);
         let mut w = s;
         let chunks = if hold_ms > 0 { 10 } else { 1 };
@@ -126,16 +109,10 @@ fn client(args: &[String]) -> i32 {
         };
         let start = Instant::now();
         let mut back = Vec::with_capacity(bytes);
-        reader
-            .read_to_end(&mut back)
-            .map_err(|e| format!("read after {} bytes: {e}", back.len()))?;
+        reader.read_to_end(&mut back).map_err(|e| format!("read after {} bytes: {e}", back.len()))?;
         writer.join().map_err(|_| "writer panicked".to_string())??;
         if back != data {
-            return Err(format!(
-                "echo mismatch: sent {} bytes, got {} back",
-                data.len(),
-                back.len()
-            ));
+            return Err(format!("echo mismatch: sent {} bytes, got {} back", data.len(), back.len()));
         }
         Ok(format!(
             r#"{{"ok":true,"peer":"{}","local":"{}","server_saw":"{}","bytes":{},"ms":{}}}"#,

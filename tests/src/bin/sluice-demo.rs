@@ -49,11 +49,7 @@ fn examples_dir() -> PathBuf {
 fn probe() -> anyhow::Result<Probe> {
     let me = std::env::current_exe()?;
     let bin = me.parent().context("exe has no directory")?.join("sl-probe");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found (build the sluice-e2e binaries)",
-        bin.display()
-    );
+    anyhow::ensure!(bin.exists(), "{} not found (build the sluice-e2e binaries)", bin.display());
     Ok(Probe::new(bin))
 }
 
@@ -78,10 +74,8 @@ fn run() -> anyhow::Result<()> {
     step("2. Pods, created the way a container runtime does: loopback, ptp + host-local, then sluice-cni");
     let frontend = c.add_pod_spec(1, PodSpec::new("shop", "frontend"))?;
     let backend = c.add_pod_spec(2, PodSpec::new("shop", "backend").label("app", "backend"))?;
-    let reports = c.add_pod_spec(
-        1,
-        PodSpec::new("shop", "reports").label("istio.io/dataplane-mode", "none"),
-    )?;
+    let reports =
+        c.add_pod_spec(1, PodSpec::new("shop", "reports").label("istio.io/dataplane-mode", "none"))?;
     let batch = c.add_pod_spec(2, PodSpec::new("legacy", "batch"))?;
     c.add_service(ServiceSpec {
         namespace: "shop".into(),
@@ -96,11 +90,7 @@ fn run() -> anyhow::Result<()> {
         for pod in pods.as_array().into_iter().flatten() {
             println!(
                 "   node{n}  {:<16} {:<36} enrolled={:<5} ({})",
-                format!(
-                    "{}/{}",
-                    pod["namespace"].as_str().unwrap_or(""),
-                    pod["name"].as_str().unwrap_or("")
-                ),
+                format!("{}/{}", pod["namespace"].as_str().unwrap_or(""), pod["name"].as_str().unwrap_or("")),
                 pod["ips"].to_string(),
                 pod["enrolled"],
                 pod["reason"].as_str().unwrap_or("")
@@ -114,20 +104,8 @@ fn run() -> anyhow::Result<()> {
     step("3. Traffic (1 MiB echoed back and compared byte for byte; mesh-to-mesh goes over HBONE mTLS)");
     let v6 = backend.ipv6.context("backend has no IPv6")?;
     let flows: Vec<(&str, &Pod, SocketAddr, usize, usize)> = vec![
-        (
-            "frontend -> backend (cross-node, IPv4)",
-            &frontend,
-            SocketAddr::new(backend.ipv4, 8080),
-            1,
-            2,
-        ),
-        (
-            "frontend -> backend (cross-node, IPv6)",
-            &frontend,
-            SocketAddr::new(v6, 8080),
-            1,
-            2,
-        ),
+        ("frontend -> backend (cross-node, IPv4)", &frontend, SocketAddr::new(backend.ipv4, 8080), 1, 2),
+        ("frontend -> backend (cross-node, IPv6)", &frontend, SocketAddr::new(v6, 8080), 1, 2),
         (
             "frontend -> Service VIP 10.96.0.20:80 (shop/backend)",
             &frontend,
@@ -135,27 +113,9 @@ fn run() -> anyhow::Result<()> {
             1,
             2,
         ),
-        (
-            "batch (outside mesh) -> backend",
-            &batch,
-            SocketAddr::new(backend.ipv4, 8080),
-            2,
-            2,
-        ),
-        (
-            "frontend -> reports (opted out)",
-            &frontend,
-            SocketAddr::new(reports.ipv4, 8080),
-            1,
-            1,
-        ),
-        (
-            "batch -> reports (both outside)",
-            &batch,
-            SocketAddr::new(reports.ipv4, 8080),
-            2,
-            1,
-        ),
+        ("batch (outside mesh) -> backend", &batch, SocketAddr::new(backend.ipv4, 8080), 2, 2),
+        ("frontend -> reports (opted out)", &frontend, SocketAddr::new(reports.ipv4, 8080), 1, 1),
+        ("batch -> reports (both outside)", &batch, SocketAddr::new(reports.ipv4, 8080), 2, 1),
     ];
     for (name, from, to, src_node, dst_node) in flows {
         check_interrupt()?;
@@ -187,10 +147,7 @@ fn run() -> anyhow::Result<()> {
     step("4. What the agents report (Istio metric names, Prometheus text on :15020/stats/prometheus)");
     for n in 1..=2 {
         let text = c.agent_get(n, "/stats/prometheus")?;
-        for l in text
-            .lines()
-            .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
-        {
+        for l in text.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total")) {
             println!("   node{n} {}", shorten(l));
         }
     }
@@ -222,23 +179,13 @@ fn run() -> anyhow::Result<()> {
 fn counters(c: &Cluster, src: usize, dst: usize) -> anyhow::Result<(f64, f64, f64)> {
     let src_text = c.agent_get(src, "/stats/prometheus")?;
     let dst_text = c.agent_get(dst, "/stats/prometheus")?;
-    let out = sum_metric(
-        &src_text,
-        "sluice_redirect_decisions_total",
-        &[("decision", "outbound_redirected")],
-    );
-    let inb = sum_metric(
-        &dst_text,
-        "sluice_redirect_decisions_total",
-        &[("decision", "inbound_steered")],
-    );
+    let out =
+        sum_metric(&src_text, "sluice_redirect_decisions_total", &[("decision", "outbound_redirected")]);
+    let inb = sum_metric(&dst_text, "sluice_redirect_decisions_total", &[("decision", "inbound_steered")]);
     let mtls = sum_metric(
         &dst_text,
         "istio_tcp_connections_opened_total",
-        &[
-            ("reporter", "destination"),
-            ("connection_security_policy", "mutual_tls"),
-        ],
+        &[("reporter", "destination"), ("connection_security_policy", "mutual_tls")],
     );
     Ok((out, inb, mtls))
 }
