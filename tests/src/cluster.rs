@@ -85,6 +85,29 @@ struct Node {
     agent: Mutex<Option<Child>>,
 }
 
+/// A running packet capture.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Capture {
+    /// Stops tcpdump (flushing the file) and returns the capture file.
+    pub fn stop(mut self) -> anyhow::Result<PathBuf> {
+        // SIGINT lets tcpdump flush and close the file.
+        sys::interrupt(self.child.id())?;
+        self.child.wait()?;
+        Ok(self.file.clone())
+    }
+}
+
 /// A simulated cluster. Drop removes everything it created.
 pub struct Cluster {
     pub id: String,
@@ -245,6 +268,36 @@ impl Cluster {
     /// Path of node `n`'s netns.
     pub fn node_netns(&self, n: usize) -> PathBuf {
         PathBuf::from("/var/run/netns").join(&self.node(n).netns)
+    }
+
+    /// The router's interface towards node `n` (the link every packet between node `n` and the
+    /// rest of the cluster crosses).
+    pub fn router_link(&self, n: usize) -> String {
+        format!("sl{}r{n}", self.id)
+    }
+
+    /// Starts `tcpdump` in netns `netns` on `iface`; stop it with [`Capture::stop`] to read the file.
+    pub fn capture(&self, netns: &Path, iface: &str, filter: &str) -> anyhow::Result<Capture> {
+        let file = self.tmp.join(format!("{iface}-{}.pcap", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let mut c = Command::new("tcpdump");
+        c.args(["-i", iface, "-s", "0", "-U", "-n", "-w"]).arg(&file).arg(filter).stdin(Stdio::null());
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        sys::enter_on_spawn(&mut c, netns, None)?;
+        let mut child = c.spawn().context("starting tcpdump")?;
+        // tcpdump reports "listening on" once the capture is open.
+        let mut err = child.stderr.take().context("tcpdump stderr")?;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            use std::io::Read as _;
+            let mut buf = [0u8; 256];
+            let n = err.read(&mut buf)?;
+            if n == 0 || Instant::now() > deadline {
+                bail!("tcpdump did not start: {}", String::from_utf8_lossy(&seen));
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(Capture { child, file })
     }
 
     /// The router namespace (a host outside the mesh).

@@ -17,6 +17,8 @@ pub struct ClientReport {
     #[serde(default)]
     pub server_saw: String,
     #[serde(default)]
+    pub server_name: String,
+    #[serde(default)]
     pub bytes: u64,
     #[serde(default)]
     pub error: String,
@@ -36,7 +38,7 @@ impl Probe {
     /// Starts an echo server in `pod` on `ports` and waits until they accept.
     pub fn serve(&self, c: &Cluster, pod: &Pod, ports: &[u16]) -> anyhow::Result<()> {
         let mut cmd = c.pod_command(pod, &self.bin)?;
-        cmd.arg("serve").args(ports.iter().map(u16::to_string)).stdout(Stdio::null());
+        cmd.args(["serve", "--name", &pod.name]).args(ports.iter().map(u16::to_string)).stdout(Stdio::null());
         c.spawn_in_pod(pod, cmd)?;
         // Wait until every port is listening (checked from inside the pod, over loopback).
         for p in ports {
@@ -79,8 +81,21 @@ impl Probe {
         bytes: usize,
         hold_ms: u64,
     ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<ClientReport>>> {
+        self.client_pattern_bg(c, pod, to, bytes, hold_ms, "")
+    }
+
+    /// Like [`Probe::client_bg`], sending `pattern` repeated instead of random bytes.
+    pub fn client_pattern_bg(
+        &self,
+        c: &Cluster,
+        pod: &Pod,
+        to: SocketAddr,
+        bytes: usize,
+        hold_ms: u64,
+        pattern: &str,
+    ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<ClientReport>>> {
         let mut cmd = c.pod_command(pod, &self.bin)?;
-        cmd.args(["client", &to.to_string(), &bytes.to_string(), &hold_ms.to_string()]);
+        cmd.args(["client", &to.to_string(), &bytes.to_string(), &hold_ms.to_string(), pattern]);
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         Ok(std::thread::spawn(move || {
             let out = child.wait_with_output()?;

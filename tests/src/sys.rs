@@ -74,6 +74,16 @@ pub fn run_ok(cmd: &mut Command) -> io::Result<()> {
     }
 }
 
+/// Sends SIGINT to a process.
+pub fn interrupt(pid: u32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Effective uid is 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

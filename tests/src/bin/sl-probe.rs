@@ -1,10 +1,12 @@
 //! `sl-probe`: the test workload. A real TCP server and client that prove byte-exactness and show
 //! what each side sees of the other.
 //!
-//! - `sl-probe serve PORT...` listens on [::]:PORT (dual stack) for each port; every connection
-//!   first receives `PEER <addr>\n` (the client address as the server sees it), then an echo.
-//! - `sl-probe client ADDR BYTES [HOLD_MS]` connects, sends BYTES pseudo-random bytes (spread over
-//!   HOLD_MS when given), checks the echo, prints one JSON line and exits 0 only if all matched.
+//! - `sl-probe serve [--name NAME] PORT...` listens on [::]:PORT (dual stack) for each port; every
+//!   connection first receives `PEER <addr> NAME <name>\n` (the client address as the server sees
+//!   it, and the server's name), then an echo.
+//! - `sl-probe client ADDR BYTES [HOLD_MS [PATTERN]]` connects, sends BYTES pseudo-random bytes (or
+//!   PATTERN repeated) spread over HOLD_MS, checks the echo, prints one JSON line and exits 0 only
+//!   if all matched.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -24,9 +26,14 @@ fn main() {
     std::process::exit(code);
 }
 
-fn serve(ports: &[String]) -> i32 {
+fn serve(args: &[String]) -> i32 {
+    let (name, ports) = match args {
+        [flag, name, rest @ ..] if flag == "--name" => (name.clone(), rest),
+        rest => (String::from("-"), rest),
+    };
     let mut handles = Vec::new();
     for p in ports {
+        let name = name.clone();
         let l = match TcpListener::bind(format!("[::]:{p}")) {
             Ok(l) => l,
             Err(e) => {
@@ -36,7 +43,8 @@ fn serve(ports: &[String]) -> i32 {
         };
         handles.push(std::thread::spawn(move || {
             for s in l.incoming().flatten() {
-                std::thread::spawn(move || echo(s));
+                let name = name.clone();
+                std::thread::spawn(move || echo(s, &name));
             }
         }));
     }
@@ -47,9 +55,9 @@ fn serve(ports: &[String]) -> i32 {
     0
 }
 
-fn echo(mut s: TcpStream) {
+fn echo(mut s: TcpStream, name: &str) {
     let peer = s.peer_addr().map(|a| canonical(a).to_string()).unwrap_or_default();
-    if writeln!(s, "PEER {peer}").is_err() {
+    if writeln!(s, "PEER {peer} NAME {name}").is_err() {
         return;
     }
     let mut buf = [0u8; 65536];
@@ -89,9 +97,13 @@ fn client(args: &[String]) -> i32 {
         let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
         let mut line = String::new();
         reader.read_line(&mut line).map_err(|e| format!("reading PEER line: {e}"))?;
-        let server_saw =
-            line.trim().strip_prefix("PEER ").ok_or(format!("bad greeting {line:?}"))?.to_string();
-        let data = pseudo_random(bytes);
+        let greeting = line.trim().strip_prefix("PEER ").ok_or(format!("bad greeting {line:?}"))?;
+        let (server_saw, server_name) = greeting.split_once(" NAME ").unwrap_or((greeting, "-"));
+        let (server_saw, server_name) = (server_saw.to_string(), server_name.to_string());
+        let data: Vec<u8> = match args.get(3) {
+            Some(p) if !p.is_empty() => p.bytes().cycle().take(bytes).collect(),
+            _ => pseudo_random(bytes),
+        };
         let mut w = s;
         let chunks = if hold_ms > 0 { 10 } else { 1 };
         let writer = {
@@ -115,10 +127,11 @@ fn client(args: &[String]) -> i32 {
             return Err(format!("echo mismatch: sent {} bytes, got {} back", data.len(), back.len()));
         }
         Ok(format!(
-            r#"{{"ok":true,"peer":"{}","local":"{}","server_saw":"{}","bytes":{},"ms":{}}}"#,
+            r#"{{"ok":true,"peer":"{}","local":"{}","server_saw":"{}","server_name":"{}","bytes":{},"ms":{}}}"#,
             canonical(peer),
             canonical(local),
             server_saw,
+            server_name,
             bytes,
             start.elapsed().as_millis()
         ))

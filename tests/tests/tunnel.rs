@@ -1,0 +1,188 @@
+//! Secure L4 end to end: HBONE between real agents, checked on the wire and in the agents' reports.
+use std::net::SocketAddr;
+
+use sluice_e2e::{
+    Cluster, Pod,
+    cluster::{PodSpec, ServiceSpec},
+    probe::Probe,
+    require_root,
+};
+
+fn probe() -> Probe {
+    Probe::new(env!("CARGO_BIN_EXE_sl-probe"))
+}
+
+const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n";
+
+fn cluster() -> Cluster {
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent(1).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    c
+}
+
+fn metric(c: &Cluster, n: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
+    c.metric(n, name, labels).expect("metrics")
+}
+
+fn tshark(file: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(["-d", "tcp.port==15008,tls"])
+        .args(args)
+        .output()
+        .expect("tshark runs");
+    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cross_node_mesh_traffic_is_tls13_on_the_wire_with_verified_identities() {
+    if !require_root("cross_node_mesh_traffic_is_tls13_on_the_wire_with_verified_identities") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let server = c.add_pod(2, "mesh", "server").expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+
+    let marker = "SLUICE-PLAINTEXT-MARKER-";
+    let cap = c.capture(&c.router_netns(), &c.router_link(2), "tcp").expect("capture");
+    let dst = SocketAddr::new(server.ipv4, 8080);
+    let r =
+        p.client_pattern_bg(&c, &client, dst, 256 * 1024, 0, marker).expect("client").join().expect("join");
+    let r = r.expect("report");
+    assert!(r.ok, "{}", r.error);
+    let file = cap.stop().expect("stop capture");
+
+    let raw = std::fs::read(&file).expect("pcap");
+    assert!(raw.len() > 256 * 1024, "the capture must hold the transfer ({} bytes)", raw.len());
+    assert!(
+        !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the plaintext payload crossed the node link"
+    );
+    let ports = tshark(&file, &["-T", "fields", "-e", "tcp.dstport"]);
+    assert!(ports.lines().any(|l| l == "15008"), "no HBONE traffic on the link");
+    assert!(!ports.lines().any(|l| l == "8080"), "plaintext to the app port crossed the link");
+    let hello = tshark(
+        &file,
+        &[
+            "-Y",
+            "tls.handshake.type == 1",
+            "-T",
+            "fields",
+            "-e",
+            "tls.handshake.extensions_alpn_str",
+            "-e",
+            "tls.handshake.extensions.supported_version",
+        ],
+    );
+    assert!(hello.contains("h2"), "ClientHello without ALPN h2: {hello}");
+    let server_hello = tshark(
+        &file,
+        &[
+            "-Y",
+            "tls.handshake.type == 2",
+            "-T",
+            "fields",
+            "-e",
+            "tls.handshake.extensions.supported_version",
+        ],
+    );
+    assert!(server_hello.contains("0x0304"), "ServerHello did not select TLS 1.3: {server_hello}");
+    // TLS 1.3 hides the inner type: every encrypted record is "application data" on the outside.
+    let app_records = tshark(
+        &file,
+        &[
+            "-Y",
+            "tls.record.opaque_type == 23 || tls.record.content_type == 23",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+    );
+    assert!(app_records.lines().count() > 10, "expected TLS application data records");
+
+    let src = "spiffe://cluster.local/ns/mesh/sa/client";
+    let dst_principal = "spiffe://cluster.local/ns/mesh/sa/server";
+    let labels = [
+        ("reporter", "destination"),
+        ("source_principal", src),
+        ("destination_principal", dst_principal),
+        ("destination_workload", "server"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(metric(&c, 2, "istio_tcp_connections_opened_total", &labels), 1.0);
+    assert_eq!(metric(&c, 2, "istio_tcp_connections_closed_total", &labels), 1.0);
+    assert_eq!(metric(&c, 2, "istio_tcp_sent_bytes_total", &labels), (256 * 1024) as f64);
+    let source_side =
+        [("reporter", "source"), ("source_principal", src), ("connection_security_policy", "mutual_tls")];
+    assert_eq!(metric(&c, 1, "istio_tcp_connections_opened_total", &source_side), 1.0);
+    let log = c.agent_log(2);
+    assert!(
+        log.lines().any(|l| l.contains("sluice::access") && l.contains(&format!("src_principal={src}"))),
+        "the destination agent's access log must name the source identity"
+    );
+}
+
+#[test]
+fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
+    if !require_root("a_service_vip_spreads_connections_over_endpoints_on_both_nodes") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let web: Vec<Pod> = [(1, "web-1"), (2, "web-2")]
+        .into_iter()
+        .map(|(n, name)| c.add_pod_spec(n, PodSpec::new("mesh", name).label("app", "web")).expect("web pod"))
+        .collect();
+    for w in &web {
+        p.serve(&c, w, &[8080]).expect("serve");
+    }
+    let svc = |name: &str, vip: &str, app: &str| ServiceSpec {
+        namespace: "mesh".into(),
+        name: name.into(),
+        vips: vec![vip.parse().expect("vip")],
+        ports: vec![(80, 8080)],
+        selector: vec![("app".into(), app.into())],
+    };
+    c.add_service(svc("web", "10.96.0.10", "web")).expect("service");
+    c.add_service(svc("empty", "10.96.0.11", "nothing")).expect("service");
+
+    let vip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let r = p.client(&c, &client, vip, 4096, 0).expect("client");
+        assert!(r.ok, "{}", r.error);
+        assert_eq!(r.peer, vip.to_string(), "getpeername shows the VIP");
+        *served.entry(r.server_name.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(served.get("web-1"), Some(&3), "round robin over both nodes: {served:?}");
+    assert_eq!(served.get("web-2"), Some(&3), "round robin over both nodes: {served:?}");
+    let host =
+        [("destination_service", "web.mesh.svc.cluster.local"), ("connection_security_policy", "mutual_tls")];
+    assert_eq!(metric(&c, 1, "istio_tcp_connections_opened_total", &host), 6.0);
+
+    let start = std::time::Instant::now();
+    let r = p.client(&c, &client, "10.96.0.11:80".parse().expect("addr"), 4096, 0).expect("client");
+    assert!(!r.ok, "a Service without endpoints must fail the connection");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "it must fail at once, took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        metric(
+            &c,
+            1,
+            "sluice_proxy_failures_total",
+            &[("direction", "outbound"), ("reason", "no_endpoints")]
+        ),
+        1.0
+    );
+}
