@@ -280,7 +280,10 @@ impl Cluster {
     pub fn capture(&self, netns: &Path, iface: &str, filter: &str) -> anyhow::Result<Capture> {
         let file = self.tmp.join(format!("{iface}-{}.pcap", COUNTER.fetch_add(1, Ordering::SeqCst)));
         let mut c = Command::new("tcpdump");
-        c.args(["-i", iface, "-s", "0", "-U", "-n", "-w"]).arg(&file).arg(filter).stdin(Stdio::null());
+        c.args(["-i", iface, "-s", "0", "-U", "-n", "--immediate-mode", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdin(Stdio::null());
         c.stdout(Stdio::null()).stderr(Stdio::piped());
         sys::enter_on_spawn(&mut c, netns, None)?;
         let mut child = c.spawn().context("starting tcpdump")?;
