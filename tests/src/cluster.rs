@@ -89,6 +89,8 @@ struct Node {
 pub struct Capture {
     child: Child,
     pub file: PathBuf,
+    /// Kept open so tcpdump's closing statistics do not hit a closed pipe; read at stop.
+    stderr: std::process::ChildStderr,
 }
 
 impl Drop for Capture {
@@ -99,12 +101,15 @@ impl Drop for Capture {
 }
 
 impl Capture {
-    /// Stops tcpdump (flushing the file) and returns the capture file.
-    pub fn stop(mut self) -> anyhow::Result<PathBuf> {
+    /// Stops tcpdump (flushing the file) and returns the capture file and tcpdump's report.
+    pub fn stop(mut self) -> anyhow::Result<(PathBuf, String)> {
+        use std::io::Read as _;
         // SIGINT lets tcpdump flush and close the file.
         sys::interrupt(self.child.id())?;
         self.child.wait()?;
-        Ok(self.file.clone())
+        let mut report = String::new();
+        let _ = self.stderr.read_to_string(&mut report);
+        Ok((self.file.clone(), report))
     }
 }
 
@@ -300,7 +305,7 @@ impl Cluster {
             }
             seen.extend_from_slice(&buf[..n]);
         }
-        Ok(Capture { child, file })
+        Ok(Capture { child, file, stderr: err })
     }
 
     /// The router namespace (a host outside the mesh).

@@ -56,10 +56,14 @@ fn cross_node_mesh_traffic_is_tls13_on_the_wire_with_verified_identities() {
         p.client_pattern_bg(&c, &client, dst, 256 * 1024, 0, marker).expect("client").join().expect("join");
     let r = r.expect("report");
     assert!(r.ok, "{}", r.error);
-    let file = cap.stop().expect("stop capture");
+    let (file, report) = cap.stop().expect("stop capture");
 
     let raw = std::fs::read(&file).expect("pcap");
-    assert!(raw.len() > 256 * 1024, "the capture must hold the transfer ({} bytes)", raw.len());
+    assert!(
+        raw.len() > 256 * 1024,
+        "the capture must hold the transfer ({} bytes; tcpdump: {report})",
+        raw.len()
+    );
     assert!(
         !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
         "the plaintext payload crossed the node link"
