@@ -136,6 +136,20 @@ pub enum CaCommand {
         #[arg(long, default_value = "8760h", value_parser = parse_duration)]
         lifetime: std::time::Duration,
     },
+    /// Issues a leaf certificate for any URI SAN from the CA (for debugging and tests; agents mint
+    /// their own). Writes `<out>.crt` and `<out>.key` (PEM).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The URI SAN, e.g. spiffe://cluster.local/ns/shop/sa/web.
+        #[arg(long)]
+        uri: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        lifetime: std::time::Duration,
+        /// Output path prefix.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Parses `250ms`, `10s`, `5m`.

@@ -14,6 +14,12 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Agent(args) => sluice::agent::run(*args),
         Command::Cni => return sluice::cni::plugin::main(),
+        Command::Ca(sluice::cli::CaCommand::Issue { dir, uri, lifetime, out }) => {
+            sluice::identity::ca::LocalCa::load(&dir)
+                .and_then(|ca| ca.issue_files(&uri, lifetime, &out))
+                .map(|()| println!("issued {uri} to {}.crt/.key", out.display()))
+                .map_err(anyhow::Error::from)
+        }
         Command::Ca(sluice::cli::CaCommand::Init { dir, trust_domain, lifetime }) => {
             sluice::identity::ca::LocalCa::init(&dir, &trust_domain, lifetime)
                 .map(|()| println!("created a root CA for {trust_domain} in {}", dir.display()))

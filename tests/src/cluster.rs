@@ -275,6 +275,25 @@ impl Cluster {
         PathBuf::from("/var/run/netns").join(&self.node(n).netns)
     }
 
+    /// This cluster's CA directory (shared by its agents).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.tmp.join("ca")
+    }
+
+    /// A scratch directory removed with the cluster.
+    pub fn scratch(&self) -> PathBuf {
+        self.tmp.clone()
+    }
+
+    /// Runs the sluice binary under test with `args`; its stdout, or an error with stderr.
+    pub fn sluice(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.sluice).args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("sluice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The router's interface towards node `n` (the link every packet between node `n` and the
     /// rest of the cluster crosses).
     pub fn router_link(&self, n: usize) -> String {

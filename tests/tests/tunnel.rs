@@ -190,3 +190,87 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
         1.0
     );
 }
+
+#[test]
+fn hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca() {
+    if !require_root("hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let server = c.add_pod(2, "mesh", "server").expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+    let scratch = c.scratch();
+    let ca = c.ca_dir();
+    let other_ca = scratch.join("other-ca");
+    c.sluice(&["ca", "init", "--dir", other_ca.to_str().expect("utf8")]).expect("other CA");
+    let issue = |ca: &std::path::Path, uri: &str, out: &str| -> Vec<String> {
+        let out = scratch.join(out);
+        c.sluice(&[
+            "ca",
+            "issue",
+            "--dir",
+            ca.to_str().expect("utf8"),
+            "--uri",
+            uri,
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+        .expect("issue");
+        let with = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
+        vec!["--cert".into(), with("crt"), "--key".into(), with("key")]
+    };
+    let rows: Vec<(&str, Vec<String>, Option<&str>)> = vec![
+        (
+            "a mesh identity from the mesh CA is served",
+            issue(&ca, "spiffe://cluster.local/ns/plain/sa/tester", "good"),
+            None,
+        ),
+        ("no client certificate", vec![], Some("TLS_FAILURE")),
+        (
+            "a certificate from another CA",
+            issue(&other_ca, "spiffe://cluster.local/ns/mesh/sa/client", "foreign"),
+            Some("TLS_FAILURE"),
+        ),
+        (
+            "an identity from another trust domain",
+            issue(&ca, "spiffe://evil.example/ns/mesh/sa/client", "evil"),
+            Some("IDENTITY_ERROR"),
+        ),
+        (
+            "a certificate without a SPIFFE ID",
+            issue(&ca, "https://example.com/not-spiffe", "plain"),
+            Some("IDENTITY_ERROR"),
+        ),
+    ];
+    let hbone = SocketAddr::new(server.ipv4, 15008).to_string();
+    let target = SocketAddr::new(server.ipv4, 8080).to_string();
+    for (name, cert_args, refused_as) in rows {
+        let failures = |reason: &str| {
+            metric(&c, 2, "sluice_proxy_failures_total", &[("direction", "inbound"), ("reason", reason)])
+        };
+        let before = refused_as.map(failures);
+        let mut args: Vec<&str> = cert_args.iter().map(String::as_str).collect();
+        args.extend([hbone.as_str(), target.as_str()]);
+        let out = c.run_in_netns(&c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
+        match refused_as {
+            None => assert_eq!(report["ok"], true, "{name}: {report}"),
+            Some(reason) => {
+                assert_eq!(report["ok"], false, "{name}: the server accepted it: {report}");
+                assert_ne!(report["stage"], "done", "{name}: {report}");
+                // The agent counts the refusal by reason once the connection has been torn down.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                while failures(reason) < before.unwrap_or(0.0) + 1.0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                assert_eq!(
+                    failures(reason),
+                    before.unwrap_or(0.0) + 1.0,
+                    "{name}: refusal not counted as {reason}"
+                );
+            }
+        }
+    }
+}

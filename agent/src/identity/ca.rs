@@ -112,10 +112,23 @@ impl LocalCa {
 
     /// Mints a leaf certificate for `id` valid for `lifetime` (ECDSA P-256, URI SAN, both EKUs).
     pub fn mint(&self, id: &Identity, lifetime: Duration) -> Result<Leaf, CaError> {
-        let err = |e: rcgen::Error| CaError::Mint { identity: id.to_string(), detail: e.to_string() };
+        self.mint_uri(&id.to_string(), lifetime).map(|(leaf, _, _)| leaf)
+    }
+
+    /// Issues a certificate for any URI SAN and writes `<out>.crt` (leaf PEM) and `<out>.key`.
+    pub fn issue_files(&self, uri: &str, lifetime: Duration, out: &Path) -> Result<(), CaError> {
+        let (_, cert_pem, key_pem) = self.mint_uri(uri, lifetime)?;
+        let w = |source| CaError::Write { path: out.to_path_buf(), source };
+        std::fs::write(out.with_extension("crt"), cert_pem).map_err(w)?;
+        std::fs::write(out.with_extension("key"), key_pem).map_err(w)
+    }
+
+    /// Mints a leaf for `uri`; also returns the certificate and key as PEM.
+    fn mint_uri(&self, uri: &str, lifetime: Duration) -> Result<(Leaf, String, String), CaError> {
+        let err = |e: rcgen::Error| CaError::Mint { identity: uri.to_string(), detail: e.to_string() };
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::default();
-        let uri = id.to_string().try_into().map_err(err)?;
+        let uri = uri.to_string().try_into().map_err(err)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.distinguished_name = DistinguishedName::new();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -133,7 +146,12 @@ impl LocalCa {
             // An intermediate signing CA: send it along.
             chain.push(self.ca_cert.clone());
         }
-        Ok(Leaf { chain, key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(), not_after })
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        Ok((
+            Leaf { chain, key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(), not_after },
+            cert_pem,
+            key_pem,
+        ))
     }
 }
 
