@@ -10,6 +10,7 @@
 //! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
 //! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
 //! | [`tunnel`] | HBONE: HTTP/2 CONNECT over mutual TLS on 15008, client pool and server |
+//! | [`policy`] | PeerAuthentication modes and L4 AuthorizationPolicy decisions over the snapshot |
 //! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
 //! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
 //! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod files;
 pub mod model;
+pub mod security;
 pub mod yaml;
 
 use std::sync::Arc;

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use super::{
     diag::{Diagnostic, Diagnostics, Severity},
+    security::{
+        Action, AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
+    },
     yaml::Document,
 };
 
@@ -77,16 +80,8 @@ pub enum EnrollDecision {
 }
 
 /// Kinds recognised but not compiled yet; accepted with a warning naming them.
-const KNOWN_NOT_ENFORCED: &[&str] = &[
-    "ServiceEntry",
-    "PeerAuthentication",
-    "AuthorizationPolicy",
-    "RequestAuthentication",
-    "VirtualService",
-    "DestinationRule",
-    "Gateway",
-    "Telemetry",
-];
+const KNOWN_NOT_ENFORCED: &[&str] =
+    &["ServiceEntry", "RequestAuthentication", "VirtualService", "DestinationRule", "Gateway", "Telemetry"];
 
 /// The compiled mesh config. Immutable; replaced whole on every change.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -104,7 +99,12 @@ pub struct Snapshot {
     /// Service VIP:port -> (namespace, name, index into ports).
     #[serde(skip)]
     pub vips: HashMap<SocketAddr, (String, String, usize)>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
 }
+
+/// Istio's root namespace: policies there apply to the whole mesh.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 
 impl Snapshot {
     /// Decides enrollment for a pod by Istio's ambient rules: the pod's own
@@ -207,6 +207,33 @@ impl Snapshot {
                         PodEntry { namespace, name, labels, service_account, ips },
                     );
                 }
+                "PeerAuthentication" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.spec::<PeerAuthenticationSpec>() {
+                        if spec.selector.is_none() && !spec.port_level_mtls.is_empty() {
+                            cx.warning(
+                                "spec.portLevelMtls",
+                                "portLevelMtls is ignored without a workload selector (as in Istio)".into(),
+                                "add spec.selector.matchLabels",
+                            );
+                        }
+                        snap.peer_authentications.push(PeerAuthentication { namespace, name, spec });
+                    }
+                }
+                "AuthorizationPolicy" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.spec::<AuthorizationPolicySpec>() {
+                        if spec.action == Action::Custom {
+                            cx.error(
+                                "spec.action",
+                                "CUSTOM (external authorization) is not supported by sluice".into(),
+                                "use ALLOW or DENY",
+                            );
+                        } else {
+                            snap.authorization_policies.push(AuthorizationPolicy { namespace, name, spec });
+                        }
+                    }
+                }
                 "Service" => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     let mut vips = cx.ip_list("spec.clusterIPs", None);
@@ -305,6 +332,25 @@ impl Cx<'_> {
             }
             Some(other) => {
                 self.error(path, format!("must be a non-empty string, found {other}"), "quote the value");
+                None
+            }
+        }
+    }
+
+    /// `spec` deserialized as `T`; a mismatch is one diagnostic naming the field serde rejected.
+    fn spec<T: serde::de::DeserializeOwned + Default>(&mut self) -> Option<T> {
+        let v = self.get("spec").cloned().unwrap_or(Value::Null);
+        if v.is_null() {
+            return Some(T::default());
+        }
+        match serde_json::from_value::<T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(
+                    "spec",
+                    format!("invalid spec: {e}"),
+                    "check the field names and value types against the Istio API",
+                );
                 None
             }
         }

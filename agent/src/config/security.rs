@@ -1,0 +1,139 @@
+//! Istio's security kinds as the snapshot holds them: PeerAuthentication and AuthorizationPolicy
+//! (security.istio.io v1/v1beta1), parsed from their `spec` exactly as Istio spells the fields.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Labels;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
+
+impl WorkloadSelector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// PeerAuthentication mTLS modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent scope.
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mtls {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub mtls: Option<Mtls>,
+    /// Port -> mode; Istio only honours it together with a selector.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u16, Mtls>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerAuthentication {
+    pub namespace: String,
+    pub name: String,
+    pub spec: PeerAuthenticationSpec,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+/// `rules[].from[].source`. `requestPrincipals` are HTTP-only (JWT).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    pub principals: Option<Vec<String>>,
+    pub not_principals: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub not_namespaces: Option<Vec<String>>,
+    pub ip_blocks: Option<Vec<String>>,
+    pub not_ip_blocks: Option<Vec<String>>,
+    pub remote_ip_blocks: Option<Vec<String>>,
+    pub not_remote_ip_blocks: Option<Vec<String>>,
+    pub request_principals: Option<Vec<String>>,
+    pub not_request_principals: Option<Vec<String>>,
+}
+
+/// `rules[].to[].operation`. Hosts, methods and paths are HTTP-only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub ports: Option<Vec<String>>,
+    pub not_ports: Option<Vec<String>>,
+    pub hosts: Option<Vec<String>>,
+    pub not_hosts: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub not_methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub not_paths: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleFrom {
+    #[serde(default)]
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleTo {
+    #[serde(default)]
+    pub operation: Operation,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub key: String,
+    pub values: Option<Vec<String>>,
+    pub not_values: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub from: Option<Vec<RuleFrom>>,
+    pub to: Option<Vec<RuleTo>>,
+    pub when: Option<Vec<Condition>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub action: Action,
+    /// `None` (no rules field) and `Some([])` both match nothing.
+    pub rules: Option<Vec<Rule>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthorizationPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub spec: AuthorizationPolicySpec,
+}

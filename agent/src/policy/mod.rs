@@ -1,0 +1,232 @@
+//! L4 policy evaluation with Istio's semantics, over the current snapshot: PeerAuthentication (which
+//! mTLS mode a workload's port requires) and AuthorizationPolicy (who may connect).
+//!
+//! Authorization order: a matching DENY policy denies; otherwise, when any ALLOW policy selects the
+//! workload, one of them must match; otherwise the connection is allowed. AUDIT never changes the
+//! decision. Policies in the root namespace apply mesh-wide. A rule that uses HTTP-only fields
+//! (request principals, hosts, methods, paths, L7 `when` keys) can never match at L4: an ALLOW with
+//! it allows nothing, a DENY with it denies everything it scopes. Unparseable values never match an
+//! ALLOW and always match a DENY (fail closed).
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    config::{
+        Snapshot,
+        model::{PodEntry, ROOT_NAMESPACE},
+        security::{
+            Action, AuthorizationPolicy, Condition, MtlsMode, Operation, Rule, Source, WorkloadSelector,
+        },
+    },
+    identity::Identity,
+};
+
+/// What is known about one connection when it is authorized.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The verified peer identity; None for plaintext.
+    pub identity: Option<&'a Identity>,
+    pub src_ip: IpAddr,
+    pub dst: SocketAddr,
+}
+
+/// The authorization decision, with the policy that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    Allow { by: Option<String> },
+    Deny { by: String },
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Verdict::Allow { .. })
+    }
+
+    /// `ns/name` of the deciding policy, or `-`.
+    pub fn policy(&self) -> String {
+        match self {
+            Verdict::Allow { by: Some(b) } | Verdict::Deny { by: b } => b.clone(),
+            Verdict::Allow { by: None } => "-".into(),
+        }
+    }
+}
+
+fn selects(policy_ns: &str, selector: Option<&WorkloadSelector>, w: &PodEntry) -> bool {
+    (policy_ns == ROOT_NAMESPACE || policy_ns == w.namespace) && selector.is_none_or(|s| s.matches(&w.labels))
+}
+
+/// The mTLS mode `w` requires on `port`: workload (port level first), then namespace, then mesh;
+/// PERMISSIVE when nothing says otherwise.
+pub fn mtls_mode(snap: &Snapshot, w: &PodEntry, port: u16) -> MtlsMode {
+    let set = |m: MtlsMode| (m != MtlsMode::Unset).then_some(m);
+    let mut workload: Vec<_> = snap
+        .peer_authentications
+        .iter()
+        .filter(|p| {
+            p.namespace == w.namespace && p.spec.selector.as_ref().is_some_and(|s| s.matches(&w.labels))
+        })
+        .collect();
+    workload.sort_by(|a, b| a.name.cmp(&b.name));
+    let from_workload = workload.first().and_then(|p| {
+        p.spec
+            .port_level_mtls
+            .get(&port)
+            .and_then(|m| set(m.mode))
+            .or_else(|| p.spec.mtls.as_ref().and_then(|m| set(m.mode)))
+    });
+    let scope = |ns: &str| {
+        let mut ps: Vec<_> = snap
+            .peer_authentications
+            .iter()
+            .filter(|p| p.namespace == ns && p.spec.selector.is_none())
+            .collect();
+        ps.sort_by(|a, b| a.name.cmp(&b.name));
+        ps.first().and_then(|p| p.spec.mtls.as_ref().and_then(|m| set(m.mode)))
+    };
+    from_workload
+        .or_else(|| scope(&w.namespace))
+        .or_else(|| scope(ROOT_NAMESPACE))
+        .unwrap_or(MtlsMode::Permissive)
+}
+
+/// Authorizes a connection to workload `w`.
+pub fn authorize(snap: &Snapshot, w: &PodEntry, f: &Facts<'_>) -> Verdict {
+    let applicable: Vec<&AuthorizationPolicy> = snap
+        .authorization_policies
+        .iter()
+        .filter(|p| selects(&p.namespace, p.spec.selector.as_ref(), w))
+        .collect();
+    let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
+    let matches = |p: &AuthorizationPolicy| {
+        p.spec.rules.as_deref().unwrap_or_default().iter().any(|r| rule_matches(r, f, p.spec.action))
+    };
+    if let Some(p) = applicable.iter().find(|p| p.spec.action == Action::Deny && matches(p)) {
+        return Verdict::Deny { by: name(p) };
+    }
+    let allows: Vec<_> = applicable.iter().filter(|p| p.spec.action == Action::Allow).collect();
+    if allows.is_empty() {
+        return Verdict::Allow { by: None };
+    }
+    match allows.iter().find(|p| matches(p)) {
+        Some(p) => Verdict::Allow { by: Some(name(p)) },
+        None => Verdict::Deny { by: allows.iter().map(|p| name(p)).collect::<Vec<_>>().join(",") },
+    }
+}
+
+const L4_KEYS: &[&str] =
+    &["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
+
+fn uses_http_only(r: &Rule) -> bool {
+    let src = |s: &Source| s.request_principals.is_some() || s.not_request_principals.is_some();
+    let op = |o: &Operation| {
+        o.hosts.is_some()
+            || o.not_hosts.is_some()
+            || o.methods.is_some()
+            || o.not_methods.is_some()
+            || o.paths.is_some()
+            || o.not_paths.is_some()
+    };
+    r.from.iter().flatten().any(|f| src(&f.source))
+        || r.to.iter().flatten().any(|t| op(&t.operation))
+        || r.when.iter().flatten().any(|c| !L4_KEYS.contains(&c.key.as_str()))
+}
+
+fn rule_matches(r: &Rule, f: &Facts<'_>, action: Action) -> bool {
+    if uses_http_only(r) {
+        return action == Action::Deny;
+    }
+    let fail = action == Action::Deny; // what an unparseable value yields
+    let from_ok = match r.from.as_deref() {
+        None | Some([]) => true,
+        Some(list) => list.iter().any(|s| source_matches(&s.source, f, fail)),
+    };
+    let to_ok = match r.to.as_deref() {
+        None | Some([]) => true,
+        Some(list) => list.iter().any(|t| operation_matches(&t.operation, f, fail)),
+    };
+    let when_ok = r.when.iter().flatten().all(|c| condition_matches(c, f, fail));
+    from_ok && to_ok && when_ok
+}
+
+/// Istio string matching: exact, `*` (any non-empty), `prefix*`, `*suffix`.
+fn str_match(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        !value.is_empty()
+    } else if let Some(p) = pattern.strip_suffix('*') {
+        value.starts_with(p)
+    } else if let Some(s) = pattern.strip_prefix('*') {
+        value.ends_with(s)
+    } else {
+        pattern == value
+    }
+}
+
+fn principal(f: &Facts<'_>) -> String {
+    f.identity
+        .map(|i| format!("{}/ns/{}/sa/{}", i.trust_domain, i.namespace, i.service_account))
+        .unwrap_or_default()
+}
+
+fn any_str(list: &Option<Vec<String>>, value: &str) -> Option<bool> {
+    list.as_ref().map(|l| l.iter().any(|p| str_match(p.strip_prefix("spiffe://").unwrap_or(p), value)))
+}
+
+/// Whether `ip` is in any CIDR or address of `list`; unparseable entries yield `fail`.
+fn any_cidr(list: &Option<Vec<String>>, ip: IpAddr, fail: bool) -> Option<bool> {
+    list.as_ref().map(|l| {
+        l.iter().any(|c| match c.parse::<IpNet>().or_else(|_| c.parse::<IpAddr>().map(IpNet::from)) {
+            Ok(net) => net.contains(&ip),
+            Err(_) => fail,
+        })
+    })
+}
+
+fn source_matches(s: &Source, f: &Facts<'_>, fail: bool) -> bool {
+    let p = principal(f);
+    let ns = f.identity.map(|i| i.namespace.as_str()).unwrap_or("");
+    let checks = [
+        any_str(&s.principals, &p),
+        any_str(&s.not_principals, &p).map(|m| !m),
+        any_str(&s.namespaces, ns),
+        any_str(&s.not_namespaces, ns).map(|m| !m),
+        any_cidr(&s.ip_blocks, f.src_ip, fail),
+        any_cidr(&s.not_ip_blocks, f.src_ip, !fail).map(|m| !m),
+        // At L4 the remote address is the connection's source.
+        any_cidr(&s.remote_ip_blocks, f.src_ip, fail),
+        any_cidr(&s.not_remote_ip_blocks, f.src_ip, !fail).map(|m| !m),
+    ];
+    checks.iter().flatten().all(|ok| *ok)
+}
+
+fn port_in(list: &[String], port: u16, fail: bool) -> bool {
+    list.iter().any(|p| p.parse::<u16>().map_or(fail, |n| n == port))
+}
+
+fn operation_matches(o: &Operation, f: &Facts<'_>, fail: bool) -> bool {
+    let port = f.dst.port();
+    o.ports.as_ref().is_none_or(|l| port_in(l, port, fail))
+        && o.not_ports.as_ref().is_none_or(|l| !port_in(l, port, !fail))
+}
+
+fn condition_matches(c: &Condition, f: &Facts<'_>, fail: bool) -> bool {
+    // `on_error`: what an unparseable value counts as, chosen so the rule fails closed.
+    let test = |v: &str, on_error: bool| -> bool {
+        match c.key.as_str() {
+            "source.ip" => any_cidr(&Some(vec![v.to_string()]), f.src_ip, on_error).unwrap_or(on_error),
+            "destination.ip" => {
+                any_cidr(&Some(vec![v.to_string()]), f.dst.ip(), on_error).unwrap_or(on_error)
+            }
+            "destination.port" => v.parse::<u16>().map_or(on_error, |p| p == f.dst.port()),
+            "source.namespace" => str_match(v, f.identity.map(|i| i.namespace.as_str()).unwrap_or("")),
+            "source.principal" => str_match(v.strip_prefix("spiffe://").unwrap_or(v), &principal(f)),
+            _ => on_error,
+        }
+    };
+    c.values.as_ref().is_none_or(|vs| vs.iter().any(|v| test(v, fail)))
+        && c.not_values.as_ref().is_none_or(|vs| !vs.iter().any(|v| test(v, !fail)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::config::{Diagnostics, yaml};
+
+fn snapshot(yaml_text: &str) -> Snapshot {
+    let docs: Vec<_> =
+        yaml::parse(yaml_text).expect("yaml").into_iter().map(|d| (PathBuf::from("p.yaml"), d)).collect();
+    let mut diags = Diagnostics::default();
+    let s = Snapshot::compile(&docs, &mut diags);
+    assert!(!diags.has_errors(), "{diags}");
+    s
+}
+
+fn workload(ns: &str, labels: &[(&str, &str)]) -> PodEntry {
+    PodEntry {
+        namespace: ns.into(),
+        name: "w".into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        service_account: "w".into(),
+        ips: vec![],
+    }
+}
+
+struct Case {
+    name: &'static str,
+    policies: &'static str,
+    identity: Option<(&'static str, &'static str)>,
+    src_ip: &'static str,
+    port: u16,
+    allowed: bool,
+}
+
+fn run(cases: &[Case]) {
+    for c in cases {
+        let snap = snapshot(c.policies);
+        let id = c.identity.map(|(ns, sa)| Identity::new("cluster.local", ns, sa));
+        let facts = Facts {
+            identity: id.as_ref(),
+            src_ip: c.src_ip.parse().expect("ip"),
+            dst: SocketAddr::new("10.0.0.9".parse().expect("ip"), c.port),
+        };
+        let v = authorize(&snap, &workload("shop", &[("app", "web")]), &facts);
+        assert_eq!(v.allowed(), c.allowed, "{}: {v:?}", c.name);
+    }
+}
+
+const ALLOW_FRONTEND: &str = "kind: AuthorizationPolicy\nmetadata: {name: allow-fe, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n";
+
+#[test]
+fn authorization_semantics() {
+    run(&[
+        Case {
+            name: "no policy allows",
+            policies: "",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "ALLOW by principal: match",
+            policies: ALLOW_FRONTEND,
+            identity: Some(("shop", "frontend")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "ALLOW by principal: other",
+            policies: ALLOW_FRONTEND,
+            identity: Some(("shop", "other")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "ALLOW by principal: plaintext",
+            policies: ALLOW_FRONTEND,
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "ALLOW selecting another workload does not apply",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {selector: {matchLabels: {app: db}}, rules: [{}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "empty spec allows nothing",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {}\n",
+            identity: Some(("shop", "frontend")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "empty rule allows everything",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "DENY by namespace wins over ALLOW",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n---\nkind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
+            identity: Some(("legacy", "x")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "DENY by namespace leaves others",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n",
+            identity: Some(("shop", "x")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "ipBlocks",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [10.1.0.0/16]}}]}]}\n",
+            identity: None,
+            src_ip: "10.1.2.3",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "notIpBlocks",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {notIpBlocks: [10.1.0.0/16]}}]}]}\n",
+            identity: None,
+            src_ip: "10.1.2.3",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "ports",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [\"8080\"]}}]}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "HTTP-only ALLOW allows nothing",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {rules: [{to: [{operation: {methods: [GET]}}]}]}\n",
+            identity: Some(("shop", "frontend")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "HTTP-only DENY denies what it scopes",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n",
+            identity: Some(("shop", "frontend")),
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "when destination.port",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: w, namespace: shop}\nspec: {rules: [{when: [{key: destination.port, values: [\"80\"]}]}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            name: "unparseable ipBlock fails closed for ALLOW",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            name: "AUDIT never decides",
+            policies: "kind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {action: AUDIT, rules: [{}]}\n",
+            identity: None,
+            src_ip: "10.1.0.1",
+            port: 80,
+            allowed: true,
+        },
+    ]);
+}
+
+#[test]
+fn peer_authentication_precedence() {
+    let snap = snapshot(
+        "kind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: legacy}\nspec: {mtls: {mode: PERMISSIVE}}\n---\nkind: PeerAuthentication\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: UNSET}\n  portLevelMtls: {\"9090\": {mode: DISABLE}}\n",
+    );
+    let web = workload("shop", &[("app", "web")]);
+    assert_eq!(mtls_mode(&snap, &web, 8080), MtlsMode::Strict, "UNSET inherits the mesh-wide mode");
+    assert_eq!(mtls_mode(&snap, &web, 9090), MtlsMode::Disable, "port level wins");
+    assert_eq!(
+        mtls_mode(&snap, &workload("legacy", &[]), 8080),
+        MtlsMode::Permissive,
+        "namespace beats mesh"
+    );
+    assert_eq!(mtls_mode(&Snapshot::default(), &web, 8080), MtlsMode::Permissive, "default");
+}
+
+#[test]
+fn custom_action_is_rejected_with_a_clear_error() {
+    let docs: Vec<_> = yaml::parse(
+        "kind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec: {action: CUSTOM}\n",
+    )
+    .expect("yaml")
+    .into_iter()
+    .map(|d| (PathBuf::from("p.yaml"), d))
+    .collect();
+    let mut diags = Diagnostics::default();
+    Snapshot::compile(&docs, &mut diags);
+    let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
+    assert!(e.len() == 1 && e[0].contains("CUSTOM") && e[0].contains("spec.action"), "{e:?}");
+}
