@@ -340,6 +340,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Writes a mesh config file and waits until every running agent has loaded a newer snapshot
+    /// (the file source rejects a broken change; then this times out with the agent's log).
+    pub fn apply_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let generation = |n: usize| -> anyhow::Result<u64> {
+            let dump: Value = serde_json::from_str(&self.agent_get(n, "/debug/config_dump")?)?;
+            Ok(dump["generation"].as_u64().unwrap_or(0))
+        };
+        let running: Vec<usize> = (1..=self.nodes.len())
+            .filter(|n| self.node(*n).agent.lock().map(|a| a.is_some()).unwrap_or(false))
+            .collect();
+        let before: Vec<u64> = running.iter().map(|n| generation(*n)).collect::<anyhow::Result<_>>()?;
+        self.write_config(file, yaml)?;
+        for (n, g0) in running.iter().zip(before) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while generation(*n)? <= g0 {
+                if Instant::now() > deadline {
+                    bail!("agent on node{n} did not load {file}:\n{}", self.agent_log(*n));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
     /// Starts (or restarts) node `n`'s agent and waits until it is ready.
     pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
         let node = self.node(n);

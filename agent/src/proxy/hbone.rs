@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::{Direction, PodCtx, Proxy, is_agent_port};
 use crate::{
+    policy::{self, Facts, Verdict},
     telemetry::metrics::ConnLabels,
     tunnel::{copy, server},
 };
@@ -53,6 +54,19 @@ impl Proxy {
             self.metrics.failure(dir.label(), super::Failure::Loop.label());
             return stream.refuse(StatusCode::BAD_REQUEST);
         }
+        let facts = Facts { identity: Some(&stream.peer), src_ip: src.ip(), dst };
+        let verdict = policy::authorize(&snap, &pod.workload(&snap), &facts);
+        if let Verdict::Deny { by } = &verdict {
+            stream.refuse(StatusCode::UNAUTHORIZED);
+            self.metrics.failure(dir.label(), super::Failure::Deny.label());
+            labels.response_flags = "DENY".into();
+            self.metrics.conn_opened(&labels);
+            self.metrics.conn_closed(&labels, 0, 0);
+            warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
+                  %src, %dst, src_principal = %labels.source_principal, policy = %by, decision = "deny",
+                  "connection denied by AuthorizationPolicy");
+            return;
+        }
         let app = match self.deliver(&pod, src, dst).await {
             Ok(app) => app,
             Err((f, detail)) => {
@@ -82,6 +96,7 @@ impl Proxy {
         info!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
               %src, %dst, sent, received, duration_ms = start.elapsed().as_millis() as u64,
               security = "mutual_tls", src_principal = %labels.source_principal,
-              dst_principal = %labels.destination_principal, error = err, "connection closed");
+              dst_principal = %labels.destination_principal, policy = %verdict.policy(), decision = "allow",
+              error = err, "connection closed");
     }
 }

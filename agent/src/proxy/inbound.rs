@@ -8,7 +8,11 @@ use tokio::net::TcpStream;
 use tracing::warn;
 
 use super::{Direction, Failure, PodCtx, Proxy, Upstream, is_agent_port};
-use crate::telemetry::metrics::ConnLabels;
+use crate::{
+    config::security::MtlsMode,
+    policy::{self, Facts, Verdict},
+    telemetry::metrics::ConnLabels,
+};
 
 impl Proxy {
     /// Connects to the application at `dst` inside `pod`, from the client's address `src` when the
@@ -39,6 +43,18 @@ impl Proxy {
             self.metrics.failure(dir.label(), Failure::Loop.label());
             return;
         }
+        let snap = self.store.load();
+        let workload = pod.workload(&snap);
+        let refusal = match policy::mtls_mode(&snap, &workload, dst.port()) {
+            MtlsMode::Strict => {
+                Some((Failure::MtlsRequired, "PeerAuthentication STRICT: plaintext refused".to_string()))
+            }
+            _ => match policy::authorize(&snap, &workload, &Facts { identity: None, src_ip: peer.ip(), dst })
+            {
+                Verdict::Deny { by } => Some((Failure::Deny, format!("denied by AuthorizationPolicy {by}"))),
+                Verdict::Allow { .. } => None,
+            },
+        };
         let labels = ConnLabels {
             reporter: "destination",
             source_workload: "unknown".into(),
@@ -51,6 +67,9 @@ impl Proxy {
             response_flags: "-".into(),
             connection_security_policy: "unknown",
         };
+        if let Some((f, detail)) = refusal {
+            return self.carry(dir, &pod, peer, dst, labels, client, Err((f.label(), detail))).await;
+        }
         let app = self.deliver(&pod, peer, dst).await.map(Upstream::Tcp).map_err(|(f, d)| (f.label(), d));
         self.carry(dir, &pod, peer, dst, labels, client, app).await;
     }

@@ -52,6 +52,19 @@ pub struct PodCtx {
 }
 
 impl PodCtx {
+    /// This pod as the current snapshot describes it (labels drive policy selectors); a bare entry
+    /// when the config does not list it.
+    pub fn workload(&self, snap: &crate::config::Snapshot) -> crate::config::model::PodEntry {
+        snap.pods.get(&(self.namespace.clone(), self.name.clone())).cloned().unwrap_or_else(|| {
+            crate::config::model::PodEntry {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                service_account: self.service_account.clone(),
+                ..Default::default()
+            }
+        })
+    }
+
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
     }
@@ -96,16 +109,22 @@ pub enum Failure {
     Socket,
     /// A Service VIP with no endpoints: the client's connection fails at once.
     NoEndpoints,
+    /// Plaintext to a port whose PeerAuthentication mode is STRICT.
+    MtlsRequired,
+    /// An AuthorizationPolicy denied the connection (Istio's response flag).
+    Deny,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 6] = [
+    pub const ALL: [Failure; 8] = [
         Failure::NoOriginalDst,
         Failure::Loop,
         Failure::ConnectFailed,
         Failure::ConnectTimeout,
         Failure::Socket,
         Failure::NoEndpoints,
+        Failure::MtlsRequired,
+        Failure::Deny,
     ];
 
     pub fn label(self) -> &'static str {
@@ -116,6 +135,8 @@ impl Failure {
             Failure::ConnectTimeout => "connect_timeout",
             Failure::Socket => "socket",
             Failure::NoEndpoints => "no_endpoints",
+            Failure::MtlsRequired => "mtls_required",
+            Failure::Deny => "DENY",
         }
     }
 }
@@ -199,6 +220,8 @@ impl Proxy {
         let other = match other {
             Ok(s) => s,
             Err((reason, detail)) => {
+                // The client sees a reset, not a silent close.
+                let _ = client.set_zero_linger();
                 self.metrics.failure(dir.label(), reason);
                 labels.response_flags = reason.to_string();
                 self.metrics.conn_opened(&labels);

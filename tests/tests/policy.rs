@@ -1,0 +1,182 @@
+//! Policy end to end: PeerAuthentication and L4 AuthorizationPolicy enforced by real agents on real
+//! connections (plaintext from outside the mesh, HBONE from mesh pods).
+use std::net::SocketAddr;
+
+use sluice_e2e::{Cluster, Pod, cluster::PodSpec, probe::Probe, require_root};
+
+fn probe() -> Probe {
+    Probe::new(env!("CARGO_BIN_EXE_sl-probe"))
+}
+
+const NAMESPACES: &str = "kind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Namespace\nmetadata: {name: mesh2, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Namespace\nmetadata: {name: plain}\n";
+
+struct World {
+    c: Cluster,
+    server: Pod,
+    a: Pod,
+    b: Pod,
+    other_ns: Pod,
+    outsider: Pod,
+}
+
+fn world() -> World {
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent(1).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    let server = c.add_pod_spec(2, PodSpec::new("mesh", "server").label("app", "server")).expect("server");
+    let a = c.add_pod(1, "mesh", "client-a").expect("a");
+    let b = c.add_pod(1, "mesh", "client-b").expect("b");
+    let other_ns = c.add_pod(2, "mesh2", "client-c").expect("c");
+    let outsider = c.add_pod(1, "plain", "outsider").expect("outsider");
+    probe().serve(&c, &server, &[8080, 9090]).expect("serve");
+    World { c, server, a, b, other_ns, outsider }
+}
+
+fn connects(w: &World, from: &Pod, port: u16) -> bool {
+    let r = probe().client(&w.c, from, SocketAddr::new(w.server.ipv4, port), 2048, 0).expect("client");
+    r.ok
+}
+
+#[test]
+fn peer_authentication_strict_permissive_disable_against_a_client_outside_the_mesh() {
+    if !require_root("peer_authentication_strict_permissive_disable_against_a_client_outside_the_mesh") {
+        return;
+    }
+    let w = world();
+    let rows: Vec<(&str, &str, [(u16, bool); 2])> = vec![
+        ("no policy: PERMISSIVE by default", "", [(8080, true), (9090, true)]),
+        (
+            "mesh-wide STRICT",
+            "kind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+            [(8080, false), (9090, false)],
+        ),
+        (
+            "namespace PERMISSIVE over mesh STRICT",
+            "kind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+            [(8080, true), (9090, true)],
+        ),
+        (
+            "namespace DISABLE",
+            "kind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: DISABLE}}\n",
+            [(8080, true), (9090, true)],
+        ),
+        (
+            "workload STRICT with port 9090 PERMISSIVE",
+            "kind: PeerAuthentication\nmetadata: {name: server, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: server}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {\"9090\": {mode: PERMISSIVE}}\n",
+            [(8080, false), (9090, true)],
+        ),
+    ];
+    for (name, yaml, expect) in rows {
+        w.c.apply_config(
+            "peerauthn.yaml",
+            if yaml.is_empty() { "kind: Namespace\nmetadata: {name: placeholder}\n" } else { yaml },
+        )
+        .expect(name);
+        for (port, ok) in expect {
+            assert_eq!(connects(&w, &w.outsider, port), ok, "{name}: plaintext to {port}");
+            assert!(connects(&w, &w.a, port), "{name}: mesh clients (HBONE) always pass to {port}");
+        }
+    }
+    let refused = w
+        .c
+        .metric(2, "sluice_proxy_failures_total", &[("direction", "inbound"), ("reason", "mtls_required")])
+        .expect("m");
+    assert_eq!(refused, 3.0, "every refused plaintext connection is counted");
+}
+
+#[test]
+fn authorization_policies_at_l4() {
+    if !require_root("authorization_policies_at_l4") {
+        return;
+    }
+    let w = world();
+    let server_sel = "selector: {matchLabels: {app: server}}";
+    let node1_cidr = "10.10.1.0/24";
+    let rows: Vec<(String, String, Vec<(&Pod, u16, bool)>)> = vec![
+        (
+            "ALLOW by principal".into(),
+            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/client-a]}}}}]}}]\n"),
+            vec![(&w.a, 8080, true), (&w.b, 8080, false), (&w.outsider, 8080, false)],
+        ),
+        (
+            "DENY by namespace".into(),
+            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [mesh2]}}]}]\n".into(),
+            vec![(&w.other_ns, 8080, false), (&w.a, 8080, true), (&w.outsider, 8080, true)],
+        ),
+        (
+            "ALLOW by ipBlocks".into(),
+            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{ipBlocks: [{node1_cidr}]}}}}]}}]\n"),
+            vec![(&w.a, 8080, true), (&w.outsider, 8080, true), (&w.other_ns, 8080, false)],
+        ),
+        (
+            "ALLOW by ports".into(),
+            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {ports: [\"9090\"]}}]}]\n".into(),
+            vec![(&w.a, 9090, true), (&w.a, 8080, false)],
+        ),
+        (
+            "DENY wins over ALLOW".into(),
+            "kind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {rules: [{}]}\n---\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [\"*/sa/client-b\"]}}]}]\n".into(),
+            vec![(&w.a, 8080, true), (&w.b, 8080, false)],
+        ),
+        (
+            "HTTP-only fields: ALLOW allows nothing".into(),
+            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {methods: [GET]}}]}]\n".into(),
+            vec![(&w.a, 8080, false), (&w.outsider, 8080, false)],
+        ),
+        (
+            "HTTP-only fields: DENY denies what it scopes".into(),
+            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"),
+            vec![(&w.a, 8080, false), (&w.outsider, 9090, false)],
+        ),
+    ];
+    for (name, yaml, expect) in &rows {
+        w.c.apply_config("authz.yaml", yaml).expect(name);
+        for (from, port, ok) in expect {
+            assert_eq!(connects(&w, from, *port), *ok, "{name}: {} -> {port}", from.name);
+        }
+    }
+    assert!(
+        w.c.metric(
+            2,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("response_flags", "DENY")]
+        )
+        .expect("m")
+            >= 9.0
+    );
+}
+
+#[test]
+fn a_live_policy_change_applies_to_new_connections_within_two_seconds() {
+    if !require_root("a_live_policy_change_applies_to_new_connections_within_two_seconds") {
+        return;
+    }
+    let w = world();
+    let allow = |sa: &str| {
+        format!(
+            "kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/{sa}]}}}}]}}]\n"
+        )
+    };
+    w.c.apply_config("authz.yaml", &allow("client-a")).expect("policy a");
+    assert!(connects(&w, &w.a, 8080));
+    assert!(!connects(&w, &w.b, 8080));
+    // An established connection allowed under the old policy keeps running.
+    let long =
+        probe().client_bg(&w.c, &w.a, SocketAddr::new(w.server.ipv4, 8080), 64 * 1024, 3000).expect("long");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    w.c.write_config("authz.yaml", &allow("client-b")).expect("policy b");
+    let mut switched = None;
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if connects(&w, &w.b, 8080) && !connects(&w, &w.a, 8080) {
+            switched = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let t = switched.expect("the new policy never applied");
+    assert!(t <= std::time::Duration::from_secs(2), "took {t:?}");
+    let r = long.join().expect("join").expect("report");
+    assert!(r.ok, "a connection established before the change was broken: {}", r.error);
+}
