@@ -33,6 +33,11 @@ fn world() -> World {
     World { c, server, a, b, other_ns, outsider }
 }
 
+/// (row name, policy YAML, expected outcome per port)
+type PeerAuthnRow = (&'static str, &'static str, [(u16, bool); 2]);
+/// (row name, policy YAML, (client, port, allowed) checks)
+type AuthzRow<'a> = (String, String, Vec<(&'a Pod, u16, bool)>);
+
 fn connects(w: &World, from: &Pod, port: u16) -> bool {
     let r = probe().client(&w.c, from, SocketAddr::new(w.server.ipv4, port), 2048, 0).expect("client");
     r.ok
@@ -44,7 +49,7 @@ fn peer_authentication_strict_permissive_disable_against_a_client_outside_the_me
         return;
     }
     let w = world();
-    let rows: Vec<(&str, &str, [(u16, bool); 2])> = vec![
+    let rows: Vec<PeerAuthnRow> = vec![
         ("no policy: PERMISSIVE by default", "", [(8080, true), (9090, true)]),
         (
             "mesh-wide STRICT",
@@ -93,7 +98,7 @@ fn authorization_policies_at_l4() {
     let w = world();
     let server_sel = "selector: {matchLabels: {app: server}}";
     let node1_cidr = "10.10.1.0/24";
-    let rows: Vec<(String, String, Vec<(&Pod, u16, bool)>)> = vec![
+    let rows: Vec<AuthzRow<'_>> = vec![
         (
             "ALLOW by principal".into(),
             format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/client-a]}}}}]}}]\n"),
