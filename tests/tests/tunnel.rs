@@ -274,3 +274,54 @@ fn hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca() {
         }
     }
 }
+
+#[test]
+fn certificates_rotate_during_a_long_transfer_and_new_connections_succeed_after_expiry() {
+    if !require_root("certificates_rotate_during_a_long_transfer_and_new_connections_succeed_after_expiry") {
+        return;
+    }
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    // 4 s certificates replaced after 2 s; idle pooled connections closed after 1 s.
+    *c.agent_args.lock().expect("lock") =
+        ["--cert-lifetime", "4s", "--cert-rotate-after", "0.5", "--pool-idle-timeout", "1s"]
+            .map(String::from)
+            .to_vec();
+    c.start_agent(1).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let server = c.add_pod(2, "mesh", "server").expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+    let dst = SocketAddr::new(server.ipv4, 8080);
+
+    // 7 s of trickled bytes: the certificates on both sides expire while it runs.
+    let long = p.client_bg(&c, &client, dst, 512 * 1024, 7000).expect("long transfer");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Meanwhile new connections need new handshakes with fresh certificates.
+    let other = c.add_pod(1, "mesh", "other").expect("other client");
+    let r = p.client(&c, &other, dst, 4096, 0).expect("client");
+    assert!(r.ok, "a new connection after the first certificates expired failed: {}", r.error);
+    let r = long.join().expect("join").expect("report");
+    assert!(r.ok, "the long transfer broke across rotation: {}", r.error);
+    assert_eq!(r.bytes, 512 * 1024);
+
+    // Once the pooled connection is idle and closed, the same client handshakes again.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r = p.client(&c, &client, dst, 4096, 0).expect("client");
+    assert!(r.ok, "reconnect with a rotated certificate failed: {}", r.error);
+
+    let certs: serde_json::Value =
+        serde_json::from_str(&c.agent_get(2, "/debug/certs").expect("certs")).expect("json");
+    let server_cert = certs
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["identity"] == "spiffe://cluster.local/ns/mesh/sa/server"))
+        .expect("server certificate listed")
+        .clone();
+    assert!(server_cert["rotations"].as_u64().unwrap_or(0) >= 1, "{server_cert}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(
+        server_cert["expires_unix"].as_u64().unwrap_or(0) >= now,
+        "the served certificate is expired: {server_cert}"
+    );
+}
