@@ -26,6 +26,8 @@ pub struct State {
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
+    /// Readiness only (`--ready-addr`, Istio's 15021).
+    Ready,
     Metrics,
     Admin,
 }
@@ -57,6 +59,9 @@ pub async fn serve(addr: SocketAddr, state: State, surface: Surface) -> std::io:
 
 async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if surface == Surface::Ready && path != "/healthz/ready" {
+        return text(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n".into());
+    }
     if surface == Surface::Metrics && path.starts_with("/debug/") {
         return text(
             StatusCode::NOT_FOUND,
@@ -69,6 +74,17 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             let totals: Vec<(&'static str, u64)> =
                 s.kernel.counters().into_iter().map(|(d, v)| (d.label(), v)).collect();
             s.metrics.sync_redirect_counters(&totals);
+            s.metrics.config_generation.set(s.store.generation() as i64);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for c in s.certs.status() {
+                s.metrics
+                    .cert_expiry_seconds
+                    .with_label_values(&[&c.identity])
+                    .set(c.expires_unix as i64 - now as i64);
+            }
             text(StatusCode::OK, s.metrics.render())
         }
         "/debug/pods" => json(&s.pods.status().await),
@@ -83,6 +99,8 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
                 "namespaces": snap.namespaces,
                 "workloads": workloads,
                 "services": services,
+                "peer_authentications": snap.peer_authentications,
+                "authorization_policies": snap.authorization_policies,
                 "certificates": s.certs.status(),
             }))
         }

@@ -40,21 +40,33 @@ pub enum Command {
         /// Files or directories to check.
         paths: Vec<PathBuf>,
     },
-    /// Dump an agent's live compiled config (not implemented yet).
+    /// Print an agent's live compiled config (workloads, services, policies, certificates).
     Config {
         /// Agent admin address.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Show an agent's enrolled pods, certificates and connections (not implemented yet).
+    /// Show an agent's pods (enrolled or not, and why) and certificates.
     Status {
         /// Agent admin address.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 impl Command {
@@ -92,6 +104,9 @@ pub struct AgentArgs {
     /// Metrics and readiness listener (Prometheus text at /stats/prometheus, /healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// Readiness listener (/healthz/ready), Istio's 15021.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub ready_addr: SocketAddr,
     /// Admin listener (/debug/pods, /debug/config_dump); keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,

@@ -14,6 +14,7 @@
 //! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
 //! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
 //! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
+//! | [`inspect`] | `sluice config` / `sluice status`: an agent's admin JSON rendered for a human |
 //! | [`admin`] | readiness, metrics and admin HTTP endpoints |
 //! | [`telemetry`] | logging setup and metrics |
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod identity;
+pub mod inspect;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

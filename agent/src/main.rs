@@ -25,7 +25,9 @@ fn main() -> ExitCode {
                 .map(|()| println!("created a root CA for {trust_domain} in {}", dir.display()))
                 .map_err(anyhow::Error::from)
         }
-        Command::Waypoint | Command::Analyze { .. } | Command::Config { .. } | Command::Status { .. } => {
+        Command::Config { admin, output } => sluice::inspect::config(admin, output),
+        Command::Status { admin, output } => sluice::inspect::status(admin, output),
+        Command::Waypoint | Command::Analyze { .. } => {
             eprintln!("sluice {}: not implemented yet (see README.md, feature status)", cli.command.name());
             return ExitCode::from(2);
         }

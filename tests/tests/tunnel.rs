@@ -325,3 +325,53 @@ fn certificates_rotate_during_a_long_transfer_and_new_connections_succeed_after_
         "the served certificate is expired: {server_cert}"
     );
 }
+
+#[test]
+fn sluice_config_and_status_show_the_live_state() {
+    if !require_root("sluice_config_and_status_show_the_live_state") {
+        return;
+    }
+    let c = cluster();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let _outsider = c.add_pod(1, "plain", "outsider").expect("outsider");
+    c.apply_config(
+        "authz.yaml",
+        "kind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: mesh}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]}]}\n",
+    )
+    .expect("policy");
+    // A connection makes the agent mint the client's certificate.
+    let server = c.add_pod(2, "mesh", "server").expect("server");
+    probe().serve(&c, &server, &[8080]).expect("serve");
+    assert!(probe().client(&c, &client, SocketAddr::new(server.ipv4, 8080), 1024, 0).expect("client").ok);
+
+    let sluice = sluice_e2e::cluster::sluice_bin();
+    let run = |args: &[&str]| {
+        let out = c.run_in_netns(&c.node_netns(1), sluice.to_str().expect("utf8"), args).expect("run");
+        assert!(out.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config = run(&["config"]);
+    for want in [
+        "mesh/client",
+        "mesh/server",
+        "mesh/allow-client",
+        "AuthorizationPolicy  ALLOW (1 rules)",
+        "spiffe://cluster.local/ns/mesh/sa/client",
+    ] {
+        assert!(config.contains(want), "`sluice config` lacks {want:?}:\n{config}");
+    }
+    let status = run(&["status"]);
+    assert!(status.lines().any(|l| l.starts_with("mesh/client") && l.contains("true")), "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("plain/outsider")
+            && l.contains("false")
+            && l.contains("namespace not labelled")),
+        "{status}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["status", "--output", "json"])).expect("json");
+    assert_eq!(json["pods"].as_array().map(Vec::len), Some(2), "{json}");
+    let ready = c
+        .run_in_netns(&c.node_netns(1), "curl", &["-sf", "http://127.0.0.1:15021/healthz/ready"])
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
+}

@@ -103,6 +103,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let metrics_srv = admin::serve(args.metrics_addr, state.clone(), admin::Surface::Metrics)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let ready_srv = admin::serve(args.ready_addr, state.clone(), admin::Surface::Ready)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.ready_addr))?;
     let admin_srv = admin::serve(args.admin_addr, state, admin::Surface::Admin)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
@@ -116,6 +119,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     cni.abort();
     metrics_srv.abort();
     admin_srv.abort();
+    ready_srv.abort();
     reconciler.abort();
     reaper.abort();
     Ok(())

@@ -62,6 +62,10 @@ pub struct Metrics {
     failures: IntCounterVec,
     redirect: IntCounterVec,
     pub enrolled_pods: IntGauge,
+    /// Snapshots loaded since start.
+    pub config_generation: IntGauge,
+    /// Seconds until each workload certificate expires.
+    pub cert_expiry_seconds: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -99,6 +103,20 @@ impl Metrics {
         if let Err(e) = registry.register(Box::new(enrolled_pods.clone())) {
             unreachable("sluice_enrolled_pods", e);
         }
+        let config_generation =
+            IntGauge::new("sluice_config_generation", "Mesh config snapshots loaded since start")
+                .unwrap_or_else(|e| unreachable("sluice_config_generation", e));
+        if let Err(e) = registry.register(Box::new(config_generation.clone())) {
+            unreachable("sluice_config_generation", e);
+        }
+        let cert_expiry_seconds = prometheus::IntGaugeVec::new(
+            Opts::new("sluice_cert_expiry_seconds", "Seconds until a workload certificate expires"),
+            &["identity"],
+        )
+        .unwrap_or_else(|e| unreachable("sluice_cert_expiry_seconds", e));
+        if let Err(e) = registry.register(Box::new(cert_expiry_seconds.clone())) {
+            unreachable("sluice_cert_expiry_seconds", e);
+        }
         Metrics {
             registry,
             tcp_opened,
@@ -108,6 +126,8 @@ impl Metrics {
             failures,
             redirect,
             enrolled_pods,
+            config_generation,
+            cert_expiry_seconds,
         }
     }
 
