@@ -375,3 +375,73 @@ fn sluice_config_and_status_show_the_live_state() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
 }
+
+#[test]
+fn metrics_and_access_logs_match_the_connections_and_bytes_exactly() {
+    if !require_root("metrics_and_access_logs_match_the_connections_and_bytes_exactly") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c
+        .add_pod_spec(1, PodSpec::new("mesh", "client").label("app", "shop-ui").label("version", "v7"))
+        .expect("client");
+    let server = c.add_pod_spec(2, PodSpec::new("mesh", "server").label("app", "catalog")).expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+    let dst = SocketAddr::new(server.ipv4, 8080);
+    let sizes = [1_000usize, 20_000, 300_000];
+    let (mut sent, mut received) = (0u64, 0u64);
+    for n in sizes {
+        let r = p.client(&c, &client, dst, n, 0).expect("client");
+        assert!(r.ok, "{}", r.error);
+        sent += n as u64;
+        // The server greets before echoing: that line is part of what the client receives.
+        received += (n + format!("PEER {} NAME {}\n", r.server_saw, r.server_name).len()) as u64;
+    }
+    let labels = |reporter: &'static str| {
+        [
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("source_app", "shop-ui"),
+            ("source_version", "v7"),
+            ("destination_workload", "server"),
+            ("destination_app", "catalog"),
+            ("connection_security_policy", "mutual_tls"),
+            ("response_flags", "-"),
+        ]
+    };
+    // Connections close asynchronously on the agents; wait for the last one to be counted.
+    for (node, reporter) in [(1, "source"), (2, "destination")] {
+        let l = labels(reporter);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while metric(&c, node, "istio_tcp_connections_closed_total", &l) < 3.0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(metric(&c, node, "istio_tcp_connections_opened_total", &l), 3.0, "{reporter}");
+        assert_eq!(metric(&c, node, "istio_tcp_connections_closed_total", &l), 3.0, "{reporter}");
+        assert_eq!(metric(&c, node, "istio_tcp_sent_bytes_total", &l), sent as f64, "{reporter}: sent");
+        assert_eq!(
+            metric(&c, node, "istio_tcp_received_bytes_total", &l),
+            received as f64,
+            "{reporter}: received"
+        );
+    }
+    let log = c.agent_log(2);
+    let closed: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("sluice::access") && l.contains("connection closed") && l.contains("pod=server")
+        })
+        .collect();
+    assert_eq!(closed.len(), 3, "one access-log line per connection:\n{}", closed.join("\n"));
+    for n in sizes {
+        assert!(
+            closed.iter().any(|l| l.contains(&format!(" sent={n} "))
+                && l.contains("src_principal=spiffe://cluster.local/ns/mesh/sa/client")),
+            "no access-log line with sent={n}:\n{}",
+            closed.join("\n")
+        );
+    }
+}

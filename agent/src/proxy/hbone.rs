@@ -38,18 +38,15 @@ impl Proxy {
         let snap = self.store.load();
         // Workload metadata for metrics only; the identity is the verified certificate's.
         let src_workload = snap.workload_by_ip(src.ip());
-        let mut labels = ConnLabels {
-            reporter: "destination",
-            source_workload: src_workload.map_or_else(|| "unknown".into(), |w| w.name.clone()),
-            source_workload_namespace: stream.peer.namespace.clone(),
-            source_principal: stream.peer.to_string(),
-            destination_workload: pod.name.clone(),
-            destination_workload_namespace: pod.namespace.clone(),
-            destination_principal: pod.principal(),
-            destination_service: dst.to_string(),
-            response_flags: "-".into(),
-            connection_security_policy: "mutual_tls",
-        };
+        let mut labels =
+            ConnLabels::new("destination", dst).destination(&pod.workload(&snap), pod.principal());
+        labels.connection_security_policy = "mutual_tls";
+        labels.source_principal = stream.peer.to_string();
+        labels.source_workload_namespace = stream.peer.namespace.clone();
+        if let Some(w) = src_workload {
+            // Metadata only; the identity above is the verified certificate's.
+            labels = labels.source(w, stream.peer.to_string());
+        }
         if is_agent_port(dst) {
             self.metrics.failure(dir.label(), super::Failure::Loop.label());
             return stream.refuse(StatusCode::BAD_REQUEST);

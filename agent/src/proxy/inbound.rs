@@ -55,18 +55,7 @@ impl Proxy {
                 Verdict::Allow { .. } => None,
             },
         };
-        let labels = ConnLabels {
-            reporter: "destination",
-            source_workload: "unknown".into(),
-            source_workload_namespace: "unknown".into(),
-            source_principal: "unknown".into(),
-            destination_workload: pod.name.clone(),
-            destination_workload_namespace: pod.namespace.clone(),
-            destination_principal: pod.principal(),
-            destination_service: dst.to_string(),
-            response_flags: "-".into(),
-            connection_security_policy: "unknown",
-        };
+        let labels = ConnLabels::new("destination", dst).destination(&workload, pod.principal());
         if let Some((f, detail)) = refusal {
             return self.carry(dir, &pod, peer, dst, labels, client, Err((f.label(), detail))).await;
         }

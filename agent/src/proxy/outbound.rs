@@ -27,22 +27,11 @@ impl Proxy {
             return;
         }
         let snap = self.store.load();
-        let mut labels = ConnLabels {
-            reporter: "source",
-            source_workload: pod.name.clone(),
-            source_workload_namespace: pod.namespace.clone(),
-            source_principal: pod.principal(),
-            destination_workload: "unknown".into(),
-            destination_workload_namespace: "unknown".into(),
-            destination_principal: "unknown".into(),
-            destination_service: dst.to_string(),
-            response_flags: "-".into(),
-            connection_security_policy: "unknown",
-        };
+        let mut labels = ConnLabels::new("source", dst).source(&pod.workload(&snap), pod.principal());
         // A Service VIP becomes one of its endpoints.
         let target = match snap.service_by_vip(dst) {
             Some((svc, port)) => {
-                labels.destination_service = svc.hostname();
+                labels = labels.service(svc);
                 match self.pick_endpoint(svc, dst.is_ipv6()) {
                     Some(ip) => SocketAddr::new(ip, port.target_port),
                     None => {
@@ -60,9 +49,7 @@ impl Proxy {
         let upstream = match in_mesh {
             Some(w) => {
                 let expected = Identity::new(&pod.trust_domain, &w.namespace, &w.service_account);
-                labels.destination_workload = w.name.clone();
-                labels.destination_workload_namespace = w.namespace.clone();
-                labels.destination_principal = expected.to_string();
+                labels = labels.destination(w, expected.to_string());
                 labels.connection_security_policy = "mutual_tls";
                 let key = PoolKey {
                     src_pod: pod.netns_cookie,

@@ -8,44 +8,116 @@ pub const TCP_LABELS: &[&str] = &[
     "source_workload",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
+    "source_version",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
+    "destination_app",
+    "destination_version",
     "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
     "request_protocol",
     "response_flags",
     "connection_security_policy",
 ];
 
-/// Label values for one connection.
-#[derive(Clone, Debug, Default)]
+/// Label values for one connection; `unknown` where nothing is known, as Istio reports it.
+#[derive(Clone, Debug)]
 pub struct ConnLabels {
     /// `source` (outbound, reported by the client's agent) or `destination` (inbound).
     pub reporter: &'static str,
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    /// The Service hostname, or `ip:port` when the destination is no Service.
     pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     /// `-` when the connection succeeded, else the failure reason.
     pub response_flags: String,
     /// `mutual_tls` for HBONE, `unknown` for plain TCP (as ztunnel reports it).
     pub connection_security_policy: &'static str,
 }
 
+/// The `app` and `version` of a workload's labels, as Istio derives them.
+fn app_version(labels: &crate::config::model::Labels) -> (String, String) {
+    let get =
+        |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned().unwrap_or_else(|| "unknown".into());
+    (get(&["app.kubernetes.io/name", "app"]), get(&["app.kubernetes.io/version", "version"]))
+}
+
 impl ConnLabels {
-    fn values(&self) -> [&str; 11] {
+    /// Everything `unknown`, no failure, plain TCP.
+    pub fn new(reporter: &'static str, destination: std::net::SocketAddr) -> ConnLabels {
+        let u = || String::from("unknown");
+        ConnLabels {
+            reporter,
+            source_workload: u(),
+            source_workload_namespace: u(),
+            source_principal: u(),
+            source_app: u(),
+            source_version: u(),
+            destination_workload: u(),
+            destination_workload_namespace: u(),
+            destination_principal: u(),
+            destination_app: u(),
+            destination_version: u(),
+            destination_service: destination.to_string(),
+            destination_service_name: u(),
+            destination_service_namespace: u(),
+            response_flags: "-".into(),
+            connection_security_policy: "unknown",
+        }
+    }
+
+    pub fn source(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
+        (self.source_app, self.source_version) = app_version(&w.labels);
+        self.source_workload = w.name.clone();
+        self.source_workload_namespace = w.namespace.clone();
+        self.source_principal = principal;
+        self
+    }
+
+    pub fn destination(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
+        (self.destination_app, self.destination_version) = app_version(&w.labels);
+        self.destination_workload = w.name.clone();
+        self.destination_workload_namespace = w.namespace.clone();
+        self.destination_principal = principal;
+        self
+    }
+
+    pub fn service(mut self, svc: &crate::config::Service) -> ConnLabels {
+        self.destination_service = svc.hostname();
+        self.destination_service_name = svc.name.clone();
+        self.destination_service_namespace = svc.namespace.clone();
+        self
+    }
+
+    fn values(&self) -> [&str; 17] {
         [
             self.reporter,
             &self.source_workload,
             &self.source_workload_namespace,
             &self.source_principal,
+            &self.source_app,
+            &self.source_version,
             &self.destination_workload,
             &self.destination_workload_namespace,
             &self.destination_principal,
+            &self.destination_app,
+            &self.destination_version,
             &self.destination_service,
+            &self.destination_service_name,
+            &self.destination_service_namespace,
             "tcp",
             &self.response_flags,
             self.connection_security_policy,
@@ -184,14 +256,8 @@ mod tests {
     #[test]
     fn istio_names_and_labels_render() {
         let m = Metrics::new();
-        let l = ConnLabels {
-            reporter: "source",
-            source_workload: "client".into(),
-            source_workload_namespace: "shop".into(),
-            response_flags: "-".into(),
-            connection_security_policy: "none",
-            ..Default::default()
-        };
+        let mut l = ConnLabels::new("source", "10.0.0.1:80".parse().expect("addr"));
+        l.source_workload = "client".into();
         m.conn_opened(&l);
         m.conn_closed(&l, 10, 20);
         m.sync_redirect_counters(&[("outbound_redirected", 3)]);
