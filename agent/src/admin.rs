@@ -62,7 +62,8 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
     if surface == Surface::Ready && path != "/healthz/ready" {
         return text(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n".into());
     }
-    if surface == Surface::Metrics && path.starts_with("/debug/") {
+    let admin_only = path.starts_with("/debug/") || matches!(path, "/pods" | "/config_dump" | "/certs");
+    if surface == Surface::Metrics && admin_only {
         return text(
             StatusCode::NOT_FOUND,
             "debug endpoints are served on the admin address (--admin-addr)\n".into(),
@@ -87,8 +88,8 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             }
             text(StatusCode::OK, s.metrics.render())
         }
-        "/debug/pods" => json(&s.pods.status().await),
-        "/debug/config_dump" => {
+        "/debug/pods" | "/pods" => json(&s.pods.status().await),
+        "/debug/config_dump" | "/config_dump" => {
             let snap = s.store.load();
             let mut workloads: Vec<_> = snap.pods.values().collect();
             workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -104,7 +105,7 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
                 "certificates": s.certs.status(),
             }))
         }
-        "/debug/certs" => json(&s.certs.status()),
+        "/debug/certs" | "/certs" => json(&s.certs.status()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/config_dump\n".into(),

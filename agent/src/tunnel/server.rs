@@ -99,7 +99,8 @@ pub async fn serve_connection(
         };
         let target = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()).map(canonical);
         let status = match (req.method(), target) {
-            (m, _) if m != Method::CONNECT => Some(StatusCode::METHOD_NOT_ALLOWED),
+            // ztunnel answers 400 to anything but CONNECT too.
+            (m, _) if m != Method::CONNECT => Some(StatusCode::BAD_REQUEST),
             (_, None) => Some(StatusCode::BAD_REQUEST),
             // Only this pod's own addresses may be reached through its HBONE port.
             (_, Some(t)) if t.ip() != local_ip => Some(StatusCode::BAD_REQUEST),
