@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use sluice_common::{
     AF_INET, AF_INET6, ConnectFacts, ConnectVerdict, Decision, DeliveryKey, EnrolledPod, InboundKey,
-    LookupVerdict, OUTBOUND_CAPTURE_PORT, OrigDstKey, SockAddr, connect_verdict, ipv4_is_loopback,
-    ipv6_is_loopback, lookup_verdict,
+    LookupVerdict, OUTBOUND_CAPTURE_PORT, OrigDstKey, SockAddr, capture_address_v6, connect_verdict,
+    ipv4_is_loopback, ipv6_is_loopback, ipv6_is_v4_mapped, lookup_verdict,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -49,7 +49,7 @@ static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(262_144, 
 
 /// Enrolled pod IPs (inbound). Present here but absent from `IN_SOCKS` means "refuse".
 #[map]
-static IN_PODS: HashMap<InboundKey, u32> = HashMap::pinned(65_536, 0);
+static IN_PODS: HashMap<InboundKey, u64> = HashMap::pinned(65_536, 0);
 
 /// The agent's inbound capture listener (15006) per enrolled pod IP.
 #[map]
@@ -150,7 +150,7 @@ fn connect(ctx: &SockAddrContext, family: u16) {
             if family == AF_INET {
                 sa.user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
             } else {
-                write_user_ip6(ctx.sock_addr, [0, 0, 0, 1u32.to_be()]);
+                write_user_ip6(ctx.sock_addr, capture_address_v6(addr));
             }
             sa.user_port = (OUTBOUND_CAPTURE_PORT.to_be()) as u32;
             count(Decision::OutboundRedirected);
@@ -182,8 +182,24 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     };
     // SAFETY: helper on the program's own context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key =
-        OrigDstKey { netns_cookie, family: ctx.family() as u16, src_port: ctx.local_port() as u16, _pad: 0 };
+    // An IPv6 socket connected to the IPv4 listener (v4-mapped) is seen by the agent as IPv4.
+    let mut family = ctx.family() as u16;
+    if family == AF_INET6 {
+        // SAFETY: ctx.ops is the program's context; word-wise constant-offset reads.
+        let local = unsafe {
+            let p = ctx.ops;
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*p).local_ip6[3])),
+            ]
+        };
+        if ipv6_is_v4_mapped(local) {
+            family = AF_INET;
+        }
+    }
+    let key = OrigDstKey { netns_cookie, family, src_port: ctx.local_port() as u16, _pad: 0 };
     if ORIG_DST.insert(key, orig, 0).is_ok() {
         count(Decision::OrigDstRecorded);
     } else {

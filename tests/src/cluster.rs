@@ -34,6 +34,7 @@ pub struct Pod {
     pub ipv6: Option<IpAddr>,
     pub labels: Vec<(String, String)>,
     pub service_account: String,
+    pub unpublished: bool,
     container_id: String,
     cni_result: Value,
 }
@@ -46,6 +47,8 @@ pub struct PodSpec {
     pub labels: Vec<(String, String)>,
     /// Defaults to the pod's name, so every test pod has its own SPIFFE identity.
     pub service_account: Option<String>,
+    /// Do not publish the Pod object before sluice-cni runs (an agent that has not seen it yet).
+    pub unpublished: bool,
 }
 
 impl PodSpec {
@@ -497,6 +500,7 @@ impl Cluster {
             ipv6: None,
             labels: spec.labels.clone(),
             service_account: spec.service_account.clone().unwrap_or_else(|| name.to_string()),
+            unpublished: spec.unpublished,
             container_id,
             cni_result: Value::Null,
         };
@@ -536,7 +540,7 @@ impl Cluster {
     fn publish_objects(&self) -> anyhow::Result<()> {
         let mut docs = Vec::new();
         for p in self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
-            if p.ipv4.is_unspecified() {
+            if p.ipv4.is_unspecified() || p.unpublished {
                 continue;
             }
             let labels: serde_json::Map<String, Value> =
@@ -603,6 +607,16 @@ impl Cluster {
     }
 
     /// Deletes a pod as the runtime does (CNI DEL in reverse order), then its netns.
+    /// Sends the CNI DEL a runtime sends for an older sandbox of `pod` (another container ID), as
+    /// runtimes do when they clean up after a sandbox was recreated.
+    pub fn del_older_sandbox(&self, pod: &Pod) -> anyhow::Result<()> {
+        let mut old = pod.clone();
+        old.container_id = format!("{}-old", pod.container_id);
+        self.cni(pod.node, &old, "DEL", self.sluice_conf(pod.node), Some(pod.cni_result.clone()))
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
     pub fn remove_pod(&self, pod: &Pod) -> anyhow::Result<()> {
         let prev = Some(pod.cni_result.clone());
         self.cni(pod.node, pod, "DEL", self.sluice_conf(pod.node), prev.clone())

@@ -259,6 +259,40 @@ fn killed_agent_restarts_and_readopts_its_pods() {
 }
 
 #[test]
+fn dual_stack_sockets_to_v4_mapped_addresses_are_captured() {
+    if !require_root("dual_stack_sockets_to_v4_mapped_addresses_are_captured") {
+        return;
+    }
+    let w = world();
+    let mapped: IpAddr = format!("::ffff:{}", w.far.ipv4).parse().expect("mapped");
+    let before = redirected(&w.c, 1);
+    let r = probe().client(&w.c, &w.client, SocketAddr::new(mapped, 8080), 64 * 1024, 0).expect("client");
+    assert!(r.ok, "{}", r.error);
+    assert_eq!(r.peer, SocketAddr::new(w.far.ipv4, 8080).to_string(), "getpeername shows the real peer");
+    assert!(redirected(&w.c, 1) > before);
+}
+
+#[test]
+fn a_late_del_for_an_older_sandbox_keeps_the_pod_enrolled_and_unknown_pods_are_refused() {
+    if !require_root("a_late_del_for_an_older_sandbox_keeps_the_pod_enrolled_and_unknown_pods_are_refused") {
+        return;
+    }
+    let w = world();
+    w.c.del_older_sandbox(&w.client).expect("late DEL");
+    let status = w.c.agent_get(1, "/debug/pods").expect("status");
+    assert!(status.contains("\"client\"") && status.contains("\"enrolled\": true"), "{status}");
+    let before = redirected(&w.c, 1);
+    assert!(probe().client(&w.c, &w.client, SocketAddr::new(w.far.ipv4, 8080), 4096, 0).expect("client").ok);
+    assert!(redirected(&w.c, 1) > before, "the pod must still be captured after a stale DEL");
+
+    // An ambient pod the agent has not seen in the config yet: ADD fails so the runtime retries.
+    let spec = PodSpec { unpublished: true, ..PodSpec::new("mesh", "early") };
+    let (_, res) = w.c.try_add_pod_spec(1, spec).expect("pod");
+    let err = res.expect_err("ADD must fail for a pod unknown to the config");
+    assert!(err.contains("\"code\":11") && err.contains("not in the mesh config"), "{err}");
+}
+
+#[test]
 fn sluice_adds_no_iptables_or_nftables_rules() {
     if !require_root("sluice_adds_no_iptables_or_nftables_rules") {
         return;

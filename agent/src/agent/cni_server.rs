@@ -49,7 +49,7 @@ async fn handle(s: UnixStream, pods: Arc<Pods>) -> std::io::Result<()> {
                     Ok(enrolled) => Reply::ok(enrolled),
                     Err(e) => Reply::err(e.to_string()),
                 },
-                Request::Del { pod } => match pods.del(&pod.key()).await {
+                Request::Del { pod } => match pods.del(&pod).await {
                     Ok(()) => Reply::ok(false),
                     Err(e) => Reply::err(e.to_string()),
                 },

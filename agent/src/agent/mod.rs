@@ -89,8 +89,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let reconciler = {
         let pods = pods.clone();
         let mut rx = store.subscribe();
+        // On every config change, and every few seconds so a failed enrollment is retried.
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
+            let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    _ = retry.tick() => {}
+                }
                 pods.reconcile().await;
             }
         })

@@ -35,6 +35,11 @@ pub enum PodError {
     InPod { pod: String, source: InPodError },
     #[error("pod {pod}: {source}")]
     Kernel { pod: String, source: KernelError },
+    #[error(
+        "pod {pod} is in an ambient namespace but not in the mesh config yet (its identity and labels are \
+         unknown); the runtime retries"
+    )]
+    NotInConfig { pod: String },
     #[error("pod {pod}: TLS configuration: {detail}")]
     Tls { pod: String, detail: String },
     #[error(transparent)]
@@ -43,6 +48,7 @@ pub enum PodError {
 
 struct Enrolled {
     netns_cookie: u64,
+    service_account: String,
     ips: Vec<IpAddr>,
     accept_loops: Vec<JoinHandle<()>>,
 }
@@ -98,26 +104,22 @@ impl Pods {
                 st.known.insert(key, info);
             } else {
                 info!(pod = %pod_name(&info), netns = %info.netns.display(), "forgetting pod whose netns is gone");
-                self.clean_stale(&key, &info);
             }
         }
         self.registry.save(&st.known)?;
         info!(pods = st.known.len(), "re-adopted pods from the registry");
         drop(st);
         self.reconcile().await;
+        // Kernel state of pods that are gone (or were never re-enrolled and are unknown) goes too.
+        let st = self.state.lock().await;
+        let cookies = st.enrolled.values().map(|e| e.netns_cookie).collect();
+        let ips = st.known.values().flat_map(|p| p.ips.iter().copied()).collect();
+        let keys = st.known.keys().cloned().collect();
+        let removed = self.proxy.kernel.gc(&cookies, &ips, &keys);
+        if removed > 0 {
+            info!(removed, "removed kernel state of pods that are gone");
+        }
         Ok(())
-    }
-
-    fn clean_stale(&self, key: &str, info: &PodRef) {
-        let k = &self.proxy.kernel;
-        for ip in &info.ips {
-            if let Err(e) = k.remove_inbound(*ip) {
-                warn!(error = %e, "cleaning stale inbound entry");
-            }
-        }
-        if let Err(e) = k.detach_sk_lookup(key) {
-            warn!(error = %e, "cleaning stale sk_lookup link");
-        }
     }
 
     /// CNI ADD: registers the pod and, if the config says so, enrolls it before returning.
@@ -133,6 +135,13 @@ impl Pods {
         self.registry.save(&st.known)?;
         let snap = self.store.load();
         match snap.enrollment(&info.namespace, &info.name) {
+            EnrollDecision::Enrolled
+                if !snap.pods.contains_key(&(info.namespace.clone(), info.name.clone())) =>
+            {
+                // Without the Pod object its identity and labels (policy selectors) are unknown:
+                // refuse, so the runtime retries once the config has it (fail closed).
+                Err(PodError::NotInConfig { pod: pod_name(&info) })
+            }
             EnrollDecision::Enrolled => {
                 let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await?;
                 st.enrolled.insert(key, e);
@@ -146,9 +155,15 @@ impl Pods {
         }
     }
 
-    /// CNI DEL: releases and forgets the pod. Unknown pods are fine.
-    pub async fn del(&self, key: &str) -> Result<(), PodError> {
+    /// CNI DEL: releases and forgets the pod. Unknown pods are fine; a DEL for an older sandbox of
+    /// the same pod (another container ID) leaves the current one alone.
+    pub async fn del(&self, pod: &PodRef) -> Result<(), PodError> {
+        let key = &pod.key();
         let mut st = self.state.lock().await;
+        if st.known.get(key).is_some_and(|k| k.container_id != pod.container_id) {
+            info!(pod = %pod_name(pod), container = %pod.container_id, "DEL for an older sandbox ignored");
+            return Ok(());
+        }
         if let Some(e) = st.enrolled.remove(key) {
             self.release(key, e);
         }
@@ -177,7 +192,21 @@ impl Pods {
         let mut st = self.state.lock().await;
         let known: Vec<PodRef> = st.known.values().cloned().collect();
         for info in known {
-            let want = snap.enrollment(&info.namespace, &info.name) == EnrollDecision::Enrolled;
+            let decision = snap.enrollment(&info.namespace, &info.name);
+            let listed = snap.pods.contains_key(&(info.namespace.clone(), info.name.clone()));
+            if decision == EnrollDecision::Enrolled && !listed {
+                // Identity and labels unknown: keep whatever state the pod has until the config lists it.
+                continue;
+            }
+            let want = decision == EnrollDecision::Enrolled;
+            let sa = snap.service_account(&info.namespace, &info.name);
+            // A new service account means a new identity: enroll again.
+            if want
+                && st.enrolled.get(&info.key()).is_some_and(|e| e.service_account != sa)
+                && let Some(e) = st.enrolled.remove(&info.key())
+            {
+                self.release(&info.key(), e);
+            }
             let have = st.enrolled.contains_key(&info.key());
             if want && !have {
                 match self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await {
@@ -221,12 +250,11 @@ impl Pods {
                 let listener = pl.listeners.iter().find(|(r, l)| {
                     *r == Role::Inbound && l.local_addr().map(|a| a.is_ipv6() == want_v6).unwrap_or(false)
                 });
-                match listener {
-                    Some((_, l)) => k.add_inbound(*ip, &l.as_raw_fd()).map_err(kerr)?,
-                    None => {
-                        warn!(pod = %pod, %ip, "no inbound listener for this address family; not captured")
-                    }
+                if listener.is_none() {
+                    warn!(pod = %pod, %ip, "no inbound listener for this address family; its inbound TCP is refused");
                 }
+                let fd = listener.map(|(_, l)| l.as_raw_fd());
+                k.add_inbound(*ip, fd, pl.netns_cookie).map_err(kerr)?;
             }
             k.attach_sk_lookup(&info.key(), &netns).map_err(kerr)?;
             k.enroll_outbound(pl.netns_cookie).map_err(kerr)
@@ -234,7 +262,12 @@ impl Pods {
         if let Err(e) = result {
             self.release(
                 &info.key(),
-                Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops: vec![] },
+                Enrolled {
+                    netns_cookie: pl.netns_cookie,
+                    service_account: service_account.to_string(),
+                    ips: info.ips.clone(),
+                    accept_loops: vec![],
+                },
             );
             return Err(e);
         }
@@ -245,7 +278,12 @@ impl Pods {
                 let accept_loops = vec![];
                 self.release(
                     &info.key(),
-                    Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops },
+                    Enrolled {
+                        netns_cookie: pl.netns_cookie,
+                        service_account: service_account.to_string(),
+                        ips: info.ips.clone(),
+                        accept_loops,
+                    },
                 );
                 return Err(PodError::Tls { pod: pod.clone(), detail: e.to_string() });
             }
@@ -262,7 +300,12 @@ impl Pods {
         });
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
-        Ok(Enrolled { netns_cookie: pl.netns_cookie, ips: info.ips.clone(), accept_loops })
+        Ok(Enrolled {
+            netns_cookie: pl.netns_cookie,
+            service_account: service_account.to_string(),
+            ips: info.ips.clone(),
+            accept_loops,
+        })
     }
 
     fn release(&self, key: &str, e: Enrolled) {
@@ -271,7 +314,7 @@ impl Pods {
             warn!(error = %err, "release: outbound");
         }
         for ip in &e.ips {
-            if let Err(err) = k.remove_inbound(*ip) {
+            if let Err(err) = k.remove_inbound(*ip, e.netns_cookie) {
                 warn!(error = %err, "release: inbound");
             }
         }

@@ -5,10 +5,11 @@
 //! and replaces program links without a gap: it attaches its new links first, then removes the old
 //! pinned ones, then pins the new ones.
 use std::{
+    collections::HashSet,
     fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -92,7 +93,7 @@ impl KernelError {
 struct Maps {
     enrolled: BpfHashMap<MapData, u64, EnrolledPod>,
     orig_dst: BpfHashMap<MapData, OrigDstKey, SockAddr>,
-    in_pods: BpfHashMap<MapData, InboundKey, u32>,
+    in_pods: BpfHashMap<MapData, InboundKey, u64>,
     in_socks: SockHash<MapData, InboundKey>,
     counters: PerCpuArray<MapData, u64>,
     delivering: BpfHashMap<MapData, DeliveryKey, u32>,
@@ -203,19 +204,78 @@ impl Kernel {
     }
 
     /// Marks `ip` as an enrolled pod address and steers its inbound TCP to `listener`.
-    pub fn add_inbound(&self, ip: IpAddr, listener: &impl AsRawFd) -> Result<(), KernelError> {
+    /// Marks `ip` as an address of the enrolled pod whose netns cookie is `owner` and steers its
+    /// inbound TCP to `listener`; without a listener its inbound TCP is refused (fail closed).
+    pub fn add_inbound(&self, ip: IpAddr, listener: Option<RawFd>, owner: u64) -> Result<(), KernelError> {
         let key = inbound_key(ip);
         let mut maps = self.maps.lock();
-        maps.in_socks.insert(key, listener.as_raw_fd(), 0).map_err(KernelError::map("IN_SOCKS", "insert"))?;
-        maps.in_pods.insert(key, 1, 0).map_err(KernelError::map("IN_PODS", "insert"))
+        match listener {
+            Some(fd) => maps.in_socks.insert(key, fd, 0).map_err(KernelError::map("IN_SOCKS", "insert"))?,
+            None => {
+                ignore_missing(maps.in_socks.remove(&key)).map_err(KernelError::map("IN_SOCKS", "remove"))?
+            }
+        }
+        maps.in_pods.insert(key, owner, 0).map_err(KernelError::map("IN_PODS", "insert"))
     }
 
-    /// Forgets an enrolled pod address: its inbound traffic is no longer steered or refused.
-    pub fn remove_inbound(&self, ip: IpAddr) -> Result<(), KernelError> {
+    /// Forgets `ip` if the pod with netns cookie `owner` still holds it (another pod may have been
+    /// given the address since): its inbound traffic is no longer steered or refused.
+    pub fn remove_inbound(&self, ip: IpAddr, owner: u64) -> Result<(), KernelError> {
         let key = inbound_key(ip);
         let mut maps = self.maps.lock();
+        match maps.in_pods.get(&key, 0) {
+            Ok(o) if o == owner => {}
+            _ => return Ok(()),
+        }
         ignore_missing(maps.in_pods.remove(&key)).map_err(KernelError::map("IN_PODS", "remove"))?;
         ignore_missing(maps.in_socks.remove(&key)).map_err(KernelError::map("IN_SOCKS", "remove"))
+    }
+
+    /// Removes kernel state a previous agent left for pods that are gone: inbound entries of
+    /// addresses no known pod holds (unless their owner is enrolled now), enrolled cookies no
+    /// current or remaining entry refers to, and sk_lookup links of unknown pods. Returns how many
+    /// entries went.
+    pub fn gc(
+        &self,
+        enrolled: &HashSet<u64>,
+        known_ips: &HashSet<IpAddr>,
+        known_pods: &HashSet<String>,
+    ) -> usize {
+        let mut removed = 0;
+        let mut maps = self.maps.lock();
+        let entries: Vec<(InboundKey, u64)> = maps.in_pods.iter().filter_map(Result::ok).collect();
+        let mut owners = enrolled.clone();
+        for (key, owner) in entries {
+            let ip = key_ip(&key);
+            if enrolled.contains(&owner) || ip.is_some_and(|ip| known_ips.contains(&ip)) {
+                owners.insert(owner);
+                continue;
+            }
+            let _ = maps.in_pods.remove(&key);
+            let _ = maps.in_socks.remove(&key);
+            removed += 1;
+        }
+        let cookies: Vec<u64> = maps.enrolled.keys().filter_map(Result::ok).collect();
+        for c in cookies {
+            if !owners.contains(&c) && maps.enrolled.remove(&c).is_ok() {
+                removed += 1;
+            }
+        }
+        drop(maps);
+        let prefix = "sluice_sk_lookup_";
+        let suffix = format!("_v{LAYOUT_VERSION}");
+        if let Ok(dir) = std::fs::read_dir(self.dir.join("pods")) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(key) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(&suffix)) else {
+                    continue;
+                };
+                if !known_pods.contains(key) && unpin_link(&e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Lets the SYN of the agent's own delivery connection from `from` (the client's address and
@@ -324,6 +384,20 @@ fn inbound_key(ip: IpAddr) -> InboundKey {
             InboundKey { family: AF_INET as u32, addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0] }
         }
         IpAddr::V6(v6) => InboundKey { family: AF_INET6 as u32, addr: words_from_v6(v6) },
+    }
+}
+
+fn key_ip(k: &InboundKey) -> Option<IpAddr> {
+    match k.family as u16 {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(k.addr[0].to_ne_bytes()))),
+        AF_INET6 => {
+            let mut o = [0u8; 16];
+            for (i, w) in k.addr.iter().enumerate() {
+                o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+        _ => None,
     }
 }
 

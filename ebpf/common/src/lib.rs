@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of every bpffs pin name (`sluice_<map>_v<N>`).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Outbound capture listener inside each enrolled pod's netns (ztunnel's port number).
 pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
@@ -85,8 +85,9 @@ pub struct EnrolledPod {
 /// Capture the pod's outbound TCP connects.
 pub const ENROLL_OUTBOUND: u32 = 1;
 
-/// Key of the `INBOUND_SOCKS` sockhash: a local (pod) IP address of an enrolled pod. The value is
-/// the agent's inbound capture listener (15006) in that pod's netns.
+/// Key of the `IN_PODS` map (value: the owning pod's netns cookie, u64) and of the `IN_SOCKS`
+/// sockhash (value: the agent's inbound capture listener, 15006, in that pod's netns): a local
+/// (pod) IP address of an enrolled pod. In `IN_PODS` but not in `IN_SOCKS` means "refuse".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InboundKey {
@@ -218,6 +219,24 @@ pub fn ipv6_is_loopback(addr_be: [u32; 4]) -> bool {
         || (w[0] == 0 && w[1] == 0 && w[2] == 0xffff && w[3] >> 24 == 127)
 }
 
+/// True for an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), words in network byte order.
+#[inline(always)]
+pub fn ipv6_is_v4_mapped(addr_be: [u32; 4]) -> bool {
+    addr_be[0] == 0 && addr_be[1] == 0 && u32::from_be(addr_be[2]) == 0xffff
+}
+
+/// Where a captured connect is sent: the capture listener on loopback of the socket's own kind.
+/// An IPv6 socket dialling an IPv4-mapped address goes to `::ffff:127.0.0.1` (the IPv4 listener),
+/// so pods without IPv6 (no `::1`) still work; other IPv6 destinations go to `::1`.
+#[inline(always)]
+pub fn capture_address_v6(dst_be: [u32; 4]) -> [u32; 4] {
+    if ipv6_is_v4_mapped(dst_be) {
+        [0, 0, 0xffffu32.to_be(), u32::from_be_bytes([127, 0, 0, 1]).to_be()]
+    } else {
+        [0, 0, 0, 1u32.to_be()]
+    }
+}
+
 /// What the inbound sk_lookup hook should do with one lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LookupVerdict {
@@ -316,6 +335,18 @@ mod tests {
         assert!(ipv6_is_loopback(mapped));
         let other = [0xfd00_0000u32.to_be(), 0, 0, 1u32.to_be()];
         assert!(!ipv6_is_loopback(other));
+    }
+
+    #[test]
+    fn v4_mapped_destinations_go_to_the_ipv4_listener() {
+        let mapped = [0u32, 0, 0xffffu32.to_be(), u32::from_be_bytes([10, 1, 2, 3]).to_be()];
+        assert!(ipv6_is_v4_mapped(mapped));
+        let to = capture_address_v6(mapped);
+        assert_eq!(u32::from_be(to[3]), u32::from_be_bytes([127, 0, 0, 1]));
+        assert!(ipv6_is_loopback(to));
+        let v6 = [0xfd00_0000u32.to_be(), 0, 0, 2u32.to_be()];
+        assert!(!ipv6_is_v4_mapped(v6));
+        assert_eq!(capture_address_v6(v6), [0, 0, 0, 1u32.to_be()]);
     }
 
     #[test]
