@@ -1,7 +1,15 @@
 //! Connecting from inside a pod's netns and copying bytes both ways with half-close propagation.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
 
 use super::Failure;
 use crate::redirect::{Kernel, NetNs, inpod};
@@ -44,12 +52,51 @@ pub async fn deliver_transparent(
     }
 }
 
-/// Copies both directions until both are closed; returns (bytes a->b, bytes b->a).
-/// tokio's copy_bidirectional shuts down each write side when its read side reaches EOF, so a
-/// half-close travels through.
-pub async fn splice(mut a: TcpStream, mut b: TcpStream) -> (u64, u64, Option<std::io::Error>) {
-    match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await {
-        Ok((ab, ba)) => (ab, ba, None),
-        Err(e) => (0, 0, Some(e)),
+/// Copies both directions until both are closed, carrying each half-close (EOF becomes a write
+/// shutdown on the other side). If either direction fails the other is abandoned and both sockets
+/// are reset. Returns (bytes a->b, bytes b->a, first error); the counts are kept on errors too.
+pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
+    let (ab, ba) = (AtomicU64::new(0), AtomicU64::new(0));
+    let error = {
+        let up = one_way(&mut ar, &mut bw, &ab);
+        let down = one_way(&mut br, &mut aw, &ba);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            let failed = tokio::select! {
+                e = &mut up, if !up_done => { up_done = true; e }
+                e = &mut down, if !down_done => { down_done = true; e }
+            };
+            if failed.is_some() || (up_done && down_done) {
+                break failed;
+            }
+        }
+    };
+    if error.is_some() {
+        let _ = aw.as_ref().set_zero_linger();
+        let _ = bw.as_ref().set_zero_linger();
+    }
+    (ab.load(Ordering::Relaxed), ba.load(Ordering::Relaxed), error)
+}
+
+/// One direction: read until EOF (then shut the write side down) or an error.
+async fn one_way(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, n: &AtomicU64) -> Option<String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return None;
+            }
+            Ok(k) => {
+                if let Err(e) = w.write_all(&buf[..k]).await {
+                    return Some(format!("write: {e}"));
+                }
+                n.fetch_add(k as u64, Ordering::Relaxed);
+            }
+            Err(e) => return Some(format!("read: {e}")),
+        }
     }
 }

@@ -235,10 +235,7 @@ impl Proxy {
         self.metrics.conn_opened(&labels);
         let start = std::time::Instant::now();
         let (sent, received, err) = match other {
-            Upstream::Tcp(s) => {
-                let (a, b, e) = copy::splice(client, s).await;
-                (a, b, e.map(|e| e.to_string()))
-            }
+            Upstream::Tcp(s) => copy::splice(client, s).await,
             Upstream::Tunnel(send, recv, _guard) => crate::tunnel::copy::splice(client, send, recv).await,
         };
         self.metrics.conn_closed(&labels, sent, received);

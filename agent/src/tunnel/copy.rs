@@ -1,4 +1,6 @@
 //! Bytes between a TCP socket and an HTTP/2 CONNECT stream.
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::{
@@ -6,68 +8,90 @@ use tokio::{
     net::TcpStream,
 };
 
-/// Read buffer per direction.
+/// Read buffer per direction (reused: small reads share one allocation).
 const CHUNK: usize = 64 * 1024;
 
 /// Copies until both directions are done: TCP -> stream (FIN becomes END_STREAM) and
-/// stream -> TCP (END_STREAM becomes FIN). Returns (bytes TCP->stream, bytes stream->TCP, error).
+/// stream -> TCP (END_STREAM becomes FIN). If either direction fails, the other is abandoned: the
+/// stream is reset and the TCP side gets a reset too, so neither peer hangs waiting. Returns
+/// (bytes TCP->stream, bytes stream->TCP, first error).
 pub async fn splice(
     tcp: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
 ) -> (u64, u64, Option<String>) {
     let (mut r, mut w) = tcp.into_split();
-    let up = async {
-        let mut n_total = 0u64;
-        loop {
+    let (up_n, down_n) = (AtomicU64::new(0), AtomicU64::new(0));
+    let error = {
+        let up = async {
             let mut buf = BytesMut::with_capacity(CHUNK);
-            match r.read_buf(&mut buf).await {
-                Ok(0) => {
-                    let _ = send.send_data(Bytes::new(), true);
-                    return (n_total, None);
+            loop {
+                if buf.capacity() - buf.len() < CHUNK / 4 {
+                    buf.reserve(CHUNK);
                 }
-                Ok(n) => {
-                    n_total += n as u64;
-                    if let Err(e) = send_all(&mut send, buf.freeze()).await {
-                        return (n_total, Some(format!("sending to the tunnel: {e}")));
+                match r.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        let _ = send.send_data(Bytes::new(), true);
+                        return None;
+                    }
+                    Ok(n) => {
+                        up_n.fetch_add(n as u64, Ordering::Relaxed);
+                        if let Err(e) = send_all(&mut send, buf.split().freeze()).await {
+                            return Some(format!("sending to the tunnel: {e}"));
+                        }
+                    }
+                    Err(e) => {
+                        send.send_reset(h2::Reason::CANCEL);
+                        return Some(format!("reading the TCP side: {e}"));
                     }
                 }
-                Err(e) => {
-                    // A reset or broken client ends the stream; the peer sees a cancel.
-                    send.send_reset(h2::Reason::CANCEL);
-                    return (n_total, Some(format!("reading the TCP side: {e}")));
+            }
+        };
+        let down = async {
+            loop {
+                match recv.data().await {
+                    Some(Ok(chunk)) => {
+                        let len = chunk.len();
+                        down_n.fetch_add(len as u64, Ordering::Relaxed);
+                        if let Err(e) = w.write_all(&chunk).await {
+                            return Some(format!("writing the TCP side: {e}"));
+                        }
+                        let _ = recv.flow_control().release_capacity(len);
+                    }
+                    // The peer closing its side, with or without a cancel, is an end of stream.
+                    Some(Err(e))
+                        if e.reason() == Some(h2::Reason::NO_ERROR)
+                            || e.reason() == Some(h2::Reason::CANCEL) =>
+                    {
+                        let _ = w.shutdown().await;
+                        return None;
+                    }
+                    Some(Err(e)) => return Some(format!("receiving from the tunnel: {e}")),
+                    None => {
+                        let _ = w.shutdown().await;
+                        return None;
+                    }
                 }
             }
-        }
-    };
-    let down = async {
-        let mut n_total = 0u64;
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
         loop {
-            match recv.data().await {
-                Some(Ok(chunk)) => {
-                    let len = chunk.len();
-                    n_total += len as u64;
-                    if let Err(e) = w.write_all(&chunk).await {
-                        return (n_total, Some(format!("writing the TCP side: {e}")));
-                    }
-                    let _ = recv.flow_control().release_capacity(len);
-                }
-                Some(Err(e))
-                    if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) =>
-                {
-                    let _ = w.shutdown().await;
-                    return (n_total, None);
-                }
-                Some(Err(e)) => return (n_total, Some(format!("receiving from the tunnel: {e}"))),
-                None => {
-                    let _ = w.shutdown().await;
-                    return (n_total, None);
-                }
+            let failed = tokio::select! {
+                e = &mut up, if !up_done => { up_done = true; e }
+                e = &mut down, if !down_done => { down_done = true; e }
+            };
+            if failed.is_some() || (up_done && down_done) {
+                break failed;
             }
         }
     };
-    let ((up_n, up_err), (down_n, down_err)) = tokio::join!(up, down);
-    (up_n, down_n, up_err.or(down_err))
+    if error.is_some() {
+        // Abandon the other direction loudly: the client sees a reset, the stream a cancel.
+        let _ = w.as_ref().set_zero_linger();
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    (up_n.load(Ordering::Relaxed), down_n.load(Ordering::Relaxed), error)
 }
 
 /// Sends `data` respecting the stream's flow-control window.

@@ -116,7 +116,10 @@ impl Pool {
         active.fetch_add(1, Ordering::SeqCst);
         let guard = StreamGuard(active);
         let (resp, send_stream) = send.send_request(req, false).map_err(|e| TunnelError::H2(key.dst, e))?;
-        let resp = resp.await.map_err(|e| TunnelError::H2(key.dst, e))?;
+        let resp = match tokio::time::timeout(self.connect_timeout, resp).await {
+            Ok(r) => r.map_err(|e| TunnelError::H2(key.dst, e))?,
+            Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
+        };
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused(key.dst, resp.status()));
         }
@@ -133,20 +136,26 @@ impl Pool {
         };
         let cfg = client_config(&self.certs, &key.src, vec![key.expected.clone()])
             .map_err(|e| TunnelError::Config(e.to_string()))?;
-        let tls = TlsConnector::from(cfg)
-            .connect(server_name(), tcp)
-            .await
-            .map_err(|e| TunnelError::Tls(key.dst, e))?;
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(settings::STREAM_WINDOW)
-            .initial_connection_window_size(settings::CONNECTION_WINDOW)
-            .max_frame_size(settings::MAX_FRAME)
-            .max_header_list_size(settings::MAX_HEADER_LIST)
-            .max_send_buffer_size(settings::MAX_SEND_BUFFER)
-            .enable_push(false)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|e| TunnelError::H2(key.dst, e))?;
+        let handshakes = async {
+            let tls = TlsConnector::from(cfg)
+                .connect(server_name(), tcp)
+                .await
+                .map_err(|e| TunnelError::Tls(key.dst, e))?;
+            h2::client::Builder::new()
+                .initial_window_size(settings::STREAM_WINDOW)
+                .initial_connection_window_size(settings::CONNECTION_WINDOW)
+                .max_frame_size(settings::MAX_FRAME)
+                .max_header_list_size(settings::MAX_HEADER_LIST)
+                .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+                .enable_push(false)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|e| TunnelError::H2(key.dst, e))
+        };
+        let (send, conn) = match tokio::time::timeout(self.connect_timeout, handshakes).await {
+            Ok(r) => r?,
+            Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
+        };
         let dst = key.dst;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::settings;
+
+/// Longest a peer may take to complete the TLS and HTTP/2 handshakes.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::identity::{Identity, tls::peer_identity};
 
 /// A CONNECT stream from a verified peer.
@@ -78,19 +81,32 @@ pub async fn serve_connection(
     let local = tcp.local_addr().map_err(|e| ServerError::Tls(peer_addr, e))?;
     let peer_addr = canonical(peer_addr);
     let local_ip = canonical(local).ip();
-    let tls = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| ServerError::Tls(peer_addr, e))?;
-    let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
-        .map_err(|e| ServerError::Identity(peer_addr, e))?;
-    let mut conn = h2::server::Builder::new()
-        .initial_window_size(settings::STREAM_WINDOW)
-        .initial_connection_window_size(settings::CONNECTION_WINDOW)
-        .max_frame_size(settings::MAX_FRAME)
-        .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(settings::MAX_HEADER_LIST)
-        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|e| ServerError::H2(peer_addr, e))?;
+    // A peer that never completes the handshakes must not hold a task and a socket forever.
+    let handshakes = async {
+        let tls = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| ServerError::Tls(peer_addr, e))?;
+        let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
+            .map_err(|e| ServerError::Identity(peer_addr, e))?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(settings::STREAM_WINDOW)
+            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .max_frame_size(settings::MAX_FRAME)
+            .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(settings::MAX_HEADER_LIST)
+            .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| ServerError::H2(peer_addr, e))?;
+        Ok::<_, ServerError>((peer, conn))
+    };
+    let (peer, mut conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ServerError::Tls(
+                peer_addr,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+            ));
+        }
+    };
     while let Some(next) = conn.accept().await {
         let (req, mut respond) = match next {
             Ok(x) => x,
