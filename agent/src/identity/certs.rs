@@ -68,13 +68,12 @@ impl CertManager {
     /// The current certificate for `id`, minting or rotating it when due.
     pub fn get(&self, id: &Identity) -> Result<Arc<CertifiedKey>, CaError> {
         let now = SystemTime::now();
-        {
-            let certs = self.certs.lock();
-            if let Some(e) = certs.get(id) {
-                let rotate_at = e.issued + self.lifetime.mul_f64(self.rotate_after);
-                if now < rotate_at && now < e.not_after {
-                    return Ok(e.key.clone());
-                }
+        // One lock across check and mint: concurrent handshakes at a rotation point mint once.
+        let mut certs = self.certs.lock();
+        if let Some(e) = certs.get(id) {
+            let rotate_at = e.issued + self.lifetime.mul_f64(self.rotate_after);
+            if now < rotate_at && now < e.not_after {
+                return Ok(e.key.clone());
             }
         }
         let leaf = self.ca.mint(id, self.lifetime)?;
@@ -84,11 +83,7 @@ impl CertManager {
             .load_private_key(leaf.key)
             .map_err(|e| CaError::Mint { identity: id.to_string(), detail: e.to_string() })?;
         let key = Arc::new(CertifiedKey::new(leaf.chain, signer));
-        let mut certs = self.certs.lock();
-        if certs
-            .insert(id.clone(), Entry { key: key.clone(), issued: now, not_after: leaf.not_after })
-            .is_some()
-        {
+        if certs.insert(id.clone(), Entry { key: key.clone(), issued: now, not_after: leaf.not_after }).is_some() {
             *self.rotations.lock().entry(id.clone()).or_default() += 1;
             tracing::info!(identity = %id, "certificate rotated");
         } else {
