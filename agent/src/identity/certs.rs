@@ -93,10 +93,10 @@ impl CertManager {
     }
 
     pub fn status(&self) -> Vec<CertStatus> {
+        // Lock order: certs, then rotations (as in `get`).
+        let certs = self.certs.lock();
         let rotations = self.rotations.lock();
-        let mut out: Vec<CertStatus> = self
-            .certs
-            .lock()
+        let mut out: Vec<CertStatus> = certs
             .iter()
             .map(|(id, e)| CertStatus {
                 identity: id.to_string(),
