@@ -83,7 +83,10 @@ impl CertManager {
             .load_private_key(leaf.key)
             .map_err(|e| CaError::Mint { identity: id.to_string(), detail: e.to_string() })?;
         let key = Arc::new(CertifiedKey::new(leaf.chain, signer));
-        if certs.insert(id.clone(), Entry { key: key.clone(), issued: now, not_after: leaf.not_after }).is_some() {
+        if certs
+            .insert(id.clone(), Entry { key: key.clone(), issued: now, not_after: leaf.not_after })
+            .is_some()
+        {
             *self.rotations.lock().entry(id.clone()).or_default() += 1;
             tracing::info!(identity = %id, "certificate rotated");
         } else {

@@ -62,17 +62,7 @@ pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
     let error = {
         let up = one_way(&mut ar, &mut bw, &ab);
         let down = one_way(&mut br, &mut aw, &ba);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            let failed = tokio::select! {
-                e = &mut up, if !up_done => { up_done = true; e }
-                e = &mut down, if !down_done => { down_done = true; e }
-            };
-            if failed.is_some() || (up_done && down_done) {
-                break failed;
-            }
-        }
+        crate::tunnel::copy::drive_both(up, down).await
     };
     if error.is_some() {
         let _ = aw.as_ref().set_zero_linger();

@@ -74,17 +74,7 @@ pub async fn splice(
                 }
             }
         };
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            let failed = tokio::select! {
-                e = &mut up, if !up_done => { up_done = true; e }
-                e = &mut down, if !down_done => { down_done = true; e }
-            };
-            if failed.is_some() || (up_done && down_done) {
-                break failed;
-            }
-        }
+        drive_both(up, down).await
     };
     if error.is_some() {
         // Abandon the other direction loudly: the client sees a reset, the stream a cancel.
@@ -92,6 +82,25 @@ pub async fn splice(
         send.send_reset(h2::Reason::CANCEL);
     }
     (up_n.load(Ordering::Relaxed), down_n.load(Ordering::Relaxed), error)
+}
+
+/// Drives the two directions of one connection until both finished cleanly or one failed; then
+/// the other is abandoned (the caller resets both sides). Returns the first error.
+pub async fn drive_both(
+    up: impl std::future::Future<Output = Option<String>>,
+    down: impl std::future::Future<Output = Option<String>>,
+) -> Option<String> {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        let failed = tokio::select! {
+            e = &mut up, if !up_done => { up_done = true; e }
+            e = &mut down, if !down_done => { down_done = true; e }
+        };
+        if failed.is_some() || (up_done && down_done) {
+            return failed;
+        }
+    }
 }
 
 /// Sends `data` respecting the stream's flow-control window.
