@@ -35,10 +35,13 @@ pub enum Command {
     Waypoint,
     /// CNI plugin: run by the container runtime after the cluster's CNI (also works as `sluice-cni`).
     Cni,
-    /// Validate mesh config files offline (not implemented yet).
+    /// Validate mesh config files offline: file:line diagnostics; exit 0 clean, 1 warnings, 2 errors.
     Analyze {
         /// Files or directories to check.
         paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Print an agent's live compiled config (workloads, services, policies, certificates).
     Config {

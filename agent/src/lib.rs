@@ -5,6 +5,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`analyze`] | `sluice analyze`: offline config validation, compiler-style or JSON |
 //! | [`cli`] | the command line of the `sluice` binary |
 //! | [`config`] | mesh config model, the file source and the snapshot enrollment reads |
 //! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
@@ -19,6 +20,7 @@
 //! | [`telemetry`] | logging setup and metrics |
 pub mod admin;
 pub mod agent;
+pub mod analyze;
 pub mod cli;
 pub mod cni;
 pub mod config;

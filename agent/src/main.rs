@@ -27,7 +27,8 @@ fn main() -> ExitCode {
         }
         Command::Config { admin, output } => sluice::inspect::config(admin, output),
         Command::Status { admin, output } => sluice::inspect::status(admin, output),
-        Command::Waypoint | Command::Analyze { .. } => {
+        Command::Analyze { paths, output } => return sluice::analyze::run(&paths, output),
+        Command::Waypoint => {
             eprintln!("sluice {}: not implemented yet (see README.md, feature status)", cli.command.name());
             return ExitCode::from(2);
         }

@@ -33,9 +33,35 @@ pub enum LoadError {
 pub fn load_dir(dir: &Path) -> Result<(Snapshot, Diagnostics), LoadError> {
     let files = yaml_files(dir).map_err(|source| LoadError::Dir { path: dir.to_path_buf(), source })?;
     let mut diags = Diagnostics::default();
+    let docs = read_documents(&files, &mut diags);
+    let snap = Snapshot::compile(&docs, &mut diags);
+    if diags.has_errors() {
+        return Err(ConfigRejected { diagnostics: diags }.into());
+    }
+    Ok((snap, diags))
+}
+
+/// The YAML files named by `paths`: files as given, directories searched recursively.
+pub fn yaml_files_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            out.extend(yaml_files(p).map_err(|source| LoadError::Dir { path: p.clone(), source })?);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+            return Err(LoadError::Dir { path: p.clone(), source });
+        }
+    }
+    Ok(out)
+}
+
+/// Parses every document of `files`, recording read and syntax errors in `diags`.
+pub fn read_documents(files: &[PathBuf], diags: &mut Diagnostics) -> Vec<(PathBuf, yaml::Document)> {
     let mut docs = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
                 diags.push(Diagnostic {
@@ -65,11 +91,7 @@ pub fn load_dir(dir: &Path) -> Result<(Snapshot, Diagnostics), LoadError> {
             }),
         }
     }
-    let snap = Snapshot::compile(&docs, &mut diags);
-    if diags.has_errors() {
-        return Err(ConfigRejected { diagnostics: diags }.into());
-    }
-    Ok((snap, diags))
+    docs
 }
 
 fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -263,6 +263,39 @@ impl Snapshot {
         snap
     }
 
+    /// Cross-object checks for `sluice analyze`: selectors that select nothing. Only meaningful when
+    /// the documents list the pods (an agent fed by Kubernetes learns them at run time).
+    pub fn check_references(&self, docs: &[(PathBuf, Document)], diags: &mut Diagnostics) {
+        for (file, doc) in docs {
+            let kind = doc.value["kind"].as_str().unwrap_or("");
+            if !matches!(kind, "AuthorizationPolicy" | "PeerAuthentication" | "Service") {
+                continue;
+            }
+            let name = doc.value["metadata"]["name"].as_str().unwrap_or("");
+            let ns = doc.value["metadata"]["namespace"].as_str().unwrap_or("default");
+            let path = if kind == "Service" { "spec.selector" } else { "spec.selector.matchLabels" };
+            let selector = path.split('.').try_fold(&doc.value, |v, k| v.get(k)).and_then(Value::as_object);
+            let Some(selector) = selector.filter(|s| !s.is_empty()) else { continue };
+            let selects = self.pods.values().any(|p| {
+                (p.namespace == ns || (kind != "Service" && ns == ROOT_NAMESPACE))
+                    && selector.iter().all(|(k, v)| p.labels.get(k).map(String::as_str) == v.as_str())
+            });
+            if !selects {
+                let pos = doc.pos(path);
+                diags.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: file.clone(),
+                    line: pos.line,
+                    column: pos.column,
+                    object: Some(format!("{kind}/{ns}/{name}")),
+                    field: Some(path.into()),
+                    message: "selects no workload in the config".into(),
+                    hint: Some("check the labels against the pods' metadata.labels".into()),
+                });
+            }
+        }
+    }
+
     /// Computes each Service's endpoints from its selector and indexes its VIPs.
     fn link_services(&mut self) {
         for ((ns, name), svc) in self.services.iter_mut() {
