@@ -409,6 +409,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The process id of node `n`'s agent, if it runs.
+    pub fn agent_pid(&self, n: usize) -> Option<u32> {
+        self.node(n).agent.lock().ok().and_then(|a| a.as_ref().map(Child::id))
+    }
+
     /// SIGKILLs node `n`'s agent (no cleanup runs in it).
     pub fn kill_agent(&self, n: usize) -> anyhow::Result<()> {
         if let Some(mut c) = self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take() {

@@ -30,8 +30,12 @@ enum Command {
     Test(test::TestArgs),
     /// Run setup, build, then the demo on a simulated two-node cluster (needs root and BPF).
     Demo,
-    /// Benchmarks: mesh versus direct (not built yet).
-    Bench,
+    /// Benchmarks: mesh versus direct, ratios measured in one run (needs root and BPF).
+    Bench {
+        /// A short run (smoke test): checks that valid numbers come out, never a speed.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,9 +45,7 @@ fn main() -> ExitCode {
         Command::Build => build(),
         Command::Test(args) => test::run(&args),
         Command::Demo => demo(),
-        Command::Bench => Err(anyhow::anyhow!(
-            "`cargo xtask bench` is not implemented yet (tracked by the benchmarks issue)"
-        )),
+        Command::Bench { quick } => bench(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,6 +59,19 @@ fn main() -> ExitCode {
 fn build() -> anyhow::Result<()> {
     setup::run()?;
     cmd::cargo(&["build", "--release", "--all-targets"])
+}
+
+fn bench(quick: bool) -> anyhow::Result<()> {
+    setup::run()?;
+    // Release builds: the numbers are about the data path, not debug assertions.
+    cmd::cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-e2e", "--bins"])?;
+    let root = cmd::workspace_root();
+    let mut c = std::process::Command::new(root.join("target/release/sluice-bench"));
+    c.env("SLUICE_BIN", root.join("target/release/sluice")).arg("--out").arg(root.join("target/bench"));
+    if quick {
+        c.arg("--quick");
+    }
+    cmd::run(&mut c)
 }
 
 fn demo() -> anyhow::Result<()> {
