@@ -1,5 +1,9 @@
 //! Istio's security kinds as the snapshot holds them: PeerAuthentication and AuthorizationPolicy
 //! (security.istio.io v1/v1beta1), parsed from their `spec` exactly as Istio spells the fields.
+//!
+//! Every struct rejects unknown fields: a field sluice does not implement (or a typo such as
+//! `notNamespace`) must never be silently ignored, because ignoring a constraint of an ALLOW rule
+//! would allow more than the author meant. The error names the field and the accepted ones.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -7,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::model::Labels;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -32,12 +37,14 @@ pub enum MtlsMode {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Mtls {
     #[serde(default)]
     pub mode: MtlsMode,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
@@ -67,6 +74,7 @@ pub enum Action {
 
 /// `rules[].from[].source`. `requestPrincipals` are HTTP-only (JWT).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     pub principals: Option<Vec<String>>,
@@ -83,6 +91,7 @@ pub struct Source {
 
 /// `rules[].to[].operation`. Hosts, methods and paths are HTTP-only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     pub ports: Option<Vec<String>>,
@@ -96,18 +105,21 @@ pub struct Operation {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleFrom {
     #[serde(default)]
     pub source: Source,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleTo {
     #[serde(default)]
     pub operation: Operation,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub key: String,
@@ -116,6 +128,7 @@ pub struct Condition {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     pub from: Option<Vec<RuleFrom>>,
     pub to: Option<Vec<RuleTo>>,
@@ -123,6 +136,7 @@ pub struct Rule {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default)]

@@ -219,3 +219,21 @@ fn custom_action_is_rejected_with_a_clear_error() {
     let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
     assert!(e.len() == 1 && e[0].contains("CUSTOM") && e[0].contains("spec.action"), "{e:?}");
 }
+
+#[test]
+fn unknown_fields_are_errors_not_silently_ignored() {
+    let docs: Vec<_> = yaml::parse(
+        "kind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n",
+    )
+    .expect("yaml")
+    .into_iter()
+    .map(|d| (PathBuf::from("p.yaml"), d))
+    .collect();
+    let mut diags = Diagnostics::default();
+    let snap = Snapshot::compile(&docs, &mut diags);
+    let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("unknown field `notNamespace`") && e[0].contains("notNamespaces"), "{}", e[0]);
+    assert!(e[1].contains("unknown field `targetRefs`"), "{}", e[1]);
+    assert!(snap.authorization_policies.is_empty(), "rejected policies must not be half-applied");
+}
