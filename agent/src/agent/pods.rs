@@ -324,6 +324,7 @@ impl Pods {
         for t in e.accept_loops {
             t.abort();
         }
+        self.proxy.pool.forget_pod(e.netns_cookie);
         info!(pod = key, "pod released");
     }
 

@@ -177,6 +177,15 @@ impl Pool {
         before - conns.len()
     }
 
+    /// Drops the pooled connections opened from a released pod (streams in flight finish; the
+    /// connection closes with its last stream), so nothing keeps the pod's netns alive.
+    pub fn forget_pod(&self, src_pod: u64) -> usize {
+        let mut conns = self.conns.lock();
+        let before = conns.len();
+        conns.retain(|k, _| k.src_pod != src_pod);
+        before - conns.len()
+    }
+
     /// Pooled connections now.
     pub fn len(&self) -> usize {
         self.conns.lock().len()
