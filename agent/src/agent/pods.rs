@@ -242,6 +242,10 @@ impl Pods {
                 false
             }
         };
+        // Everything that can fail without touching the kernel comes first: no rollback needed.
+        let identity = crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account);
+        let tls = crate::identity::tls::server_config(&self.proxy.certs, &identity)
+            .map_err(|e| PodError::Tls { pod: pod.clone(), detail: e.to_string() })?;
         let k = &self.proxy.kernel;
         let kerr = |source| PodError::Kernel { pod: pod.clone(), source };
         let result = (|| {
@@ -259,35 +263,16 @@ impl Pods {
             k.attach_sk_lookup(&info.key(), &netns).map_err(kerr)?;
             k.enroll_outbound(pl.netns_cookie).map_err(kerr)
         })();
+        let enrolled = |accept_loops| Enrolled {
+            netns_cookie: pl.netns_cookie,
+            service_account: service_account.to_string(),
+            ips: info.ips.clone(),
+            accept_loops,
+        };
         if let Err(e) = result {
-            self.release(
-                &info.key(),
-                Enrolled {
-                    netns_cookie: pl.netns_cookie,
-                    service_account: service_account.to_string(),
-                    ips: info.ips.clone(),
-                    accept_loops: vec![],
-                },
-            );
+            self.release(&info.key(), enrolled(vec![]));
             return Err(e);
         }
-        let identity = crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account);
-        let tls = match crate::identity::tls::server_config(&self.proxy.certs, &identity) {
-            Ok(t) => t,
-            Err(e) => {
-                let accept_loops = vec![];
-                self.release(
-                    &info.key(),
-                    Enrolled {
-                        netns_cookie: pl.netns_cookie,
-                        service_account: service_account.to_string(),
-                        ips: info.ips.clone(),
-                        accept_loops,
-                    },
-                );
-                return Err(PodError::Tls { pod: pod.clone(), detail: e.to_string() });
-            }
-        };
         let ctx = Arc::new(PodCtx {
             tls,
             namespace: info.namespace.clone(),
@@ -300,12 +285,7 @@ impl Pods {
         });
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
-        Ok(Enrolled {
-            netns_cookie: pl.netns_cookie,
-            service_account: service_account.to_string(),
-            ips: info.ips.clone(),
-            accept_loops,
-        })
+        Ok(enrolled(accept_loops))
     }
 
     fn release(&self, key: &str, e: Enrolled) {
