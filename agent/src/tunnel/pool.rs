@@ -281,20 +281,22 @@ mod tests {
         out
     }
 
+    /// The agent's home netns and a fresh CA with a certificate manager (the directory lives as long
+    /// as the returned guard).
+    fn setup() -> (tempfile::TempDir, Arc<CertManager>) {
+        crate::redirect::sys::init_home().expect("home");
+        let dir = tempfile::tempdir().expect("tempdir");
+        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
+        let ca = LocalCa::load(dir.path()).expect("load");
+        (dir, Arc::new(CertManager::new(ca, "cluster.local", Duration::from_secs(600), 0.5)))
+    }
+
     #[tokio::test]
     async fn pooled_streams_carry_bytes_and_failures_are_typed() {
         if !root_or_skip() {
             return;
         }
-        crate::redirect::sys::init_home().expect("home");
-        let dir = tempfile::tempdir().expect("tempdir");
-        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
-        let certs = Arc::new(CertManager::new(
-            LocalCa::load(dir.path()).expect("load"),
-            "cluster.local",
-            Duration::from_secs(600),
-            0.5,
-        ));
+        let (_ca, certs) = setup();
         let backend = Identity::new("cluster.local", "shop", "backend");
         let frontend = Identity::new("cluster.local", "shop", "frontend");
         let hbone = hbone_server(certs.clone(), backend.clone()).await;
@@ -336,15 +338,7 @@ mod tests {
         if !root_or_skip() {
             return;
         }
-        crate::redirect::sys::init_home().expect("home");
-        let dir = tempfile::tempdir().expect("tempdir");
-        LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
-        let certs = Arc::new(CertManager::new(
-            LocalCa::load(dir.path()).expect("load"),
-            "cluster.local",
-            Duration::from_secs(600),
-            0.5,
-        ));
+        let (_ca, certs) = setup();
         let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         let pool = Pool::new(certs, Duration::from_secs(2), Duration::from_secs(60));
         let id = Identity::new("cluster.local", "a", "b");
