@@ -24,6 +24,12 @@ pub struct Document {
 }
 
 impl Document {
+    /// A document that did not come from a file (the Kubernetes source): no positions, so every
+    /// diagnostic points at the object itself.
+    pub fn from_value(value: Value) -> Self {
+        Document { value, start: Pos { line: 1, column: 1 }, positions: BTreeMap::new() }
+    }
+
     /// Position of `path`, or of its closest present parent, or of the document.
     pub fn pos(&self, path: &str) -> Pos {
         let mut p = path;
