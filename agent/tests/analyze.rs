@@ -15,7 +15,7 @@ fn write(dir: &std::path::Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write");
 }
 
-const GOOD: &str = "kind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\nstatus: {podIP: 10.0.0.5}\n";
+const GOOD: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\nstatus: {podIP: 10.0.0.5}\n";
 
 #[test]
 fn exit_status_is_0_clean_1_warnings_2_errors() {
@@ -26,7 +26,7 @@ fn exit_status_is_0_clean_1_warnings_2_errors() {
     write(
         dir.path(),
         "b.yaml",
-        "kind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  selector:\n    matchLabels: {app: wbe}\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  selector:\n    matchLabels: {app: wbe}\n",
     );
     let (code, text) = analyze(dir.path(), false);
     assert_eq!(code, 1, "{text}");
@@ -39,7 +39,7 @@ fn exit_status_is_0_clean_1_warnings_2_errors() {
     write(
         dir.path(),
         "c.yaml",
-        "kind: Service\nmetadata: {name: s, namespace: shop}\nspec: {ports: [{port: 99999}]}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec: {ports: [{port: 99999}]}\n",
     );
     let (code, text) = analyze(dir.path(), false);
     assert_eq!(code, 2, "{text}");

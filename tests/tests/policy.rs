@@ -8,7 +8,7 @@ fn probe() -> Probe {
     Probe::new(env!("CARGO_BIN_EXE_sl-probe"))
 }
 
-const NAMESPACES: &str = "kind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Namespace\nmetadata: {name: mesh2, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Namespace\nmetadata: {name: plain}\n";
+const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: mesh2, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n";
 
 struct World {
     c: Cluster,
@@ -53,29 +53,33 @@ fn peer_authentication_strict_permissive_disable_against_a_client_outside_the_me
         ("no policy: PERMISSIVE by default", "", [(8080, true), (9090, true)]),
         (
             "mesh-wide STRICT",
-            "kind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
             [(8080, false), (9090, false)],
         ),
         (
             "namespace PERMISSIVE over mesh STRICT",
-            "kind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: PERMISSIVE}}\n",
             [(8080, true), (9090, true)],
         ),
         (
             "namespace DISABLE",
-            "kind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: DISABLE}}\n",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: mesh}\nspec: {mtls: {mode: DISABLE}}\n",
             [(8080, true), (9090, true)],
         ),
         (
             "workload STRICT with port 9090 PERMISSIVE",
-            "kind: PeerAuthentication\nmetadata: {name: server, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: server}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {\"9090\": {mode: PERMISSIVE}}\n",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: server, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: server}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {\"9090\": {mode: PERMISSIVE}}\n",
             [(8080, false), (9090, true)],
         ),
     ];
     for (name, yaml, expect) in rows {
         w.c.apply_config(
             "peerauthn.yaml",
-            if yaml.is_empty() { "kind: Namespace\nmetadata: {name: placeholder}\n" } else { yaml },
+            if yaml.is_empty() {
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: placeholder}\n"
+            } else {
+                yaml
+            },
         )
         .expect(name);
         for (port, ok) in expect {
@@ -101,37 +105,37 @@ fn authorization_policies_at_l4() {
     let rows: Vec<AuthzRow<'_>> = vec![
         (
             "ALLOW by principal".into(),
-            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/client-a]}}}}]}}]\n"),
+            format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/client-a]}}}}]}}]\n"),
             vec![(&w.a, 8080, true), (&w.b, 8080, false), (&w.outsider, 8080, false)],
         ),
         (
             "DENY by namespace".into(),
-            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [mesh2]}}]}]\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [mesh2]}}]}]\n".into(),
             vec![(&w.other_ns, 8080, false), (&w.a, 8080, true), (&w.outsider, 8080, true)],
         ),
         (
             "ALLOW by ipBlocks".into(),
-            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{ipBlocks: [{node1_cidr}]}}}}]}}]\n"),
+            format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{ipBlocks: [{node1_cidr}]}}}}]}}]\n"),
             vec![(&w.a, 8080, true), (&w.outsider, 8080, true), (&w.other_ns, 8080, false)],
         ),
         (
             "ALLOW by ports".into(),
-            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {ports: [\"9090\"]}}]}]\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {ports: [\"9090\"]}}]}]\n".into(),
             vec![(&w.a, 9090, true), (&w.a, 8080, false)],
         ),
         (
             "DENY wins over ALLOW".into(),
-            "kind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {rules: [{}]}\n---\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [\"*/sa/client-b\"]}}]}]\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [\"*/sa/client-b\"]}}]}]\n".into(),
             vec![(&w.a, 8080, true), (&w.b, 8080, false)],
         ),
         (
             "HTTP-only fields: ALLOW allows nothing".into(),
-            "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {methods: [GET]}}]}]\n".into(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: mesh}\nspec:\n  rules: [{to: [{operation: {methods: [GET]}}]}]\n".into(),
             vec![(&w.a, 8080, false), (&w.outsider, 8080, false)],
         ),
         (
             "HTTP-only fields: DENY denies what it scopes".into(),
-            format!("kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"),
+            format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  {server_sel}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"),
             vec![(&w.a, 8080, false), (&w.outsider, 9090, false)],
         ),
     ];
@@ -160,7 +164,7 @@ fn a_live_policy_change_applies_to_new_connections_within_two_seconds() {
     let w = world();
     let allow = |sa: &str| {
         format!(
-            "kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/{sa}]}}}}]}}]\n"
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/mesh/sa/{sa}]}}}}]}}]\n"
         )
     };
     w.c.apply_config("authz.yaml", &allow("client-a")).expect("policy a");

@@ -336,7 +336,7 @@ fn sluice_config_and_status_show_the_live_state() {
     let _outsider = c.add_pod(1, "plain", "outsider").expect("outsider");
     c.apply_config(
         "authz.yaml",
-        "kind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: mesh}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: mesh}\nspec: {rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]}]}\n",
     )
     .expect("policy");
     // A connection makes the agent mint the client's certificate.

@@ -169,16 +169,20 @@ mod tests {
     #[test]
     fn loads_directory_and_reports_every_error_with_file_and_line() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("a.yaml"), "kind: Namespace\nmetadata: {name: a}\n").expect("write");
-        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
-        std::fs::write(dir.path().join("sub/b.yml"), "kind: Pod\nmetadata: {name: p, namespace: a}\n")
+        std::fs::write(dir.path().join("a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
             .expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("sub/b.yml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\n",
+        )
+        .expect("write");
         let (snap, _) = load_dir(dir.path()).expect("loads");
         assert!(snap.namespaces.contains_key("a"));
         assert_eq!(snap.pods.len(), 1);
 
         std::fs::write(dir.path().join("c.yaml"), "kind: [\n").expect("write");
-        std::fs::write(dir.path().join("d.yaml"), "kind: Namespace\n").expect("write");
+        std::fs::write(dir.path().join("d.yaml"), "apiVersion: v1\nkind: Namespace\n").expect("write");
         let Err(LoadError::Rejected(r)) = load_dir(dir.path()) else { panic!("broken config accepted") };
         let text = r.to_string();
         assert!(text.contains("c.yaml:"), "{text}");
@@ -195,18 +199,18 @@ mod tests {
     async fn watcher_swaps_good_changes_and_keeps_last_good_on_bad_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("ns.yaml");
-        std::fs::write(&f, "kind: Namespace\nmetadata: {name: a}\n").expect("write");
+        std::fs::write(&f, "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").expect("write");
         let (snap, _) = load_dir(dir.path()).expect("loads");
         let store = SnapshotStore::new(snap);
         let mut rx = store.subscribe();
         let _g = watch(dir.path().to_path_buf(), store.clone()).expect("watch");
-        std::fs::write(&f, "kind: Namespace\nmetadata: {name: b}\n").expect("write");
+        std::fs::write(&f, "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n").expect("write");
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .expect("reload in time")
             .expect("open");
         assert!(store.load().namespaces.contains_key("b"));
-        std::fs::write(&f, "kind: Namespace\nmetadata: {name: [}\n").expect("write");
+        std::fs::write(&f, "apiVersion: v1\nkind: Namespace\nmetadata: {name: [}\n").expect("write");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(store.load().namespaces.contains_key("b"), "bad change must keep the last good snapshot");
     }

@@ -3,6 +3,7 @@
 //! This first cut compiles what enrollment needs (Namespaces and Pods with their labels); the other
 //! Istio kinds are recognised and reported as not enforced yet, never silently dropped.
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -41,6 +42,21 @@ pub struct PodEntry {
     pub service_account: String,
     /// `status.podIPs` (Pod) or `spec.addresses` (Workload).
     pub ips: Vec<IpAddr>,
+    /// The policies that select this workload, resolved at compile time.
+    pub policies: WorkloadPolicies,
+}
+
+/// Which policies apply to one workload, precomputed so a connection never scans the policy list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkloadPolicies {
+    /// Indices into [`Snapshot::authorization_policies`] of the policies that select the workload
+    /// (its namespace's and the root namespace's), in config order.
+    pub authz: Vec<u32>,
+    /// Index into [`Snapshot::peer_authentications`] of the workload-scoped PeerAuthentication
+    /// in force (the first by name when several select it).
+    pub peer_auth: Option<u32>,
+    /// False for a bare entry built for a pod the config does not list: nothing was resolved.
+    pub resolved: bool,
 }
 
 /// One port of a Service.
@@ -83,6 +99,49 @@ pub enum EnrollDecision {
 const KNOWN_NOT_ENFORCED: &[&str] =
     &["ServiceEntry", "RequestAuthentication", "VirtualService", "DestinationRule", "Gateway", "Telemetry"];
 
+/// sluice's own light stand-in for a Pod in file configs.
+pub const WORKLOAD_API_VERSION: &str = "sluice.dev/v1alpha1";
+
+/// The apiVersions accepted for each kind, spelled as Istio and Kubernetes serve them (the first is
+/// the preferred one, named in hints).
+pub const API_VERSIONS: &[(&str, &[&str])] = &[
+    ("Namespace", &["v1"]),
+    ("Pod", &["v1"]),
+    ("Service", &["v1"]),
+    ("Workload", &[WORKLOAD_API_VERSION]),
+    ("PeerAuthentication", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
+    ("AuthorizationPolicy", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
+    ("RequestAuthentication", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
+    (
+        "VirtualService",
+        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
+    ),
+    (
+        "DestinationRule",
+        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
+    ),
+    (
+        "ServiceEntry",
+        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
+    ),
+    (
+        "Gateway",
+        &[
+            "gateway.networking.k8s.io/v1",
+            "gateway.networking.k8s.io/v1beta1",
+            "networking.istio.io/v1",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1alpha3",
+        ],
+    ),
+    ("Telemetry", &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"]),
+];
+
+/// The apiVersions accepted for `kind`, or None for a kind sluice does not read.
+pub fn api_versions(kind: &str) -> Option<&'static [&'static str]> {
+    API_VERSIONS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+}
+
 /// The compiled mesh config. Immutable; replaced whole on every change.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Snapshot {
@@ -101,6 +160,12 @@ pub struct Snapshot {
     pub vips: HashMap<SocketAddr, (String, String, usize)>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Namespace -> index of its namespace-wide PeerAuthentication (no selector; first by name).
+    #[serde(skip)]
+    pub namespace_peer_auth: HashMap<String, u32>,
+    /// Namespace -> indices of its AuthorizationPolicies (for workloads the config does not list).
+    #[serde(skip)]
+    authz_by_namespace: HashMap<String, Vec<u32>>,
 }
 
 /// Istio's root namespace: policies there apply to the whole mesh.
@@ -164,7 +229,31 @@ impl Snapshot {
                 Some(ns) => format!("{kind}/{ns}/{name}"),
                 None => format!("{kind}/{name}"),
             });
-            if let Some(id) = cx.object.clone() {
+            let api_version = cx.string("apiVersion", false);
+            if let Some(accepted) = api_versions(&kind) {
+                match &api_version {
+                    None => {
+                        cx.error(
+                            "apiVersion",
+                            format!("is required for {kind}"),
+                            &format!("add `apiVersion: {}`", accepted[0]),
+                        );
+                        continue;
+                    }
+                    Some(v) if !accepted.contains(&v.as_str()) => {
+                        cx.error(
+                            "apiVersion",
+                            format!("`{v}` is not an apiVersion of {kind}"),
+                            &format!("use one of: {}", accepted.join(", ")),
+                        );
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            // Same-named objects of different API groups (the two Gateway kinds) are distinct.
+            let group = api_version.as_deref().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g);
+            if let Some(id) = cx.object.as_ref().map(|o| format!("{group}:{o}")) {
                 if let Some((f, l)) = seen.get(&id) {
                     cx.error(
                         "metadata.name",
@@ -204,7 +293,14 @@ impl Snapshot {
                     }
                     snap.pods.insert(
                         (namespace.clone(), name.clone()),
-                        PodEntry { namespace, name, labels, service_account, ips },
+                        PodEntry {
+                            namespace,
+                            name,
+                            labels,
+                            service_account,
+                            ips,
+                            policies: Default::default(),
+                        },
                     );
                 }
                 "PeerAuthentication" => {
@@ -260,6 +356,7 @@ impl Snapshot {
             }
         }
         snap.link_services();
+        snap.index_policies();
         snap
     }
 
@@ -296,16 +393,115 @@ impl Snapshot {
         }
     }
 
+    /// The AuthorizationPolicies that select `w`, as indices into `authorization_policies`:
+    /// precomputed for listed workloads, computed from the namespace index for a bare entry.
+    pub fn authz_for<'a>(&'a self, w: &'a PodEntry) -> Cow<'a, [u32]> {
+        if w.policies.resolved {
+            return Cow::Borrowed(&w.policies.authz);
+        }
+        let mut out: Vec<u32> = [w.namespace.as_str(), ROOT_NAMESPACE]
+            .iter()
+            .take(if w.namespace == ROOT_NAMESPACE { 1 } else { 2 })
+            .filter_map(|ns| self.authz_by_namespace.get(*ns))
+            .flatten()
+            .copied()
+            .filter(|i| {
+                self.authorization_policies
+                    .get(*i as usize)
+                    .is_some_and(|p| p.spec.selector.as_ref().is_none_or(|s| s.matches(&w.labels)))
+            })
+            .collect();
+        out.sort_unstable();
+        Cow::Owned(out)
+    }
+
+    /// The workload-scoped PeerAuthentication in force for `w`, if any.
+    pub fn workload_peer_auth(&self, w: &PodEntry) -> Option<&PeerAuthentication> {
+        if w.policies.resolved {
+            return w.policies.peer_auth.and_then(|i| self.peer_authentications.get(i as usize));
+        }
+        self.peer_authentications
+            .iter()
+            .filter(|p| {
+                p.namespace == w.namespace && p.spec.selector.as_ref().is_some_and(|s| s.matches(&w.labels))
+            })
+            .min_by(|a, b| a.name.cmp(&b.name))
+    }
+
+    /// The namespace-wide PeerAuthentication of `namespace`, if any.
+    pub fn namespace_peer_auth(&self, namespace: &str) -> Option<&PeerAuthentication> {
+        self.namespace_peer_auth.get(namespace).and_then(|i| self.peer_authentications.get(*i as usize))
+    }
+
+    /// Resolves, once per compile, which policies select each listed workload. Cost is
+    /// O(policies x workloads of the policy's namespace), never per connection.
+    fn index_policies(&mut self) {
+        let mut by_ns: HashMap<&str, Vec<&(String, String)>> = HashMap::new();
+        for (key, p) in &self.pods {
+            by_ns.entry(p.namespace.as_str()).or_default().push(key);
+        }
+        let all: Vec<&(String, String)> = self.pods.keys().collect();
+        let mut resolved: HashMap<(String, String), WorkloadPolicies> = HashMap::new();
+        let mut authz_by_namespace: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, ap) in self.authorization_policies.iter().enumerate() {
+            authz_by_namespace.entry(ap.namespace.clone()).or_default().push(i as u32);
+            let candidates: &[&(String, String)] = if ap.namespace == ROOT_NAMESPACE {
+                &all
+            } else {
+                by_ns.get(ap.namespace.as_str()).map_or(&[], Vec::as_slice)
+            };
+            for key in candidates {
+                let Some(pod) = self.pods.get(*key) else { continue };
+                if ap.spec.selector.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
+                    resolved.entry((*key).clone()).or_default().authz.push(i as u32);
+                }
+            }
+        }
+        let mut namespace_peer_auth: HashMap<String, u32> = HashMap::new();
+        for (i, pa) in self.peer_authentications.iter().enumerate() {
+            let Some(selector) = &pa.spec.selector else {
+                let slot = namespace_peer_auth.entry(pa.namespace.clone()).or_insert(i as u32);
+                if self.peer_authentications[*slot as usize].name > pa.name {
+                    *slot = i as u32;
+                }
+                continue;
+            };
+            for key in by_ns.get(pa.namespace.as_str()).map_or(&[][..], Vec::as_slice) {
+                let Some(pod) = self.pods.get(*key) else { continue };
+                if !selector.matches(&pod.labels) {
+                    continue;
+                }
+                let entry = resolved.entry((*key).clone()).or_default();
+                let better = entry
+                    .peer_auth
+                    .and_then(|j| self.peer_authentications.get(j as usize))
+                    .is_none_or(|cur| pa.name < cur.name);
+                if better {
+                    entry.peer_auth = Some(i as u32);
+                }
+            }
+        }
+        for (key, pod) in self.pods.iter_mut() {
+            pod.policies = resolved.remove(key).unwrap_or_default();
+            pod.policies.resolved = true;
+        }
+        self.authz_by_namespace = authz_by_namespace;
+        self.namespace_peer_auth = namespace_peer_auth;
+    }
+
     /// Computes each Service's endpoints from its selector and indexes its VIPs.
     fn link_services(&mut self) {
+        let mut by_ns: HashMap<&str, Vec<&PodEntry>> = HashMap::new();
+        for p in self.pods.values() {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
         for ((ns, name), svc) in self.services.iter_mut() {
             if !svc.selector.is_empty() {
-                let mut eps: Vec<IpAddr> = self
-                    .pods
-                    .values()
-                    .filter(|p| {
-                        &p.namespace == ns && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                    })
+                let mut eps: Vec<IpAddr> = by_ns
+                    .get(ns.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
                     .flat_map(|p| p.ips.iter().copied())
                     .collect();
                 eps.sort();
@@ -533,18 +729,22 @@ spec: {serviceAccountName: api-sa}
     fn services_resolve_vips_to_selected_pod_endpoints() {
         let (s, d) = compile(
             r#"
+apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: shop, labels: {app: web}}
 status: {podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
 ---
+apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: shop, labels: {app: web}}
 status: {podIP: 10.0.1.1}
 ---
+apiVersion: v1
 kind: Pod
 metadata: {name: c, namespace: other, labels: {app: web}}
 status: {podIP: 10.0.2.1}
 ---
+apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
 spec:
@@ -567,7 +767,7 @@ spec:
     #[test]
     fn bad_addresses_and_ports_are_reported() {
         let (_, d) = compile(
-            "kind: Pod\nmetadata: {name: a}\nstatus: {podIP: nope}\n---\nkind: Pod\nmetadata: {name: b}\nstatus: {podIP: 10.0.0.1}\n---\nkind: Pod\nmetadata: {name: c}\nstatus: {podIP: 10.0.0.1}\n---\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nstatus: {podIP: nope}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: c}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n",
         );
         let e: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(e.len(), 3, "{e:?}");
@@ -578,11 +778,11 @@ spec:
 
     #[test]
     fn errors_name_file_line_object_and_field() {
-        let (_, d) = compile("kind: Namespace\nmetadata:\n  name: a\n  labels:\n    on: 3\n");
+        let (_, d) = compile("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n    on: 3\n");
         let e: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].starts_with("mesh.yaml:5:9: error: Namespace/a: field `metadata.labels.on`"),
+            e[0].starts_with("mesh.yaml:6:9: error: Namespace/a: field `metadata.labels.on`"),
             "{}",
             e[0]
         );
@@ -591,12 +791,80 @@ spec:
     #[test]
     fn missing_kind_and_duplicates_are_errors_unknown_kinds_warn() {
         let (_, d) = compile(
-            "metadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Frobnicator\nmetadata: {name: f}\n",
+            "metadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: Frobnicator\nmetadata: {name: f}\n",
         );
         let errors: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("field `kind`: is required"), "{}", errors[0]);
         assert!(errors[1].contains("duplicate object, first defined at mesh.yaml:3"), "{}", errors[1]);
         assert!(d.warnings().any(|w| w.message.contains("unknown kind `Frobnicator`")));
+    }
+
+    #[test]
+    fn api_versions_are_checked_per_kind() {
+        let (_, d) = compile(
+            "kind: Namespace\nmetadata: {name: a}\n---\napiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: v, namespace: a}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: a}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\n",
+        );
+        let e: Vec<String> = d.errors().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("mesh.yaml:1:1: error: Namespace/a: field `apiVersion`: is required for Namespace")
+                && e[0].contains("add `apiVersion: v1`"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("`networking.istio.io/v2` is not an apiVersion of VirtualService")
+                && e[1].contains("networking.istio.io/v1alpha3"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn precomputed_policies_match_a_full_scan() {
+        let mut text = String::new();
+        for ns in ["a", "b", ROOT_NAMESPACE] {
+            for app in ["web", "db"] {
+                text += &format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}, namespace: {ns}, labels: {{app: {app}}}}}\n---\n"
+                );
+                text += &format!(
+                    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {app}-only, namespace: {ns}}}\nspec: {{selector: {{matchLabels: {{app: {app}}}}}, action: DENY}}\n---\n"
+                );
+                text += &format!(
+                    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: z-{app}, namespace: {ns}}}\nspec: {{selector: {{matchLabels: {{app: {app}}}}}, mtls: {{mode: STRICT}}}}\n---\n"
+                );
+            }
+            text += &format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: all, namespace: {ns}}}\nspec: {{}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: a-web, namespace: {ns}}}\nspec: {{selector: {{matchLabels: {{app: web}}}}}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ns, namespace: {ns}}}\nspec: {{}}\n---\n"
+            );
+        }
+        let (s, d) = compile(&text);
+        assert!(!d.has_errors(), "{d}");
+        assert_eq!(s.pods.len(), 6);
+        for pod in s.pods.values() {
+            assert!(pod.policies.resolved);
+            let mut bare = pod.clone();
+            bare.policies = WorkloadPolicies::default();
+            assert_eq!(s.authz_for(pod), s.authz_for(&bare), "{}/{}", pod.namespace, pod.name);
+            let names: Vec<String> = s
+                .authz_for(pod)
+                .iter()
+                .map(|i| {
+                    let p = &s.authorization_policies[*i as usize];
+                    format!("{}/{}", p.namespace, p.name)
+                })
+                .collect();
+            let own = format!("{}/{}-only", pod.namespace, pod.name);
+            assert!(names.contains(&own), "{names:?}");
+            assert!(names.contains(&format!("{ROOT_NAMESPACE}/all")), "{names:?}");
+            let other = if pod.name == "web" { "db" } else { "web" };
+            assert!(!names.iter().any(|n| n.ends_with(&format!("{other}-only"))), "{names:?}");
+            let pa = s.workload_peer_auth(pod).map(|p| p.name.as_str());
+            assert_eq!(pa, s.workload_peer_auth(&bare).map(|p| p.name.as_str()));
+            assert_eq!(pa, Some(if pod.name == "web" { "a-web" } else { "z-db" }), "first by name wins");
+            assert_eq!(s.namespace_peer_auth(&pod.namespace).map(|p| p.name.as_str()), Some("ns"));
+        }
     }
 }

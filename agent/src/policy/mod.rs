@@ -16,9 +16,7 @@ use crate::{
     config::{
         Snapshot,
         model::{PodEntry, ROOT_NAMESPACE},
-        security::{
-            Action, AuthorizationPolicy, Condition, MtlsMode, Operation, Rule, Source, WorkloadSelector,
-        },
+        security::{Action, AuthorizationPolicy, Condition, MtlsMode, Operation, Rule, Source},
     },
     identity::Identity,
 };
@@ -53,38 +51,19 @@ impl Verdict {
     }
 }
 
-fn selects(policy_ns: &str, selector: Option<&WorkloadSelector>, w: &PodEntry) -> bool {
-    (policy_ns == ROOT_NAMESPACE || policy_ns == w.namespace) && selector.is_none_or(|s| s.matches(&w.labels))
-}
-
 /// The mTLS mode `w` requires on `port`: workload (port level first), then namespace, then mesh;
 /// PERMISSIVE when nothing says otherwise.
 pub fn mtls_mode(snap: &Snapshot, w: &PodEntry, port: u16) -> MtlsMode {
     let set = |m: MtlsMode| (m != MtlsMode::Unset).then_some(m);
-    let mut workload: Vec<_> = snap
-        .peer_authentications
-        .iter()
-        .filter(|p| {
-            p.namespace == w.namespace && p.spec.selector.as_ref().is_some_and(|s| s.matches(&w.labels))
-        })
-        .collect();
-    workload.sort_by(|a, b| a.name.cmp(&b.name));
-    let from_workload = workload.first().and_then(|p| {
+    let from_workload = snap.workload_peer_auth(w).and_then(|p| {
         p.spec
             .port_level_mtls
             .get(&port)
             .and_then(|m| set(m.mode))
             .or_else(|| p.spec.mtls.as_ref().and_then(|m| set(m.mode)))
     });
-    let scope = |ns: &str| {
-        let mut ps: Vec<_> = snap
-            .peer_authentications
-            .iter()
-            .filter(|p| p.namespace == ns && p.spec.selector.is_none())
-            .collect();
-        ps.sort_by(|a, b| a.name.cmp(&b.name));
-        ps.first().and_then(|p| p.spec.mtls.as_ref().and_then(|m| set(m.mode)))
-    };
+    let scope =
+        |ns: &str| snap.namespace_peer_auth(ns).and_then(|p| p.spec.mtls.as_ref().and_then(|m| set(m.mode)));
     from_workload
         .or_else(|| scope(&w.namespace))
         .or_else(|| scope(ROOT_NAMESPACE))
@@ -93,11 +72,8 @@ pub fn mtls_mode(snap: &Snapshot, w: &PodEntry, port: u16) -> MtlsMode {
 
 /// Authorizes a connection to workload `w`.
 pub fn authorize(snap: &Snapshot, w: &PodEntry, f: &Facts<'_>) -> Verdict {
-    let applicable: Vec<&AuthorizationPolicy> = snap
-        .authorization_policies
-        .iter()
-        .filter(|p| selects(&p.namespace, p.spec.selector.as_ref(), w))
-        .collect();
+    let applicable: Vec<&AuthorizationPolicy> =
+        snap.authz_for(w).iter().filter_map(|i| snap.authorization_policies.get(*i as usize)).collect();
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
     let matches = |p: &AuthorizationPolicy| {
         p.spec.rules.as_deref().unwrap_or_default().iter().any(|r| rule_matches(r, f, p.spec.action))

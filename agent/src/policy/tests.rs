@@ -19,6 +19,7 @@ fn workload(ns: &str, labels: &[(&str, &str)]) -> PodEntry {
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         service_account: "w".into(),
         ips: vec![],
+        policies: Default::default(),
     }
 }
 
@@ -45,7 +46,7 @@ fn run(cases: &[Case]) {
     }
 }
 
-const ALLOW_FRONTEND: &str = "kind: AuthorizationPolicy\nmetadata: {name: allow-fe, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n";
+const ALLOW_FRONTEND: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-fe, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n";
 
 #[test]
 fn authorization_semantics() {
@@ -84,7 +85,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "ALLOW selecting another workload does not apply",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {selector: {matchLabels: {app: db}}, rules: [{}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {selector: {matchLabels: {app: db}}, rules: [{}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -92,7 +93,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "empty spec allows nothing",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {}\n",
             identity: Some(("shop", "frontend")),
             src_ip: "10.1.0.1",
             port: 80,
@@ -100,7 +101,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "empty rule allows everything",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -108,7 +109,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "DENY by namespace wins over ALLOW",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n---\nkind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: istio-system}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: all, namespace: shop}\nspec: {rules: [{}]}\n",
             identity: Some(("legacy", "x")),
             src_ip: "10.1.0.1",
             port: 80,
@@ -116,7 +117,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "DENY by namespace leaves others",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [legacy]}}]}]\n",
             identity: Some(("shop", "x")),
             src_ip: "10.1.0.1",
             port: 80,
@@ -124,7 +125,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "ipBlocks",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [10.1.0.0/16]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [10.1.0.0/16]}}]}]}\n",
             identity: None,
             src_ip: "10.1.2.3",
             port: 80,
@@ -132,7 +133,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "notIpBlocks",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {notIpBlocks: [10.1.0.0/16]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ip, namespace: shop}\nspec: {rules: [{from: [{source: {notIpBlocks: [10.1.0.0/16]}}]}]}\n",
             identity: None,
             src_ip: "10.1.2.3",
             port: 80,
@@ -140,7 +141,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "ports",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [\"8080\"]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [\"8080\"]}}]}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -148,7 +149,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "HTTP-only ALLOW allows nothing",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {rules: [{to: [{operation: {methods: [GET]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {rules: [{to: [{operation: {methods: [GET]}}]}]}\n",
             identity: Some(("shop", "frontend")),
             src_ip: "10.1.0.1",
             port: 80,
@@ -156,7 +157,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "HTTP-only DENY denies what it scopes",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: h, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n",
             identity: Some(("shop", "frontend")),
             src_ip: "10.1.0.1",
             port: 80,
@@ -164,7 +165,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "when destination.port",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: w, namespace: shop}\nspec: {rules: [{when: [{key: destination.port, values: [\"80\"]}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: w, namespace: shop}\nspec: {rules: [{when: [{key: destination.port, values: [\"80\"]}]}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -172,7 +173,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "unparseable ipBlock fails closed for ALLOW",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -180,7 +181,7 @@ fn authorization_semantics() {
         },
         Case {
             name: "AUDIT never decides",
-            policies: "kind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {action: AUDIT, rules: [{}]}\n",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {action: AUDIT, rules: [{}]}\n",
             identity: None,
             src_ip: "10.1.0.1",
             port: 80,
@@ -192,7 +193,7 @@ fn authorization_semantics() {
 #[test]
 fn peer_authentication_precedence() {
     let snap = snapshot(
-        "kind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: legacy}\nspec: {mtls: {mode: PERMISSIVE}}\n---\nkind: PeerAuthentication\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: UNSET}\n  portLevelMtls: {\"9090\": {mode: DISABLE}}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: legacy}\nspec: {mtls: {mode: PERMISSIVE}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: UNSET}\n  portLevelMtls: {\"9090\": {mode: DISABLE}}\n",
     );
     let web = workload("shop", &[("app", "web")]);
     assert_eq!(mtls_mode(&snap, &web, 8080), MtlsMode::Strict, "UNSET inherits the mesh-wide mode");
@@ -208,7 +209,7 @@ fn peer_authentication_precedence() {
 #[test]
 fn custom_action_is_rejected_with_a_clear_error() {
     let docs: Vec<_> = yaml::parse(
-        "kind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec: {action: CUSTOM}\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec: {action: CUSTOM}\n",
     )
     .expect("yaml")
     .into_iter()
@@ -223,7 +224,7 @@ fn custom_action_is_rejected_with_a_clear_error() {
 #[test]
 fn unknown_fields_are_errors_not_silently_ignored() {
     let docs: Vec<_> = yaml::parse(
-        "kind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n",
     )
     .expect("yaml")
     .into_iter()

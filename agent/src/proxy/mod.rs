@@ -54,15 +54,19 @@ pub struct PodCtx {
 impl PodCtx {
     /// This pod as the current snapshot describes it (labels drive policy selectors); a bare entry
     /// when the config does not list it.
-    pub fn workload(&self, snap: &crate::config::Snapshot) -> crate::config::model::PodEntry {
-        snap.pods.get(&(self.namespace.clone(), self.name.clone())).cloned().unwrap_or_else(|| {
-            crate::config::model::PodEntry {
+    pub fn workload<'s>(
+        &self,
+        snap: &'s crate::config::Snapshot,
+    ) -> std::borrow::Cow<'s, crate::config::model::PodEntry> {
+        match snap.pods.get(&(self.namespace.clone(), self.name.clone())) {
+            Some(w) => std::borrow::Cow::Borrowed(w),
+            None => std::borrow::Cow::Owned(crate::config::model::PodEntry {
                 namespace: self.namespace.clone(),
                 name: self.name.clone(),
                 service_account: self.service_account.clone(),
                 ..Default::default()
-            }
-        })
+            }),
+        }
     }
 
     pub fn identity(&self) -> Identity {

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const NAMESPACES: &str = "kind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\nkind: Namespace\nmetadata: {name: plain}\n";
+const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n";
 
 /// Agent CPU seconds (user+system) and peak RSS in KiB, from /proc.
 fn agent_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
