@@ -8,6 +8,7 @@ pub mod diag;
 pub mod files;
 pub mod model;
 pub mod security;
+pub mod select;
 pub mod yaml;
 
 use std::sync::Arc;
@@ -18,15 +19,21 @@ pub use model::{EnrollDecision, Service, Snapshot};
 use tokio::sync::watch;
 
 /// The current snapshot plus a change notification (a generation counter).
+///
+/// Readers never block and never pay for freeing a replaced snapshot: the store keeps every
+/// replaced snapshot in `retired` and frees it on the writer's side once no reader holds it, so a
+/// connection that happened to hold the last reference does not drop a 10,000-pod snapshot on the
+/// data path.
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
+    retired: parking_lot::Mutex<Vec<Arc<Snapshot>>>,
     tx: watch::Sender<u64>,
 }
 
 impl SnapshotStore {
     pub fn new(initial: Snapshot) -> Arc<Self> {
         let (tx, _rx) = watch::channel(0);
-        Arc::new(Self { current: ArcSwap::from_pointee(initial), tx })
+        Arc::new(Self { current: ArcSwap::from_pointee(initial), retired: Default::default(), tx })
     }
 
     /// The snapshot in force now.
@@ -36,8 +43,17 @@ impl SnapshotStore {
 
     /// Swaps in a new snapshot and wakes subscribers.
     pub fn store(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
+        let old = self.current.swap(Arc::new(next));
         self.tx.send_modify(|g| *g += 1);
+        let mut retired = self.retired.lock();
+        retired.push(old);
+        // Free (here, on the writer's thread) what no reader holds any more.
+        retired.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// Replaced snapshots still held by some reader.
+    pub fn retired(&self) -> usize {
+        self.retired.lock().len()
     }
 
     /// How many snapshots have been stored since start (0 = the initial one).
@@ -48,5 +64,23 @@ impl SnapshotStore {
     /// A receiver that changes whenever a new snapshot is stored.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaced_snapshots_are_freed_by_the_writer_not_by_readers() {
+        let store = SnapshotStore::new(Snapshot::default());
+        let held = store.load();
+        store.store(Snapshot::default());
+        assert_eq!(store.retired(), 1, "a reader still holds the first snapshot");
+        drop(held); // a reader letting go must not be the one that frees it
+        assert_eq!(store.retired(), 1);
+        store.store(Snapshot::default());
+        assert_eq!(store.retired(), 0, "the writer freed both replaced snapshots");
+        assert_eq!(store.generation(), 2);
     }
 }

@@ -17,6 +17,7 @@ use super::{
     security::{
         Action, AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
     },
+    select::{PodIndex, PodKey},
     yaml::Document,
 };
 
@@ -436,25 +437,16 @@ impl Snapshot {
     /// Resolves, once per compile, which policies select each listed workload. Cost is
     /// O(policies x workloads of the policy's namespace), never per connection.
     fn index_policies(&mut self) {
-        let mut by_ns: HashMap<&str, Vec<&(String, String)>> = HashMap::new();
-        for (key, p) in &self.pods {
-            by_ns.entry(p.namespace.as_str()).or_default().push(key);
-        }
-        let all: Vec<&(String, String)> = self.pods.keys().collect();
-        let mut resolved: HashMap<(String, String), WorkloadPolicies> = HashMap::new();
+        let ix = PodIndex::new(&self.pods);
+        let mut resolved: Vec<WorkloadPolicies> = vec![WorkloadPolicies::default(); ix.keys.len()];
         let mut authz_by_namespace: HashMap<String, Vec<u32>> = HashMap::new();
+        let no_labels = Labels::new();
         for (i, ap) in self.authorization_policies.iter().enumerate() {
             authz_by_namespace.entry(ap.namespace.clone()).or_default().push(i as u32);
-            let candidates: &[&(String, String)] = if ap.namespace == ROOT_NAMESPACE {
-                &all
-            } else {
-                by_ns.get(ap.namespace.as_str()).map_or(&[], Vec::as_slice)
-            };
-            for key in candidates {
-                let Some(pod) = self.pods.get(*key) else { continue };
-                if ap.spec.selector.as_ref().is_none_or(|s| s.matches(&pod.labels)) {
-                    resolved.entry((*key).clone()).or_default().authz.push(i as u32);
-                }
+            let scope = (ap.namespace != ROOT_NAMESPACE).then_some(ap.namespace.as_str());
+            let selector = ap.spec.selector.as_ref().map_or(&no_labels, |s| &s.match_labels);
+            for w in ix.select(scope, selector) {
+                resolved[w as usize].authz.push(i as u32);
             }
         }
         let mut namespace_peer_auth: HashMap<String, u32> = HashMap::new();
@@ -466,12 +458,8 @@ impl Snapshot {
                 }
                 continue;
             };
-            for key in by_ns.get(pa.namespace.as_str()).map_or(&[][..], Vec::as_slice) {
-                let Some(pod) = self.pods.get(*key) else { continue };
-                if !selector.matches(&pod.labels) {
-                    continue;
-                }
-                let entry = resolved.entry((*key).clone()).or_default();
+            for w in ix.select(Some(pa.namespace.as_str()), &selector.match_labels) {
+                let entry = &mut resolved[w as usize];
                 let better = entry
                     .peer_auth
                     .and_then(|j| self.peer_authentications.get(j as usize))
@@ -481,8 +469,10 @@ impl Snapshot {
                 }
             }
         }
+        let by_key: HashMap<PodKey, WorkloadPolicies> =
+            ix.keys.iter().map(|k| (*k).clone()).zip(resolved).collect();
         for (key, pod) in self.pods.iter_mut() {
-            pod.policies = resolved.remove(key).unwrap_or_default();
+            pod.policies = by_key.get(key).cloned().unwrap_or_default();
             pod.policies.resolved = true;
         }
         self.authz_by_namespace = authz_by_namespace;
@@ -491,18 +481,13 @@ impl Snapshot {
 
     /// Computes each Service's endpoints from its selector and indexes its VIPs.
     fn link_services(&mut self) {
-        let mut by_ns: HashMap<&str, Vec<&PodEntry>> = HashMap::new();
-        for p in self.pods.values() {
-            by_ns.entry(p.namespace.as_str()).or_default().push(p);
-        }
+        let ix = PodIndex::new(&self.pods);
         for ((ns, name), svc) in self.services.iter_mut() {
             if !svc.selector.is_empty() {
-                let mut eps: Vec<IpAddr> = by_ns
-                    .get(ns.as_str())
+                let mut eps: Vec<IpAddr> = ix
+                    .select(Some(ns.as_str()), &svc.selector)
                     .into_iter()
-                    .flatten()
-                    .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-                    .flat_map(|p| p.ips.iter().copied())
+                    .flat_map(|i| ix.pod(i).ips.iter().copied())
                     .collect();
                 eps.sort();
                 svc.endpoints = eps;
