@@ -11,6 +11,7 @@ mod test;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -71,7 +72,15 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         c.arg("--quick");
     }
-    cmd::run(&mut c)
+    cmd::run(&mut c)?;
+    // The mesh-config compile benchmark (10k pods, 2k services, 5k policies; a tenth with --quick).
+    let out = root.join("target/bench");
+    let out = out.to_str().context("the workspace path is not UTF-8")?;
+    let mut args = vec!["bench", "-p", "sluice", "--bench", "config_compile", "--", "--out", out];
+    if quick {
+        args.push("--quick");
+    }
+    cmd::cargo(&args)
 }
 
 fn demo() -> anyhow::Result<()> {
