@@ -6,6 +6,7 @@
 //! is rejected with file:line diagnostics ([`diag`]) and the last good snapshot stays in force.
 pub mod diag;
 pub mod files;
+pub mod kubernetes;
 pub mod model;
 pub mod security;
 pub mod select;
