@@ -88,7 +88,8 @@ impl Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
-    /// Mesh config: a directory of YAML files (watched).
+    /// Mesh config: a directory of YAML files (watched), or the literal `kubernetes` to watch the
+    /// API server (in-cluster service account or KUBECONFIG; RBAC in deploy/rbac.yaml).
     #[arg(long, env = "SLUICE_CONFIG")]
     pub config: PathBuf,
     /// Name of the node this agent serves.

@@ -32,13 +32,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
-    let (snap, warnings) = match config::files::load_dir(&args.config) {
-        Ok(x) => x,
-        Err(e) => anyhow::bail!("{e}"),
+    let (snap, kubernetes) = if config::kubernetes::selected_by(&args.config) {
+        // Warnings of the first snapshot are logged by the source.
+        let client = config::kubernetes::client_from_env().await?;
+        let synced = config::kubernetes::sync(client, config::kubernetes::Options::default()).await?;
+        (synced.snapshot, Some(synced.follower))
+    } else {
+        let (snap, warnings) = match config::files::load_dir(&args.config) {
+            Ok(x) => x,
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        for w in warnings.warnings() {
+            tracing::warn!(target: "sluice::config", "{w}");
+        }
+        (snap, None)
     };
-    for w in warnings.warnings() {
-        tracing::warn!(target: "sluice::config", "{w}");
-    }
     let store = SnapshotStore::new(snap);
 
     let cgroup = match &args.cgroup {
@@ -84,8 +92,16 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     ));
     pods.readopt().await?;
 
-    let _watch = config::files::watch(args.config.clone(), store.clone())
-        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    let _watch = match kubernetes {
+        Some(follower) => (None, Some(follower.follow(store.clone()))),
+        None => (
+            Some(
+                config::files::watch(args.config.clone(), store.clone())
+                    .with_context(|| format!("cannot watch {}", args.config.display()))?,
+            ),
+            None,
+        ),
+    };
     let reconciler = {
         let pods = pods.clone();
         let mut rx = store.subscribe();

@@ -127,6 +127,14 @@ mod tests {
     }
 
     #[test]
+    fn every_watched_api_version_is_one_the_compiler_accepts() {
+        for w in WATCHED {
+            let accepted = crate::config::model::api_versions(w.kind).unwrap_or_default();
+            assert!(accepted.contains(&w.api_version().as_str()), "{} not accepted: {accepted:?}", w.label());
+        }
+    }
+
+    #[test]
     fn crd_names_and_labels() {
         let pa = WATCHED.iter().find(|w| w.kind == "PeerAuthentication").expect("watched");
         assert_eq!(pa.crd().as_deref(), Some("peerauthentications.security.istio.io"));

@@ -96,8 +96,8 @@ async fn run_kind(client: Client, shared: Arc<Shared>, index: usize, writer: Wri
     let cache = &shared.kinds[index];
     let kind = cache.kind;
     let api = Api::<DynamicObject>::all_with(client, &kind.api_resource());
-    let mut config = watcher::Config::default();
-    config.bookmarks = true;
+    // Bookmarks are kube's default; stated here because relisting less depends on them.
+    let config = watcher::Config { bookmarks: true, ..watcher::Config::default() };
     let mut events = pin!(watcher(api, config).default_backoff().reflect(writer));
     while let Some(event) = events.next().await {
         match event {
