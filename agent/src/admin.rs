@@ -76,6 +76,9 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
                 s.kernel.counters().into_iter().map(|(d, v)| (d.label(), v)).collect();
             s.metrics.sync_redirect_counters(&totals);
             s.metrics.config_generation.set(s.store.generation() as i64);
+            let rejections = s.store.rejections();
+            s.metrics.config_rejections.set(rejections.total as i64);
+            s.metrics.config_in_error.set(i64::from(rejections.current.is_some()));
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -97,6 +100,7 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             json(&serde_json::json!({
                 "generation": s.store.generation(),
+                "rejections": s.store.rejections(),
                 "namespaces": snap.namespaces,
                 "workloads": workloads,
                 "services": services,

@@ -4,7 +4,7 @@
 //! - `build`  builds everything in release mode
 //! - `test`   setup, fmt, clippy (host and eBPF), unit and integration tests, end-to-end suite
 //! - `demo`   setup, build, run the demo on a simulated two-node cluster
-//! - `bench`  the benchmark harness (not built yet)
+//! - `bench`  mesh versus direct benchmarks and the mesh-config compile benchmark (`--quick`: smoke)
 mod cmd;
 mod setup;
 mod test;

@@ -29,12 +29,27 @@ pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
     retired: parking_lot::Mutex<Vec<Arc<Snapshot>>>,
     tx: watch::Sender<u64>,
+    rejected: parking_lot::Mutex<Rejections>,
+}
+
+/// Changes the source could not compile (the last good snapshot stayed in force).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Rejections {
+    /// Rejected changes since start.
+    pub total: u64,
+    /// The diagnostics of the latest change, when it was rejected; None once a good one loads.
+    pub current: Option<String>,
 }
 
 impl SnapshotStore {
     pub fn new(initial: Snapshot) -> Arc<Self> {
         let (tx, _rx) = watch::channel(0);
-        Arc::new(Self { current: ArcSwap::from_pointee(initial), retired: Default::default(), tx })
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(initial),
+            retired: Default::default(),
+            tx,
+            rejected: Default::default(),
+        })
     }
 
     /// The snapshot in force now.
@@ -46,10 +61,23 @@ impl SnapshotStore {
     pub fn store(&self, next: Snapshot) {
         let old = self.current.swap(Arc::new(next));
         self.tx.send_modify(|g| *g += 1);
+        self.rejected.lock().current = None;
         let mut retired = self.retired.lock();
         retired.push(old);
         // Free (here, on the writer's thread) what no reader holds any more.
         retired.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// Records a change the source rejected; the current snapshot stays.
+    pub fn reject(&self, diagnostics: String) {
+        let mut r = self.rejected.lock();
+        r.total += 1;
+        r.current = Some(diagnostics);
+    }
+
+    /// Rejected changes so far, and whether the latest change is in error.
+    pub fn rejections(&self) -> Rejections {
+        self.rejected.lock().clone()
     }
 
     /// Replaced snapshots still held by some reader.
@@ -83,5 +111,12 @@ mod tests {
         store.store(Snapshot::default());
         assert_eq!(store.retired(), 0, "the writer freed both replaced snapshots");
         assert_eq!(store.generation(), 2);
+        store.reject("bad.yaml:1:1: error".into());
+        assert_eq!(store.rejections().total, 1);
+        assert!(store.rejections().current.is_some());
+        assert_eq!(store.generation(), 2, "a rejection does not change the snapshot");
+        store.store(Snapshot::default());
+        assert!(store.rejections().current.is_none(), "a good change clears the error");
+        assert_eq!(store.rejections().total, 1);
     }
 }

@@ -136,6 +136,10 @@ pub struct Metrics {
     pub enrolled_pods: IntGauge,
     /// Snapshots loaded since start.
     pub config_generation: IntGauge,
+    /// Mesh config changes rejected since start.
+    pub config_rejections: IntGauge,
+    /// 1 while the latest mesh config change is rejected (the last good one is in force).
+    pub config_in_error: IntGauge,
     /// Seconds until each workload certificate expires.
     pub cert_expiry_seconds: prometheus::IntGaugeVec,
 }
@@ -181,6 +185,19 @@ impl Metrics {
         if let Err(e) = registry.register(Box::new(config_generation.clone())) {
             unreachable("sluice_config_generation", e);
         }
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable(name, e));
+            if let Err(e) = registry.register(Box::new(g.clone())) {
+                unreachable(name, e);
+            }
+            g
+        };
+        let config_rejections = gauge(
+            "sluice_config_rejections",
+            "Mesh config changes rejected since start (the last good snapshot stayed in force)",
+        );
+        let config_in_error =
+            gauge("sluice_config_in_error", "1 while the latest mesh config change is rejected");
         let cert_expiry_seconds = prometheus::IntGaugeVec::new(
             Opts::new("sluice_cert_expiry_seconds", "Seconds until a workload certificate expires"),
             &["identity"],
@@ -199,6 +216,8 @@ impl Metrics {
             redirect,
             enrolled_pods,
             config_generation,
+            config_rejections,
+            config_in_error,
             cert_expiry_seconds,
         }
     }
