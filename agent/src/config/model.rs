@@ -364,6 +364,7 @@ impl Snapshot {
     /// Cross-object checks for `sluice analyze`: selectors that select nothing. Only meaningful when
     /// the documents list the pods (an agent fed by Kubernetes learns them at run time).
     pub fn check_references(&self, docs: &[(PathBuf, Document)], diags: &mut Diagnostics) {
+        self.check_peer_authentication_conflicts(docs, diags);
         for (file, doc) in docs {
             let kind = doc.value["kind"].as_str().unwrap_or("");
             if !matches!(kind, "AuthorizationPolicy" | "PeerAuthentication" | "Service") {
@@ -477,6 +478,65 @@ impl Snapshot {
         }
         self.authz_by_namespace = authz_by_namespace;
         self.namespace_peer_auth = namespace_peer_auth;
+    }
+
+    /// PeerAuthentications at the same scope (two namespace-wide ones in one namespace, two
+    /// mesh-wide ones, or two workload ones selecting the same workload) whose modes differ: Istio
+    /// then picks the oldest, sluice the first by name; either way one of them is silently moot.
+    fn check_peer_authentication_conflicts(&self, docs: &[(PathBuf, Document)], diags: &mut Diagnostics) {
+        let where_is = |pa: &PeerAuthentication| {
+            docs.iter().find(|(_, d)| {
+                d.value["kind"] == "PeerAuthentication"
+                    && d.value["metadata"]["name"] == pa.name.as_str()
+                    && d.value["metadata"]["namespace"].as_str().unwrap_or("default") == pa.namespace
+            })
+        };
+        let mode = |pa: &PeerAuthentication| {
+            (pa.spec.mtls.as_ref().map(|m| m.mode), pa.spec.port_level_mtls.clone())
+        };
+        let mut pairs: Vec<(&PeerAuthentication, &PeerAuthentication, String)> = Vec::new();
+        let pas = &self.peer_authentications;
+        for (i, a) in pas.iter().enumerate() {
+            for b in &pas[i + 1..] {
+                if a.namespace != b.namespace || mode(a) == mode(b) {
+                    continue;
+                }
+                let scope = match (&a.spec.selector, &b.spec.selector) {
+                    (None, None) if a.namespace == ROOT_NAMESPACE => "mesh-wide".to_string(),
+                    (None, None) => format!("namespace-wide in {}", a.namespace),
+                    (Some(sa), Some(sb)) => {
+                        let shared = self.pods.values().find(|p| {
+                            p.namespace == a.namespace && sa.matches(&p.labels) && sb.matches(&p.labels)
+                        });
+                        match shared {
+                            Some(p) => format!("both select {}/{}", p.namespace, p.name),
+                            None if sa == sb => "the same selector".to_string(),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                pairs.push((a, b, scope));
+            }
+        }
+        for (a, b, scope) in pairs {
+            let (first, second) = if a.name <= b.name { (a, b) } else { (b, a) };
+            let Some((file, doc)) = where_is(second) else { continue };
+            let pos = doc.pos("spec");
+            diags.push(Diagnostic {
+                severity: Severity::Warning,
+                file: file.clone(),
+                line: pos.line,
+                column: pos.column,
+                object: Some(format!("PeerAuthentication/{}/{}", second.namespace, second.name)),
+                field: Some("spec".into()),
+                message: format!(
+                    "conflicts with PeerAuthentication/{}/{} ({scope}) and has no effect: the first by name wins",
+                    first.namespace, first.name
+                ),
+                hint: Some("keep one PeerAuthentication per scope, or make their modes agree".into()),
+            });
+        }
     }
 
     /// Computes each Service's endpoints from its selector and indexes its VIPs.
@@ -851,5 +911,49 @@ spec:
             assert_eq!(pa, Some(if pod.name == "web" { "a-web" } else { "z-db" }), "first by name wins");
             assert_eq!(s.namespace_peer_auth(&pod.namespace).map(|p| p.name.as_str()), Some("ns"));
         }
+    }
+
+    #[test]
+    fn conflicting_peer_authentications_at_one_scope_are_reported() {
+        let pa = |ns: &str, name: &str, selector: &str, mode: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector}mtls: {{mode: {mode}}}}}\n---\n"
+            )
+        };
+        let text = [
+            pa("istio-system", "mesh-a", "", "STRICT"),
+            pa("istio-system", "mesh-b", "", "PERMISSIVE"),
+            pa("shop", "ns-a", "", "STRICT"),
+            pa("shop", "ns-b", "", "STRICT"), // same mode: no conflict
+            pa("shop", "web", "selector: {matchLabels: {app: web}}, ", "DISABLE"),
+            pa("shop", "tier", "selector: {matchLabels: {tier: front}}, ", "STRICT"),
+            pa("shop", "db", "selector: {matchLabels: {app: db}}, ", "DISABLE"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {app: web, tier: front}}\n"
+                .to_string(),
+        ]
+        .concat();
+        let docs: Vec<_> =
+            yaml::parse(&text).expect("yaml").into_iter().map(|d| (PathBuf::from("pa.yaml"), d)).collect();
+        let mut diags = Diagnostics::default();
+        let snap = Snapshot::compile(&docs, &mut diags);
+        assert!(!diags.has_errors(), "{diags}");
+        snap.check_references(&docs, &mut diags);
+        let w: Vec<String> = diags
+            .warnings()
+            .filter(|d| d.message.contains("conflicts with"))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("PeerAuthentication/istio-system/mesh-b")
+                && w[0].contains("conflicts with PeerAuthentication/istio-system/mesh-a (mesh-wide)"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].contains("PeerAuthentication/shop/web") && w[1].contains("tier (both select shop/web-1)"),
+            "{}",
+            w[1]
+        );
     }
 }
