@@ -197,7 +197,7 @@ async fn expired_watch_relists_and_the_final_state_is_right() {
 
     // While the watch was gone: web-2 and db-0 went away, web-4 appeared. Only a relist shows it.
     api.set_list(PODS, "relist/pods.json");
-    api.push(PODS, "watch/pods-expired.jsonl");
+    api.push(PODS, "watch/expired.jsonl");
     let want = BTreeSet::from([WEB1.to_string(), WEB4.to_string()]);
     wait_for(&store, "the relisted pods", |s| pod_names(s, "shop") == want).await;
     assert_eq!(api.lists(PODS), 2, "410 Gone must relist");
@@ -246,6 +246,23 @@ async fn absent_istio_crds_warn_once_and_installing_them_later_works() {
     // Installing the CRDs later: the objects appear.
     api.set_list(AUTHZ, &format!("lists/{AUTHZ}.json"));
     wait_for(&store, "authorization policies", |s| s.authorization_policies.len() == 2).await;
+}
+
+#[tokio::test]
+async fn a_crd_removed_while_running_empties_its_kind_until_reinstalled() {
+    let api = FakeApi::start().await;
+    let synced = synced(&api).await;
+    let store = SnapshotStore::new(synced.snapshot);
+    let _guard = synced.follower.follow(store.clone());
+
+    // The CRD goes away (Kubernetes deletes its objects with it): the watch expires, the relist
+    // answers 404, and the kind counts as empty.
+    api.absent(AUTHZ);
+    api.push(AUTHZ, "watch/expired.jsonl");
+    wait_for(&store, "no authorization policies", |s| s.authorization_policies.is_empty()).await;
+    assert_eq!(store.load().pods.len(), 6, "other kinds are untouched");
+    api.set_list(AUTHZ, &format!("lists/{AUTHZ}.json"));
+    wait_for(&store, "policies back", |s| s.authorization_policies.len() == 2).await;
 }
 
 #[tokio::test]

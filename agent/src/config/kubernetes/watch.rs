@@ -83,6 +83,16 @@ pub fn spawn(client: &Client, tasks: &mut JoinSet<()>) -> Arc<Shared> {
     shared
 }
 
+/// Whether a watcher error is an RBAC refusal.
+fn is_forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
+}
+
 /// Whether a watcher error means the API server does not serve the kind at all.
 fn is_absent(e: &watcher::Error) -> bool {
     match e {
@@ -110,7 +120,19 @@ async fn run_kind(client: Client, shared: Arc<Shared>, index: usize, writer: Wri
                 debug!(target: "sluice::config", kind = %kind.label(), objects = cache.store.state().len(), "listed");
                 shared.bump();
             }
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => shared.bump(),
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                // A kind whose watch (not list) failed with 404 after its CRD was deleted comes
+                // back through the resumed watch: its events make it count again. (Deleting a CRD
+                // deletes its objects first, so the cache saw their DELETED events.)
+                let mut state = cache.state.lock();
+                if *state == SyncState::Absent {
+                    *state = SyncState::Listed;
+                    info!(target: "sluice::config", kind = %kind.label(),
+                          "API is served again; its objects are part of the mesh config");
+                }
+                drop(state);
+                shared.bump();
+            }
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
             Err(e) if is_absent(&e) => {
                 let was = std::mem::replace(&mut *cache.state.lock(), SyncState::Absent);
@@ -126,8 +148,7 @@ async fn run_kind(client: Client, shared: Arc<Shared>, index: usize, writer: Wri
                 info!(target: "sluice::config", kind = %kind.label(), reason = %status.reason,
                       "watch expired (410 Gone); relisting");
             }
-            Err(e) if matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403) =>
-            {
+            Err(e) if is_forbidden(&e) => {
                 error!(target: "sluice::config", kind = %kind.label(), error = %e,
                        "forbidden: the agent's service account needs get/list/watch on {} (see deploy/rbac.yaml)",
                        kind.plural);
@@ -137,4 +158,6 @@ async fn run_kind(client: Client, shared: Arc<Shared>, index: usize, writer: Wri
             }
         }
     }
+    // The backoff stream retries every error, so it never ends while the task runs.
+    error!(target: "sluice::config", kind = %kind.label(), "watcher ended; this kind is no longer followed");
 }
