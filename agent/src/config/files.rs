@@ -4,6 +4,7 @@
 //! compiles them, and either yields a new snapshot or every diagnostic at once. The watcher reloads
 //! on any change (debounced) and keeps the last good snapshot when a change is broken.
 use std::{
+    io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -57,41 +58,88 @@ pub fn yaml_files_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     Ok(out)
 }
 
-/// Parses every document of `files`, recording read and syntax errors in `diags`.
+/// Parses every document of `files`, recording read, size, encoding and syntax errors in `diags`.
 pub fn read_documents(files: &[PathBuf], diags: &mut Diagnostics) -> Vec<(PathBuf, yaml::Document)> {
     let mut docs = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(file) {
+        let error = |line, column, message: String, hint: &str| Diagnostic {
+            severity: Severity::Error,
+            file: file.clone(),
+            line,
+            column,
+            object: None,
+            field: None,
+            message,
+            hint: Some(hint.into()),
+        };
+        let text = match read_text(file) {
             Ok(t) => t,
-            Err(e) => {
-                diags.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: file.clone(),
-                    line: 1,
-                    column: 1,
-                    object: None,
-                    field: None,
-                    message: format!("cannot read file: {e}"),
-                    hint: Some("check permissions and that the file is UTF-8".into()),
-                });
+            Err(ReadError::Io(e)) => {
+                diags.push(error(
+                    1,
+                    1,
+                    format!("cannot read file: {e}"),
+                    "check that the file exists and is readable",
+                ));
+                continue;
+            }
+            Err(ReadError::Syntax(e)) | Err(ReadError::Encoding(e)) => {
+                diags.push(error(e.pos.line, e.pos.column, e.message, &e.hint));
                 continue;
             }
         };
         match yaml::parse(&text) {
             Ok(ds) => docs.extend(ds.into_iter().map(|d| (file.clone(), d))),
-            Err(e) => diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: file.clone(),
-                line: e.pos.line,
-                column: e.pos.column,
-                object: None,
-                field: None,
-                message: format!("YAML syntax error: {}", e.message),
-                hint: Some("fix the YAML syntax at this position".into()),
-            }),
+            Err(e) => diags.push(error(e.pos.line, e.pos.column, e.message, &e.hint)),
         }
     }
     docs
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    /// Over [`yaml::MAX_FILE_BYTES`].
+    Syntax(yaml::SyntaxError),
+    /// Not UTF-8.
+    Encoding(yaml::SyntaxError),
+}
+
+/// Reads `file` as UTF-8 without ever holding more than [`yaml::MAX_FILE_BYTES`] + 1 bytes of it:
+/// the size is checked before reading and the read itself is capped (the file may grow meanwhile,
+/// or be a device that reports no size).
+fn read_text(file: &Path) -> Result<String, ReadError> {
+    let meta = std::fs::metadata(file).map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(ReadError::Io(e));
+    }
+    let too_large =
+        |size: u64| ReadError::Syntax(yaml::too_large(usize::try_from(size).unwrap_or(usize::MAX)));
+    if meta.len() > yaml::MAX_FILE_BYTES as u64 {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(file)
+        .and_then(|f| f.take(yaml::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(ReadError::Io)?;
+    if bytes.len() > yaml::MAX_FILE_BYTES {
+        let size = std::fs::metadata(file).map_or(bytes.len() as u64, |m| m.len().max(bytes.len() as u64));
+        return Err(too_large(size));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let valid = e.utf8_error().valid_up_to();
+        // Everything before `valid` is UTF-8; count lines and characters there.
+        let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let line = 1 + prefix.matches('\n').count();
+        let column = 1 + prefix.rsplit('\n').next().map_or(0, |l| l.chars().count());
+        let byte = bytes.get(valid).copied().unwrap_or_default();
+        ReadError::Encoding(yaml::SyntaxError {
+            pos: yaml::Pos { line, column },
+            message: format!("file is not valid UTF-8 (byte 0x{byte:02X})"),
+            hint: "mesh config is UTF-8 text; re-save the file as UTF-8".into(),
+        })
+    })
 }
 
 fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -143,10 +191,7 @@ pub fn watch(dir: PathBuf, store: Arc<SnapshotStore>) -> Result<WatchGuard, noti
                     info!(target: "sluice::config", dir = %dir.display(), "mesh config reloaded");
                     store.store(snap);
                 }
-                Err(e) => {
-                    error!(target: "sluice::config", "{e}; keeping the last good config");
-                    store.reject(e.to_string());
-                }
+                Err(e) => error!(target: "sluice::config", "{e}; keeping the last good config"),
             }
         }
     });
