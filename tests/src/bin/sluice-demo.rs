@@ -61,11 +61,18 @@ fn run() -> anyhow::Result<()> {
     let p = probe()?;
     step("1. A two-node cluster: router + node1 + node2 network namespaces, one sluice agent per node");
     let c = Cluster::new(2)?;
-    let f = "namespaces.yaml";
-    let path = examples_dir().join("mesh").join(f);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    c.write_config(f, &text)?;
-    println!("   mesh config: examples/mesh/{f}");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir().join("mesh"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).context("example file name")?;
+        c.write_config(name, &text)?;
+        println!("   mesh config: examples/mesh/{name}");
+    }
+    println!("   (STRICT mTLS in shop; backend allows only the frontend's identity; legacy is denied)");
     c.start_agent(1)?;
     c.start_agent(2)?;
     println!("   agents ready (eBPF loaded and pinned per node, cgroup-scoped)");
@@ -103,29 +110,47 @@ fn run() -> anyhow::Result<()> {
 
     step("3. Traffic (1 MiB echoed back and compared byte for byte; mesh-to-mesh goes over HBONE mTLS)");
     let v6 = backend.ipv6.context("backend has no IPv6")?;
-    let flows: Vec<(&str, &Pod, SocketAddr, usize, usize)> = vec![
-        ("frontend -> backend (cross-node, IPv4)", &frontend, SocketAddr::new(backend.ipv4, 8080), 1, 2),
-        ("frontend -> backend (cross-node, IPv6)", &frontend, SocketAddr::new(v6, 8080), 1, 2),
+    type Flow<'a> = (&'a str, &'a Pod, SocketAddr, usize, usize, bool);
+    let flows: Vec<Flow> = vec![
+        (
+            "frontend -> backend (cross-node, IPv4)",
+            &frontend,
+            SocketAddr::new(backend.ipv4, 8080),
+            1,
+            2,
+            true,
+        ),
+        ("frontend -> backend (cross-node, IPv6)", &frontend, SocketAddr::new(v6, 8080), 1, 2, true),
         (
             "frontend -> Service VIP 10.96.0.20:80 (shop/backend)",
             &frontend,
             SocketAddr::from(([10, 96, 0, 20], 80)),
             1,
             2,
+            true,
         ),
-        ("batch (outside mesh) -> backend", &batch, SocketAddr::new(backend.ipv4, 8080), 2, 2),
-        ("frontend -> reports (opted out)", &frontend, SocketAddr::new(reports.ipv4, 8080), 1, 1),
-        ("batch -> reports (both outside)", &batch, SocketAddr::new(reports.ipv4, 8080), 2, 1),
+        ("batch (outside mesh) -> backend", &batch, SocketAddr::new(backend.ipv4, 8080), 2, 2, false),
+        ("frontend -> reports (opted out)", &frontend, SocketAddr::new(reports.ipv4, 8080), 1, 1, true),
+        ("batch -> reports (both outside)", &batch, SocketAddr::new(reports.ipv4, 8080), 2, 1, true),
     ];
-    for (name, from, to, src_node, dst_node) in flows {
+    for (name, from, to, src_node, dst_node, expect_ok) in flows {
         check_interrupt()?;
         let before = counters(&c, src_node, dst_node)?;
         let r = p.client(&c, from, to, 1 << 20, 0)?;
         let after = counters(&c, src_node, dst_node)?;
         println!("   {name}");
+        if !r.ok && !expect_ok {
+            println!(
+                "      refused, as PeerAuthentication shop/default (STRICT) says: plaintext from outside the mesh"
+            );
+            continue;
+        }
         if !r.ok {
             println!("      FAILED: {}", r.error);
             continue;
+        }
+        if !expect_ok {
+            println!("      UNEXPECTED: the connection was allowed");
         }
         println!(
             "      bytes ok={}  client getpeername={}  server saw client as {}",
