@@ -149,6 +149,7 @@ impl Follower {
                 };
                 if diags.has_errors() {
                     log.rejected(&diags);
+                    store.reject(ConfigRejected { diagnostics: diags }.to_string());
                     continue;
                 }
                 log.accepted();

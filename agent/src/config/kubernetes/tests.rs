@@ -53,6 +53,15 @@ async fn wait_for(store: &SnapshotStore, what: &str, pred: impl Fn(&Snapshot) ->
     }
 }
 
+/// Waits until the store recorded `n` rejected changes (at most 10 s).
+async fn wait_rejections(store: &SnapshotStore, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.rejections().total < n {
+        assert!(Instant::now() < deadline, "timed out waiting for {n} rejection(s)");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `resource`'s queued events were streamed, then long enough for a recompile.
 async fn settle(api: &FakeApi, resource: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -275,13 +284,18 @@ async fn invalid_object_keeps_the_last_good_snapshot_until_fixed() {
     let _guard = synced.follower.follow(store.clone());
 
     api.push(PODS, "watch/pods-invalid.jsonl");
-    settle(&api, PODS).await;
+    wait_rejections(&store, 1).await;
     assert_eq!(store.generation(), 0, "a broken change must not be stored");
     assert_eq!(store.load().workload_by_ip(ip("10.244.1.11")).map(|p| p.name.as_str()), Some(WEB2));
     let text = logs.text();
     assert!(text.contains("kubernetes:Pod/shop/web-7d9f8b6c5d-fghij"), "{text}");
     assert!(text.contains("is not an IP address"), "{text}");
     assert!(text.contains("keeping the last good config"), "{text}");
+    let rejected = store.rejections();
+    assert!(rejected.total >= 1, "the rejection is recorded on the store");
+    assert!(
+        rejected.current.as_deref().is_some_and(|c| c.contains("kubernetes:Pod/shop/web-7d9f8b6c5d-fghij"))
+    );
 
     api.push(PODS, "watch/pods-fixed.jsonl");
     wait_for(&store, "the fixed pod", |s| {
@@ -289,6 +303,7 @@ async fn invalid_object_keeps_the_last_good_snapshot_until_fixed() {
     })
     .await;
     assert!(store.load().workload_by_ip(ip("10.244.1.11")).is_none());
+    assert!(store.rejections().current.is_none(), "the fix clears the error");
 }
 
 #[tokio::test]
@@ -300,10 +315,11 @@ async fn a_broken_deny_policy_is_never_dropped() {
 
     // DENY -> CUSTOM (not supported): the compile is rejected, the DENY stays in force.
     api.push(AUTHZ, "watch/authorizationpolicies-custom.jsonl");
-    settle(&api, AUTHZ).await;
+    wait_rejections(&store, 1).await;
     // Another, valid change still compiles with the broken policy in the view: still rejected.
     api.push(PODS, "watch/pods-changes.jsonl");
     settle(&api, PODS).await;
+    wait_rejections(&store, 2).await;
     let s = store.load();
     assert_eq!(store.generation(), 0);
     assert!(
