@@ -193,6 +193,17 @@ async fn bookmarks_are_tolerated() {
     wait_for(&store, "web-3 added", |s| s.pods.contains_key(&("shop".into(), WEB3.into()))).await;
     assert_eq!((api.lists(PODS), api.watches(PODS)), (1, 1), "no relist, no reconnect");
     assert!(!logs.text().contains("watch error"), "{}", logs.text());
+
+    // A bookmark without apiVersion/kind (only metadata.resourceVersion) does not decode in kube:
+    // one warning, then the same stream goes on (no relist, no reconnect, nothing lost).
+    api.push(PODS, "watch/pods-bookmark-bare.jsonl");
+    api.push(PODS, "watch/pods-fixed.jsonl");
+    wait_for(&store, "web-2 readdressed", |s| {
+        s.workload_by_ip(ip("10.244.1.21")).map(|p| p.name.as_str()) == Some(WEB2)
+    })
+    .await;
+    assert_eq!((api.lists(PODS), api.watches(PODS)), (1, 1), "no relist, no reconnect");
+    assert_eq!(logs.text().matches("watch error").count(), 1, "{}", logs.text());
 }
 
 #[tokio::test]
