@@ -326,6 +326,22 @@ impl Snapshot {
                                 "CUSTOM (external authorization) is not supported by sluice".into(),
                                 "use ALLOW or DENY",
                             );
+                        } else if spec.selector.is_some() && spec.is_targeted() {
+                            cx.error(
+                                "spec.targetRefs",
+                                "selector and targetRef/targetRefs are mutually exclusive".into(),
+                                "keep the selector (workloads) or the targetRefs (a waypoint or Service)",
+                            );
+                        } else if spec.is_targeted() {
+                            // Istio ambient: a targeted policy is enforced by the waypoint the
+                            // traffic passes through, never by the node proxy.
+                            cx.warning(
+                                "spec.targetRefs",
+                                "policies attached with targetRef/targetRefs are enforced by a waypoint; \
+                                 sluice does not run waypoints yet, so this policy has no effect"
+                                    .into(),
+                                "use spec.selector to have the node proxy enforce it at L4",
+                            );
                         } else {
                             snap.authorization_policies.push(AuthorizationPolicy { namespace, name, spec });
                         }

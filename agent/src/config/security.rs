@@ -135,14 +135,45 @@ pub struct Rule {
     pub when: Option<Vec<Condition>>,
 }
 
+/// `targetRef`/`targetRefs`: attaches a policy to a Gateway (a waypoint) or a Service instead of
+/// selecting workloads; such policies are enforced where that traffic is proxied (a waypoint).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PolicyTargetReference {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `provider` of a CUSTOM policy (external authorization).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionProvider {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
+    pub target_ref: Option<PolicyTargetReference>,
+    pub target_refs: Option<Vec<PolicyTargetReference>>,
+    pub provider: Option<ExtensionProvider>,
     #[serde(default)]
     pub action: Action,
     /// `None` (no rules field) and `Some([])` both match nothing.
     pub rules: Option<Vec<Rule>>,
+}
+
+impl AuthorizationPolicySpec {
+    /// The policy attaches to targets (a waypoint, a Service) rather than selecting workloads.
+    pub fn is_targeted(&self) -> bool {
+        self.target_ref.is_some() || self.target_refs.as_ref().is_some_and(|t| !t.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

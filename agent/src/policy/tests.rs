@@ -224,7 +224,7 @@ fn custom_action_is_rejected_with_a_clear_error() {
 #[test]
 fn unknown_fields_are_errors_not_silently_ignored() {
     let docs: Vec<_> = yaml::parse(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: both, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  targetRefs: [{kind: Service, name: web}]\n",
     )
     .expect("yaml")
     .into_iter()
@@ -235,6 +235,15 @@ fn unknown_fields_are_errors_not_silently_ignored() {
     let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("unknown field `notNamespace`") && e[0].contains("notNamespaces"), "{}", e[0]);
-    assert!(e[1].contains("unknown field `targetRefs`"), "{}", e[1]);
+    assert!(
+        e[1].contains("AuthorizationPolicy/shop/both") && e[1].contains("mutually exclusive"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        diags.warnings().any(|w| w.object.as_deref() == Some("AuthorizationPolicy/shop/attach")
+            && w.message.contains("enforced by a waypoint")),
+        "{diags}"
+    );
     assert!(snap.authorization_policies.is_empty(), "rejected policies must not be half-applied");
 }
