@@ -636,12 +636,16 @@ impl Cx<'_> {
         if v.is_null() {
             return Some(T::default());
         }
-        match serde_json::from_value::<T>(v) {
+        match serde_path_to_error::deserialize::<_, T>(v) {
             Ok(t) => Some(t),
             Err(e) => {
+                // The path of the value serde rejected (for an unknown field: the map holding it).
+                let inner = e.path().to_string();
+                let field =
+                    if inner == "." || inner.is_empty() { "spec".into() } else { format!("spec.{inner}") };
                 self.error(
-                    "spec",
-                    format!("invalid spec: {e}"),
+                    &field,
+                    e.inner().to_string(),
                     "check the field names and value types against the Istio API",
                 );
                 None

@@ -235,6 +235,7 @@ fn unknown_fields_are_errors_not_silently_ignored() {
     let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("unknown field `notNamespace`") && e[0].contains("notNamespaces"), "{}", e[0]);
+    assert!(e[0].starts_with("p.yaml:6:36: error: AuthorizationPolicy/shop/typo: field `spec.rules[0].from[0].source.notNamespace`"), "{}", e[0]);
     assert!(
         e[1].contains("AuthorizationPolicy/shop/both") && e[1].contains("mutually exclusive"),
         "{}",
