@@ -10,7 +10,7 @@ use std::{
 use sluice::config::{
     Diagnostics, Snapshot,
     files::read_documents,
-    yaml::{self, MAX_DEPTH, MAX_DOCUMENTS, MAX_FILE_BYTES, MAX_INDENT_COLUMN},
+    yaml::{self, MAX_DEPTH, MAX_DOCUMENTS, MAX_FILE_BYTES, MAX_INDENT_COLUMN, MAX_NODES},
 };
 
 /// Writes `bytes` as `name` in a fresh directory and runs the file front end and the compiler on
@@ -165,6 +165,20 @@ fn a_large_file_within_the_limit_parses() {
     let text: String = (0..MAX_DOCUMENTS).map(|i| one.replace("NNNNN", &format!("{i:05}"))).collect();
     let docs = yaml::parse(&text).expect("parses");
     assert_eq!(docs.len(), MAX_DOCUMENTS);
+}
+
+#[test]
+fn too_many_nodes_are_rejected_before_parsing() {
+    // One-character items are the cheapest nodes to write and the dearest to hold.
+    let text = format!("[{}1]\n", "1,".repeat(MAX_NODES));
+    let t = std::time::Instant::now();
+    let e = yaml::parse(&text).expect_err("too many nodes");
+    assert!(t.elapsed().as_secs() < 5, "rejected before parsing");
+    assert_eq!(e.message, format!("more than {MAX_NODES} YAML nodes in one file"));
+    assert_eq!((e.pos.line, e.pos.column), (1, 2 * MAX_NODES));
+    let text = "- 1\n".repeat(MAX_NODES + 1);
+    let e = yaml::parse(&text).expect_err("too many nodes");
+    assert_eq!((e.pos.line, e.pos.column), (MAX_NODES + 1, 3));
 }
 
 #[test]

@@ -46,6 +46,12 @@ pub const MAX_INDENT_COLUMN: usize = 256;
 /// in debug builds. Only the pages actually touched are committed.
 pub const PARSER_STACK_BYTES: usize = 32 * 1024 * 1024;
 
+/// Most nodes (scalars and collections) accepted in one file, counted by the pre-scan. A parsed node
+/// costs a few hundred bytes between the parser's tree, the `Value` and its position, so a file of
+/// nothing but one-character list items (8 million in 16 MiB) would take gigabytes; a million is
+/// several times what a 16 MiB file of real objects holds.
+pub const MAX_NODES: usize = 1_000_000;
+
 /// Field paths longer than this get no entry in [`Document::positions`] (diagnostics then point at
 /// the closest recorded parent), so a long key cannot be copied into millions of child paths.
 pub const MAX_FIELD_PATH_BYTES: usize = 1024;
@@ -409,6 +415,13 @@ struct Lexer {
     /// Inside a block scalar: lines indented more than this belong to it.
     block: Option<isize>,
     documents: usize,
+    nodes: usize,
+}
+
+/// What the lexer stopped at (a byte offset in the line).
+enum Stop {
+    Alias(usize),
+    Nodes(usize),
 }
 
 impl Lexer {
@@ -418,7 +431,7 @@ impl Lexer {
             let marker = |m: &[u8]| b.starts_with(m) && b.get(3).is_none_or(|&c| is_blank(c));
             let mut i = 0;
             if marker(b"---") || marker(b"...") {
-                *self = Lexer { documents: self.documents, ..Lexer::default() };
+                *self = Lexer { documents: self.documents, nodes: self.nodes, ..Lexer::default() };
                 if b[0] == b'.' {
                     continue;
                 }
@@ -435,13 +448,26 @@ impl Lexer {
                 }
                 self.block = None;
             }
-            self.line(b, i).map_err(|at| alias_error(Pos { line: number, column: column(line, at) }))?;
+            self.line(b, i).map_err(|stop| match stop {
+                Stop::Alias(at) => alias_error(Pos { line: number, column: column(line, at) }),
+                Stop::Nodes(at) => SyntaxError::new(
+                    Pos { line: number, column: column(line, at) },
+                    format!("more than {MAX_NODES} YAML nodes in one file"),
+                    "split the config into several files",
+                ),
+            })?;
         }
         Ok(())
     }
 
-    /// Lexes one line from byte `i`; `Err(at)` is the byte offset of an anchor or alias.
-    fn line(&mut self, b: &[u8], mut i: usize) -> Result<(), usize> {
+    /// Counts a node starting at byte `at`.
+    fn node(&mut self, at: usize) -> Result<(), Stop> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES { Err(Stop::Nodes(at)) } else { Ok(()) }
+    }
+
+    /// Lexes one line from byte `i`, counting the nodes that start on it.
+    fn line(&mut self, b: &[u8], mut i: usize) -> Result<(), Stop> {
         // Column of the node that owns a block scalar starting on this line.
         let mut owner: isize = if i == 3 { -1 } else { 0 };
         let mut node_start = true;
@@ -469,7 +495,7 @@ impl Lexer {
             }
             if node_start {
                 match c {
-                    b'"' | b'\'' => match close_quote(b, i + 1, c) {
+                    b'"' | b'\'' => match self.node(i).map(|()| close_quote(b, i + 1, c))? {
                         Some(end) => {
                             i = end;
                             node_start = false;
@@ -480,12 +506,15 @@ impl Lexer {
                             return Ok(());
                         }
                     },
-                    b'*' | b'&' if !next_blank && !b",[]{}".contains(&b[i + 1]) => return Err(i),
+                    b'*' | b'&' if !next_blank && !b",[]{}".contains(&b[i + 1]) => {
+                        return Err(Stop::Alias(i));
+                    }
                     b'!' => {
                         i += b[i..].iter().position(|&n| is_blank(n)).unwrap_or(b.len() - i);
                         continue;
                     }
                     b'|' | b'>' if self.flow == 0 => {
+                        self.node(i)?;
                         self.block = Some(owner);
                         return Ok(());
                     }
@@ -496,7 +525,7 @@ impl Lexer {
                         i += 1;
                         continue;
                     }
-                    _ => {}
+                    _ => self.node(i)?,
                 }
             }
             match c {
