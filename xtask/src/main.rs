@@ -5,7 +5,9 @@
 //! - `test`   setup, fmt, clippy (host and eBPF), unit and integration tests, end-to-end suite
 //! - `demo`   setup, build, run the demo on a simulated two-node cluster
 //! - `bench`  mesh versus direct benchmarks and the mesh-config compile benchmark (`--quick`: smoke)
+//! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
 mod cmd;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -37,6 +39,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
+    Fuzz {
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 300)]
+        time: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +55,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo => demo(),
         Command::Bench { quick } => bench(quick),
+        Command::Fuzz { time } => fuzz::run(time),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
