@@ -254,13 +254,13 @@ mod tests {
     }
 
     fn parse(v: Value) -> RequestAuthenticationSpec {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value(v).expect("the spec parses")
     }
 
     fn one(spec: &RequestAuthenticationSpec) -> Issue {
         let issues = spec.validate();
         assert_eq!(issues.len(), 1, "{issues:?}");
-        issues.into_iter().next().unwrap()
+        issues.into_iter().next().expect("one issue")
     }
 
     #[test]
@@ -268,9 +268,9 @@ mod tests {
         let spec = parse(example());
         assert_eq!(spec.jwt_rules.len(), 2);
         assert_eq!(spec.jwt_rules[0].from_headers[1].prefix.as_deref(), Some("Bearer "));
-        assert_eq!(spec.jwt_rules[0].timeout.as_ref().unwrap().as_std().as_secs(), 5);
+        assert_eq!(spec.jwt_rules[0].timeout.as_ref().expect("present").as_std().as_secs(), 5);
         assert_eq!(spec.validate(), vec![]);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), example());
+        assert_eq!(serde_json::to_value(&spec).expect("serializes"), example());
     }
 
     #[test]
@@ -281,7 +281,7 @@ mod tests {
         });
         let spec = parse(v.clone());
         assert_eq!(spec.target_refs[0].name, "waypoint");
-        assert_eq!(serde_json::to_value(&spec).unwrap(), v);
+        assert_eq!(serde_json::to_value(&spec).expect("serializes"), v);
     }
 
     #[test]
@@ -361,11 +361,11 @@ mod tests {
         let err = serde_json::from_value::<RequestAuthenticationSpec>(json!({
             "jwtRules": [{"issuer": "a", "audience": ["x"]}]
         }))
-        .unwrap_err()
+        .expect_err("must be rejected")
         .to_string();
         assert!(err.contains("unknown field `audience`"), "{err}");
         let err = serde_json::from_value::<RequestAuthenticationSpec>(json!({"jwt_rules": []}))
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(err.contains("unknown field `jwt_rules`"), "{err}");
     }

@@ -184,7 +184,7 @@ mod tests {
     use super::*;
 
     fn ok(text: &str) -> Std {
-        Duration::parse(text).unwrap().as_std()
+        Duration::parse(text).expect("a valid duration").as_std()
     }
 
     #[test]
@@ -207,27 +207,28 @@ mod tests {
     #[test]
     fn rejects_other_text_with_a_hint() {
         for bad in ["5 sec", "", "s", "5", "5x", "1.s.", "five seconds", "5s ", "1d"] {
-            let err = Duration::parse(bad).unwrap_err().to_string();
+            let err = Duration::parse(bad).expect_err("must be rejected").to_string();
             assert_eq!(err, format!("`{bad}` is not a duration; write e.g. 5s, 250ms, 1m"));
         }
-        assert!(Duration::parse("-5s").unwrap_err().to_string().contains("negative"));
+        assert!(Duration::parse("-5s").expect_err("must be rejected").to_string().contains("negative"));
         assert!(matches!(Duration::parse("99999999999999999999999h"), Err(DurationError::Overflow(_))));
     }
 
     #[test]
     fn serializes_back_to_the_original_text() {
         for text in ["5s", "1.5s", "100ms", "1h", "0s", "1m30s"] {
-            let d: Duration = serde_json::from_value(serde_json::json!(text)).unwrap();
-            assert_eq!(serde_json::to_value(&d).unwrap(), serde_json::json!(text));
+            let d: Duration = serde_json::from_value(serde_json::json!(text)).expect("a valid duration");
+            assert_eq!(serde_json::to_value(&d).expect("serializes"), serde_json::json!(text));
             assert_eq!(d.to_string(), text);
         }
     }
 
     #[test]
     fn serde_errors_name_the_text_and_reject_numbers() {
-        let err = serde_json::from_value::<Duration>(serde_json::json!("5 sec")).unwrap_err();
+        let err =
+            serde_json::from_value::<Duration>(serde_json::json!("5 sec")).expect_err("must be rejected");
         assert!(err.to_string().contains("`5 sec` is not a duration; write e.g. 5s"), "{err}");
-        let err = serde_json::from_value::<Duration>(serde_json::json!(5)).unwrap_err();
+        let err = serde_json::from_value::<Duration>(serde_json::json!(5)).expect_err("must be rejected");
         assert!(err.to_string().contains("a duration string"), "{err}");
     }
 
@@ -235,6 +236,6 @@ mod tests {
     fn from_std_writes_protobuf_form() {
         assert_eq!(Duration::from_std(Std::from_secs(5)).as_str(), "5s");
         assert_eq!(Duration::from_std(Std::from_millis(250)).as_str(), "0.25s");
-        assert_eq!(Duration::parse("0.25s").unwrap().as_std(), Std::from_millis(250));
+        assert_eq!(Duration::parse("0.25s").expect("a valid duration").as_std(), Std::from_millis(250));
     }
 }

@@ -397,13 +397,13 @@ mod tests {
     }
 
     fn parse(v: Value) -> GatewaySpec {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value(v).expect("the spec parses")
     }
 
     fn one(spec: &GatewaySpec) -> Issue {
         let issues = spec.validate();
         assert_eq!(issues.len(), 1, "{issues:?}");
-        issues.into_iter().next().unwrap()
+        issues.into_iter().next().expect("one issue")
     }
 
     #[test]
@@ -411,16 +411,16 @@ mod tests {
         let spec = parse(waypoint());
         assert!(spec.is_waypoint());
         assert_eq!(spec.validate(), vec![]);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), waypoint());
+        assert_eq!(serde_json::to_value(&spec).expect("serializes"), waypoint());
     }
 
     #[test]
     fn ingress_gateway_parses_validates_and_round_trips() {
         let spec = parse(ingress());
         assert!(!spec.is_waypoint());
-        assert_eq!(spec.listeners[1].tls.as_ref().unwrap().mode, Some(TlsModeType::Passthrough));
+        assert_eq!(spec.listeners[1].tls.as_ref().expect("present").mode, Some(TlsModeType::Passthrough));
         assert_eq!(spec.validate(), vec![]);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), ingress());
+        assert_eq!(serde_json::to_value(&spec).expect("serializes"), ingress());
     }
 
     #[test]
@@ -479,10 +479,11 @@ mod tests {
     fn unknown_fields_are_rejected_by_name() {
         let mut v = waypoint();
         v["listeners"][0]["portNumber"] = json!(1);
-        let err = serde_json::from_value::<GatewaySpec>(v).unwrap_err().to_string();
+        let err = serde_json::from_value::<GatewaySpec>(v).expect_err("must be rejected").to_string();
         assert!(err.contains("unknown field `portNumber`"), "{err}");
-        let err =
-            serde_json::from_value::<GatewaySpec>(json!({"gatewayClass": "istio"})).unwrap_err().to_string();
+        let err = serde_json::from_value::<GatewaySpec>(json!({"gatewayClass": "istio"}))
+            .expect_err("must be rejected")
+            .to_string();
         assert!(err.contains("unknown field `gatewayClass`"), "{err}");
     }
 

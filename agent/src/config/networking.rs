@@ -2393,3 +2393,1065 @@ impl GatewaySpec {
         issues
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn parse<T: DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("the spec parses")
+    }
+
+    fn round_trips<T: DeserializeOwned + Serialize>(v: Value) -> T {
+        let t: T = parse(v.clone());
+        assert_eq!(serde_json::to_value(&t).expect("serializes"), v);
+        t
+    }
+
+    fn parse_err<T: DeserializeOwned + fmt::Debug>(v: Value) -> String {
+        serde_json::from_value::<T>(v).expect_err("must be rejected").to_string()
+    }
+
+    /// Asserts that `issues` has an issue at `path` whose message contains `message`.
+    fn has(issues: &[Issue], path: &str, message: &str) {
+        assert!(
+            issues.iter().any(|i| i.path == path && i.message.contains(message)),
+            "no issue at `{path}` containing `{message}` in {issues:#?}"
+        );
+    }
+
+    /// Runs `check` on specs built from `base` with one JSON pointer replaced.
+    fn patched(base: &Value, pointer: &str, value: Value) -> Value {
+        let mut v = base.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("a JSON pointer");
+        let target = v.pointer_mut(parent).expect("the parent exists in the example");
+        match target {
+            Value::Array(a) => {
+                let i: usize = key.parse().expect("an array index");
+                if i < a.len() {
+                    a[i] = value;
+                } else {
+                    a.push(value);
+                }
+            }
+            Value::Object(o) => {
+                if value.is_null() {
+                    o.remove(key);
+                } else {
+                    o.insert(key.to_string(), value);
+                }
+            }
+            _ => panic!("{pointer} is not in a container"),
+        }
+        v
+    }
+
+    // ---- VirtualService
+
+    fn virtual_service() -> Value {
+        json!({
+            "hosts": ["reviews.prod.svc.cluster.local", "reviews.example.com"],
+            "gateways": ["mesh", "istio-system/public-gw"],
+            "http": [{
+                "name": "reviews-v2-routes",
+                "match": [{
+                    "name": "v2",
+                    "uri": {"prefix": "/wpcatalog"},
+                    "scheme": {"exact": "https"},
+                    "method": {"exact": "GET"},
+                    "authority": {"regex": "reviews\\.example\\.(com|org)"},
+                    "headers": {"end-user": {"exact": "jason"}, "x-canary": {}},
+                    "port": 8080,
+                    "sourceLabels": {"app": "productpage"},
+                    "gateways": ["mesh"],
+                    "queryParams": {"ver": {"regex": "^v[0-9]+$"}},
+                    "ignoreUriCase": true,
+                    "withoutHeaders": {"x-skip": {"prefix": "yes"}},
+                    "sourceNamespace": "frontend",
+                    "statPrefix": "reviews-v2"
+                }],
+                "rewrite": {"uri": "/newcatalog", "authority": "reviews.internal"},
+                "route": [{
+                    "destination": {"host": "reviews.prod.svc.cluster.local", "subset": "v2", "port": {"number": 9080}},
+                    "weight": 75,
+                    "headers": {
+                        "request": {"set": {"x-route": "v2"}, "add": {"x-trace": "1"}, "remove": ["x-debug"]},
+                        "response": {"remove": ["server"]}
+                    }
+                }, {
+                    "destination": {"host": "reviews.prod.svc.cluster.local", "subset": "v3"},
+                    "weight": 25
+                }],
+                "timeout": "10s",
+                "retries": {
+                    "attempts": 3,
+                    "perTryTimeout": "2s",
+                    "retryOn": "gateway-error,connect-failure,refused-stream,503",
+                    "retryRemoteLocalities": true,
+                    "retryIgnorePreviousHosts": false,
+                    "backoff": "25ms"
+                },
+                "fault": {
+                    "delay": {"fixedDelay": "5s", "percentage": {"value": 0.1}},
+                    "abort": {"httpStatus": 400, "percentage": {"value": 10}}
+                },
+                "mirrors": [{"destination": {"host": "reviews-shadow"}, "percentage": {"value": 50}}],
+                "corsPolicy": {
+                    "allowOrigins": [{"exact": "https://example.com"}, {"regex": "https://.*\\.example\\.com"}],
+                    "allowMethods": ["POST", "GET"],
+                    "allowHeaders": ["x-custom-header"],
+                    "exposeHeaders": ["x-request-id"],
+                    "maxAge": "24h",
+                    "allowCredentials": false,
+                    "unmatchedPreflights": "IGNORE"
+                },
+                "headers": {"response": {"set": {"x-served-by": "mesh"}}}
+            }, {
+                "name": "legacy",
+                "match": [{"uri": {"exact": "/old"}}],
+                "redirect": {"uri": "/new", "authority": "new.example.com", "derivePort": "FROM_REQUEST_PORT", "scheme": "https", "redirectCode": 301}
+            }, {
+                "match": [{"uri": {"prefix": "/health"}}],
+                "directResponse": {"status": 200, "body": {"string": "ok"}}
+            }, {
+                "match": [{"uri": {"prefix": "/api"}}],
+                "rewrite": {"uriRegexRewrite": {"match": "^/api/(.*)$", "rewrite": "/\\1"}},
+                "route": [{"destination": {"host": "api"}}],
+                "mirror": {"host": "api-shadow"},
+                "mirrorPercentage": {"value": 5.5}
+            }, {
+                "name": "delegated",
+                "match": [{"uri": {"prefix": "/productpage"}}],
+                "delegate": {"name": "productpage", "namespace": "nsA"}
+            }, {
+                "route": [{"destination": {"host": "reviews.prod.svc.cluster.local", "subset": "v1"}}],
+                "fault": {"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 1}}},
+                "mirror": {"host": "mirror.example"},
+                "mirrorPercent": 10
+            }],
+            "tls": [{
+                "match": [{"sniHosts": ["login.bookinfo.com"], "destinationSubnets": ["10.0.0.0/8"], "port": 443,
+                           "sourceLabels": {"app": "a"}, "gateways": ["mesh"], "sourceNamespace": "ns"}],
+                "route": [{"destination": {"host": "login.prod.svc.cluster.local"}}]
+            }],
+            "tcp": [{
+                "match": [{"destinationSubnets": ["10.1.0.0/16", "10.2.0.1"], "port": 27017, "sourceSubnet": "10.3.0.0/16",
+                           "sourceLabels": {"app": "b"}, "gateways": ["mesh"], "sourceNamespace": "ns"}],
+                "route": [
+                    {"destination": {"host": "mongo.backup.svc.cluster.local", "port": {"number": 5555}}, "weight": 20},
+                    {"destination": {"host": "mongo.prod.svc.cluster.local", "port": {"number": 5555}}, "weight": 80}
+                ]
+            }],
+            "exportTo": [".", "istio-system"]
+        })
+    }
+
+    #[test]
+    fn virtual_service_example_parses_validates_and_round_trips() {
+        let vs: VirtualServiceSpec = round_trips(virtual_service());
+        assert_eq!(vs.hosts()[0], "reviews.prod.svc.cluster.local");
+        let m = &vs.http[0].matches[0];
+        assert_eq!(m.uri.as_ref().expect("present").matcher(), StringMatcher::Prefix("/wpcatalog"));
+        assert_eq!(m.headers["x-canary"].matcher(), StringMatcher::Any);
+        assert_eq!(
+            vs.http[0].timeout.as_ref().expect("present").as_std(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(
+            vs.http[0]
+                .fault
+                .as_ref()
+                .expect("present")
+                .delay
+                .as_ref()
+                .expect("present")
+                .percentage
+                .as_ref()
+                .expect("present")
+                .get(),
+            0.1
+        );
+        assert_eq!(
+            vs.http[1].redirect.as_ref().expect("present").derive_port,
+            Some(RedirectPortSelection::FromRequestPort)
+        );
+        assert_eq!(vs.validate(), vec![]);
+    }
+
+    #[test]
+    fn virtual_service_rules() {
+        let base = virtual_service();
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            ("/hosts", json!([]), "hosts", "needs at least one host"),
+            ("/hosts/0", json!("*"), "hosts[0]", "wildcard host `*` is not allowed"),
+            ("/http/0/route/1/weight", json!(30), "http[0].route", "destination weights sum to 105, not 100"),
+            ("/http/0/route/1/weight", json!(-5), "http[0].route[1].weight", "weight -5 is negative"),
+            ("/http/3/route/0/weight", json!(50), "http[3].route", "destination weights sum to 50, not 100"),
+            ("/tcp/0/route/0/weight", json!(10), "tcp[0].route", "destination weights sum to 90, not 100"),
+            (
+                "/http/0/match/0/uri",
+                json!({"regex": "(unclosed"}),
+                "http[0].match[0].uri.regex",
+                "is not a valid RE2 regex",
+            ),
+            (
+                "/http/0/match/0/headers/end-user",
+                json!({"regex": "(?=look)"}),
+                "http[0].match[0].headers.end-user.regex",
+                "is not a valid RE2 regex",
+            ),
+            (
+                "/http/0/match/0/headers/End-User",
+                json!({"exact": "x"}),
+                "http[0].match[0].headers.End-User",
+                "is not a lowercase header name",
+            ),
+            ("/http/0/match/0/uri", json!({}), "http[0].match[0].uri", "sets none of exact, prefix, regex"),
+            ("/http/0/match/0/port", json!(70000), "http[0].match[0].port", "port 70000 is out of range"),
+            (
+                "/http/0/fault/delay/percentage/value",
+                json!(120),
+                "http[0].fault.delay.percentage.value",
+                "percentage 120 is out of range",
+            ),
+            (
+                "/http/0/fault/abort/percentage/value",
+                json!(-1),
+                "http[0].fault.abort.percentage.value",
+                "percentage -1 is out of range",
+            ),
+            (
+                "/http/0/fault/abort/httpStatus",
+                json!(600),
+                "http[0].fault.abort.httpStatus",
+                "HTTP status 600 is not between 200 and 599",
+            ),
+            (
+                "/http/0/fault/abort",
+                json!({"percentage": {"value": 1}}),
+                "http[0].fault.abort",
+                "needs httpStatus or grpcStatus",
+            ),
+            (
+                "/http/0/fault/abort",
+                json!({"http2Error": "x"}),
+                "http[0].fault.abort.http2Error",
+                "not supported",
+            ),
+            (
+                "/http/0/fault/delay",
+                json!({"exponentialDelay": "1s"}),
+                "http[0].fault.delay.exponentialDelay",
+                "not supported",
+            ),
+            (
+                "/http/0/fault/delay",
+                json!({"percentage": {"value": 1}}),
+                "http[0].fault.delay.fixedDelay",
+                "needs fixedDelay",
+            ),
+            ("/http/0/fault", json!({}), "http[0].fault", "needs a delay or an abort"),
+            (
+                "/http/0/redirect",
+                json!({"uri": "/x"}),
+                "http[0].redirect",
+                "`route` and `redirect` are mutually exclusive",
+            ),
+            (
+                "/http/0/directResponse",
+                json!({"status": 503}),
+                "http[0].directResponse",
+                "`route` and `directResponse` are mutually exclusive",
+            ),
+            (
+                "/http/2/directResponse/status",
+                json!(700),
+                "http[2].directResponse.status",
+                "status 700 is not an HTTP status",
+            ),
+            (
+                "/http/1/redirect/redirectCode",
+                json!(200),
+                "http[1].redirect.redirectCode",
+                "200 is not a redirect status",
+            ),
+            (
+                "/http/1/redirect/prefixRewrite",
+                json!("/p"),
+                "http[1].redirect.prefixRewrite",
+                "mutually exclusive",
+            ),
+            (
+                "/http/1/rewrite",
+                json!({"uri": "/x"}),
+                "http[1].rewrite",
+                "has no effect together with redirect",
+            ),
+            (
+                "/http/5/route",
+                json!([]),
+                "http[5]",
+                "needs one of route, redirect, directResponse or delegate",
+            ),
+            (
+                "/http/4/delegate/name",
+                Value::Null,
+                "http[4].delegate.name",
+                "needs the name of a VirtualService",
+            ),
+            (
+                "/http/3/rewrite/uri",
+                json!("/x"),
+                "http[3].rewrite.uriRegexRewrite",
+                "`uri` and `uriRegexRewrite` are mutually exclusive",
+            ),
+            (
+                "/http/3/rewrite/uriRegexRewrite/match",
+                json!("a{2,1}"),
+                "http[3].rewrite.uriRegexRewrite.match",
+                "is not a valid RE2 regex",
+            ),
+            ("/http/0/retries/attempts", json!(-1), "http[0].retries.attempts", "-1 is negative"),
+            (
+                "/http/0/retries/perTryTimeout",
+                json!("0s"),
+                "http[0].retries.perTryTimeout",
+                "shorter than 1ms",
+            ),
+            (
+                "/http/0/retries/retryOn",
+                json!("5xx,bogus"),
+                "http[0].retries.retryOn",
+                "`bogus` is not a retry policy",
+            ),
+            (
+                "/http/0/mirrors/0/percentage/value",
+                json!(101),
+                "http[0].mirrors[0].percentage.value",
+                "out of range",
+            ),
+            (
+                "/http/3/mirrorPercentage/value",
+                json!(200.5),
+                "http[3].mirrorPercentage.value",
+                "percentage 200.5 is out of range",
+            ),
+            ("/http/5/mirrorPercent", json!(101), "http[5].mirrorPercent", "percentage 101 is out of range"),
+            (
+                "/http/0/mirror",
+                json!({"host": "m"}),
+                "http[0].mirrors",
+                "`mirror` and `mirrors` are mutually exclusive",
+            ),
+            (
+                "/http/0/route/0/destination/host",
+                json!(""),
+                "http[0].route[0].destination.host",
+                "destination host is empty",
+            ),
+            (
+                "/http/0/route/0/destination/subset",
+                json!("V2_"),
+                "http[0].route[0].destination.subset",
+                "is not a DNS label",
+            ),
+            (
+                "/http/0/route/0/headers/request/remove/0",
+                json!("bad header"),
+                "http[0].route[0].headers.request.remove",
+                "is not a valid header name",
+            ),
+            (
+                "/http/0/corsPolicy/allowOrigins/1",
+                json!({"regex": "*"}),
+                "http[0].corsPolicy.allowOrigins[1].regex",
+                "is not a valid RE2 regex",
+            ),
+            ("/http/0/corsPolicy/maxAge", json!("1.5s"), "http[0].corsPolicy.maxAge", "is not whole seconds"),
+            ("/http/0/corsPolicy/allowOrigin", json!(["*"]), "http[0].corsPolicy.allowOrigin", "deprecated"),
+            ("/tls/0/match/0/sniHosts", json!([]), "tls[0].match[0].sniHosts", "needs at least one SNI host"),
+            ("/tls/0/match", json!([]), "tls[0].match", "needs at least one match"),
+            (
+                "/tcp/0/match/0/destinationSubnets/1",
+                json!("10.2.0.300"),
+                "tcp[0].match[0].destinationSubnets[1]",
+                "is not an IP address or CIDR",
+            ),
+            (
+                "/tcp/0/match/0/sourceSubnet",
+                json!("nope"),
+                "tcp[0].match[0].sourceSubnet",
+                "is not an IP address or CIDR",
+            ),
+            ("/tcp/0/route", json!([]), "tcp[0].route", "needs at least one destination"),
+            ("/exportTo/1", json!("~"), "exportTo[1]", "`~` (export to nobody) is combined"),
+            ("/exportTo/1", json!("Not_A_Namespace"), "exportTo[1]", "is not a namespace name"),
+        ];
+        for (pointer, value, path, message) in cases {
+            let vs: VirtualServiceSpec = parse(patched(&base, pointer, value));
+            has(&vs.validate(), path, message);
+        }
+        let empty = VirtualServiceSpec { hosts: vec!["a".into()], ..Default::default() };
+        has(&empty.validate(), "", "needs http, tls or tcp routes");
+    }
+
+    #[test]
+    fn virtual_service_oneofs_are_rejected_naming_the_fields() {
+        let err = parse_err::<StringMatch>(json!({"exact": "/a", "prefix": "/b"}));
+        assert_eq!(err, "StringMatch sets `exact` and `prefix`; set only one of `exact`, `prefix`, `regex`");
+        let err = parse_err::<VirtualServiceSpec>(patched(
+            &virtual_service(),
+            "/http/0/match/0/uri",
+            json!({"prefix": "/a", "regex": "/b"}),
+        ));
+        assert!(err.contains("StringMatch sets `prefix` and `regex`"), "{err}");
+        let err = parse_err::<HttpRedirect>(json!({"port": 8080, "derivePort": "FROM_REQUEST_PORT"}));
+        assert!(err.contains("redirect sets `port` and `derivePort`"), "{err}");
+        let err = parse_err::<Abort>(json!({"httpStatus": 503, "grpcStatus": "UNAVAILABLE"}));
+        assert!(err.contains("fault.abort sets `httpStatus` and `grpcStatus`"), "{err}");
+        let err = parse_err::<Delay>(json!({"fixedDelay": "1s", "exponentialDelay": "1s"}));
+        assert!(err.contains("fault.delay sets `fixedDelay` and `exponentialDelay`"), "{err}");
+        let err = parse_err::<HttpBody>(json!({"string": "a", "bytes": "YQ=="}));
+        assert!(err.contains("body sets `string` and `bytes`"), "{err}");
+    }
+
+    #[test]
+    fn virtual_service_unknown_fields_are_rejected_by_name() {
+        for (pointer, field) in [
+            ("/http/0/routes", "routes"),
+            ("/http/0/match/0/url", "url"),
+            ("/http/0/route/0/destination/hostname", "hostname"),
+            ("/http/0/retries/attempt", "attempt"),
+            ("/http/0/corsPolicy/allowOrigns", "allowOrigns"),
+            ("/http/0/match/0/uri/suffix", "suffix"),
+            ("/export_to", "export_to"),
+        ] {
+            let err = parse_err::<VirtualServiceSpec>(patched(&virtual_service(), pointer, json!(1)));
+            assert!(err.contains(&format!("unknown field `{field}`")), "{pointer}: {err}");
+        }
+    }
+
+    #[test]
+    fn virtual_service_wrong_types_are_rejected() {
+        for (pointer, value) in [
+            ("/hosts", json!("reviews")),
+            ("/http/0/route/0/weight", json!("75")),
+            ("/http/0/route/0/weight", json!(7.5)),
+            ("/http/0/timeout", json!(10)),
+            ("/http/0/timeout", json!("10 seconds")),
+            ("/http/0/match/0/ignoreUriCase", json!("yes")),
+            ("/http/0/match/0/uri", json!("/prefix")),
+            ("/http/0/fault/delay/percentage/value", json!("0.1")),
+            ("/http/0/corsPolicy/unmatchedPreflights", json!("ignore")),
+            ("/http/1/redirect/derivePort", json!("REQUEST_PORT")),
+            ("/http/2/directResponse/status", json!(-1)),
+        ] {
+            let r = serde_json::from_value::<VirtualServiceSpec>(patched(
+                &virtual_service(),
+                pointer,
+                value.clone(),
+            ));
+            assert!(r.is_err(), "{pointer} = {value} was accepted");
+        }
+        let err = parse_err::<VirtualServiceSpec>(patched(
+            &virtual_service(),
+            "/http/0/timeout",
+            json!("10 seconds"),
+        ));
+        assert!(err.contains("`10 seconds` is not a duration; write e.g. 5s, 250ms, 1m"), "{err}");
+    }
+
+    // ---- DestinationRule
+
+    fn destination_rule() -> Value {
+        json!({
+            "host": "reviews.prod.svc.cluster.local",
+            "trafficPolicy": {
+                "loadBalancer": {
+                    "simple": "LEAST_REQUEST",
+                    "localityLbSetting": {
+                        "enabled": true,
+                        "distribute": [{"from": "us-west/zone1/*", "to": {"us-west/zone1/*": 80, "us-west/zone2/*": 20}}],
+                        "failoverPriority": ["topology.istio.io/network"]
+                    },
+                    "warmup": {"duration": "60s", "minimumPercent": 10, "aggression": 1.5}
+                },
+                "connectionPool": {
+                    "tcp": {
+                        "maxConnections": 100,
+                        "connectTimeout": "30ms",
+                        "tcpKeepalive": {"probes": 3, "time": "7200s", "interval": "75s"},
+                        "maxConnectionDuration": "1h",
+                        "idleTimeout": "1h"
+                    },
+                    "http": {
+                        "http1MaxPendingRequests": 1024,
+                        "http2MaxRequests": 1024,
+                        "maxRequestsPerConnection": 10,
+                        "maxRetries": 3,
+                        "idleTimeout": "1h",
+                        "h2UpgradePolicy": "UPGRADE",
+                        "useClientProtocol": false,
+                        "maxConcurrentStreams": 100,
+                        "http2KeepAlive": {"interval": "30s", "timeout": "5s"}
+                    }
+                },
+                "outlierDetection": {
+                    "splitExternalLocalOriginErrors": true,
+                    "consecutiveLocalOriginFailures": 5,
+                    "consecutiveGatewayErrors": 3,
+                    "consecutive5xxErrors": 7,
+                    "interval": "5m",
+                    "baseEjectionTime": "15m",
+                    "maxEjectionPercent": 50,
+                    "minHealthPercent": 30,
+                    "outlierDetectionHttpErrorCodes": [503, 504]
+                },
+                "tls": {"mode": "ISTIO_MUTUAL", "sni": "reviews.prod", "subjectAltNames": ["spiffe://cluster.local/ns/prod/sa/reviews"]},
+                "portLevelSettings": [{
+                    "port": {"number": 80},
+                    "loadBalancer": {"consistentHash": {"httpCookie": {"name": "user", "path": "/", "ttl": "0s",
+                        "attributes": [{"name": "SameSite", "value": "Strict"}]}, "ringHash": {"minimumRingSize": 1024}}},
+                    "tls": {"mode": "MUTUAL", "clientCertificate": "/etc/certs/cert.pem", "privateKey": "/etc/certs/key.pem",
+                            "caCertificates": "/etc/certs/ca.pem", "insecureSkipVerify": false, "caCrl": "/etc/certs/crl.pem"}
+                }, {
+                    "port": {"number": 9080},
+                    "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user", "maglev": {"tableSize": 65537}}},
+                    "connectionPool": {"tcp": {"maxConnections": 10}},
+                    "outlierDetection": {"consecutive5xxErrors": 1}
+                }],
+                "tunnel": {"protocol": "CONNECT", "targetHost": "example.com", "targetPort": 443},
+                "proxyProtocol": {"version": "V2"},
+                "retryBudget": {"percent": 25, "minRetryConcurrency": 5, "budgetInterval": "10s"}
+            },
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {
+                    "loadBalancer": {"consistentHash": {"useSourceIp": true}, "zoneAwareLbSetting": {
+                        "enabled": true, "failover": [{"from": "a", "to": "b"}], "failoverPriority": ["x"], "minClusterSize": 3}}
+                }},
+                {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {
+                    "loadBalancer": {"consistentHash": {"httpQueryParameterName": "user", "minimumRingSize": 512},
+                                     "warmupDurationSecs": "30s"},
+                    "tls": {"mode": "SIMPLE", "credentialName": "client-credential"}
+                }}
+            ],
+            "exportTo": ["*"],
+            "workloadSelector": {"matchLabels": {"app": "ratings"}}
+        })
+    }
+
+    #[test]
+    fn destination_rule_example_parses_validates_and_round_trips() {
+        let dr: DestinationRuleSpec = round_trips(destination_rule());
+        assert_eq!(dr.host(), "reviews.prod.svc.cluster.local");
+        let tp = dr.traffic_policy.as_ref().expect("present");
+        assert_eq!(tp.load_balancer.as_ref().expect("present").simple, Some(SimpleLb::LeastRequest));
+        assert_eq!(
+            tp.connection_pool
+                .as_ref()
+                .expect("present")
+                .tcp
+                .as_ref()
+                .expect("present")
+                .connect_timeout
+                .as_ref()
+                .expect("present")
+                .as_std(),
+            std::time::Duration::from_millis(30)
+        );
+        assert_eq!(tp.outlier_detection.as_ref().expect("present").consecutive_5xx_errors, Some(7));
+        assert_eq!(dr.validate(), vec![]);
+    }
+
+    #[test]
+    fn destination_rule_rules() {
+        let base = destination_rule();
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            ("/host", json!(""), "host", "needs a host"),
+            ("/subsets/1/name", json!("v1"), "subsets[1].name", "subset `v1` is defined twice"),
+            ("/subsets/1/name", json!("V_2"), "subsets[1].name", "is not a DNS label"),
+            ("/subsets/0/trafficPolicy", json!({}), "subsets[0].trafficPolicy", "trafficPolicy sets nothing"),
+            (
+                "/trafficPolicy/outlierDetection/maxEjectionPercent",
+                json!(150),
+                "trafficPolicy.outlierDetection.maxEjectionPercent",
+                "percentage 150 is out of range",
+            ),
+            (
+                "/trafficPolicy/outlierDetection/minHealthPercent",
+                json!(-1),
+                "trafficPolicy.outlierDetection.minHealthPercent",
+                "out of range",
+            ),
+            (
+                "/trafficPolicy/outlierDetection/interval",
+                json!("0s"),
+                "trafficPolicy.outlierDetection.interval",
+                "shorter than 1ms",
+            ),
+            (
+                "/trafficPolicy/outlierDetection/consecutiveErrors",
+                json!(5),
+                "trafficPolicy.outlierDetection.consecutiveErrors",
+                "deprecated",
+            ),
+            (
+                "/trafficPolicy/outlierDetection/outlierDetectionHttpErrorCodes/1",
+                json!(99),
+                "trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes[1]",
+                "99 is not an HTTP status",
+            ),
+            (
+                "/trafficPolicy/connectionPool/tcp/maxConnections",
+                json!(-1),
+                "trafficPolicy.connectionPool.tcp.maxConnections",
+                "-1 is negative",
+            ),
+            (
+                "/trafficPolicy/connectionPool/tcp/connectTimeout",
+                json!("0s"),
+                "trafficPolicy.connectionPool.tcp.connectTimeout",
+                "shorter than 1ms",
+            ),
+            (
+                "/trafficPolicy/connectionPool/http/maxRetries",
+                json!(-3),
+                "trafficPolicy.connectionPool.http.maxRetries",
+                "-3 is negative",
+            ),
+            (
+                "/trafficPolicy/connectionPool/http/idleTimeout",
+                json!("0s"),
+                "trafficPolicy.connectionPool.http.idleTimeout",
+                "shorter than 1ms",
+            ),
+            (
+                "/trafficPolicy/loadBalancer/localityLbSetting/failover",
+                json!([{"from": "a", "to": "b"}]),
+                "trafficPolicy.loadBalancer.localityLbSetting.failover",
+                "`distribute` and `failover` are mutually exclusive",
+            ),
+            (
+                "/trafficPolicy/loadBalancer/localityLbSetting/distribute/0/to",
+                json!({"us-west/zone1/*": 80, "us-west/zone2/*": 30}),
+                "trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to",
+                "locality weights sum to 110, not 100",
+            ),
+            (
+                "/trafficPolicy/loadBalancer/warmupDurationSecs",
+                json!("10s"),
+                "trafficPolicy.loadBalancer.warmupDurationSecs",
+                "both set",
+            ),
+            (
+                "/trafficPolicy/loadBalancer/warmup/minimumPercent",
+                json!(101),
+                "trafficPolicy.loadBalancer.warmup.minimumPercent",
+                "out of range",
+            ),
+            (
+                "/trafficPolicy/loadBalancer/warmup/aggression",
+                json!(0.5),
+                "trafficPolicy.loadBalancer.warmup.aggression",
+                "below 1",
+            ),
+            (
+                "/trafficPolicy/tls/credentialName",
+                json!("cred"),
+                "trafficPolicy.tls.mode",
+                "ISTIO_MUTUAL uses the mesh certificates",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/0/tls/clientCertificate",
+                Value::Null,
+                "trafficPolicy.portLevelSettings[0].tls.mode",
+                "MUTUAL needs a client certificate",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/0/tls/credentialName",
+                json!("c"),
+                "trafficPolicy.portLevelSettings[0].tls.credentialName",
+                "combined with certificate file paths",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/1/port/number",
+                json!(80),
+                "trafficPolicy.portLevelSettings[1].port.number",
+                "port 80 has settings twice",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/1/port",
+                Value::Null,
+                "trafficPolicy.portLevelSettings[1].port.number",
+                "need a port number",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/1/port/number",
+                json!(0),
+                "trafficPolicy.portLevelSettings[1].port.number",
+                "port 0 is out of range",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/0/loadBalancer/consistentHash/minimumRingSize",
+                json!(10),
+                "trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash.minimumRingSize",
+                "deprecated minimumRingSize",
+            ),
+            (
+                "/trafficPolicy/portLevelSettings/0/loadBalancer/consistentHash/httpCookie/name",
+                json!(""),
+                "trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash.httpCookie.name",
+                "cookie name is empty",
+            ),
+            (
+                "/trafficPolicy/tunnel/protocol",
+                json!("GET"),
+                "trafficPolicy.tunnel.protocol",
+                "is not CONNECT or POST",
+            ),
+            ("/trafficPolicy/tunnel/targetPort", json!(0), "trafficPolicy.tunnel.targetPort", "out of range"),
+            (
+                "/trafficPolicy/retryBudget/percent",
+                json!(120),
+                "trafficPolicy.retryBudget.percent",
+                "out of range",
+            ),
+            ("/exportTo/1", json!("~"), "exportTo[1]", "combined"),
+        ];
+        for (pointer, value, path, message) in cases {
+            let dr: DestinationRuleSpec = parse(patched(&base, pointer, value));
+            has(&dr.validate(), path, message);
+        }
+    }
+
+    #[test]
+    fn destination_rule_oneofs_are_rejected_naming_the_fields() {
+        let err = parse_err::<LoadBalancerSettings>(
+            json!({"simple": "ROUND_ROBIN", "consistentHash": {"useSourceIp": true}}),
+        );
+        assert_eq!(
+            err,
+            "loadBalancer sets `simple` and `consistentHash`; set only one of `simple`, `consistentHash`"
+        );
+        let err = parse_err::<ConsistentHashLb>(json!({"httpHeaderName": "x", "useSourceIp": true}));
+        assert!(err.contains("consistentHash sets `httpHeaderName` and `useSourceIp`"), "{err}");
+        let err = parse_err::<ConsistentHashLb>(json!({"useSourceIp": true, "ringHash": {}, "maglev": {}}));
+        assert!(err.contains("consistentHash sets `ringHash` and `maglev`"), "{err}");
+        let err = parse_err::<DestinationRuleSpec>(patched(
+            &destination_rule(),
+            "/trafficPolicy/portLevelSettings/1/loadBalancer/consistentHash/httpQueryParameterName",
+            json!("q"),
+        ));
+        assert!(err.contains("consistentHash sets `httpHeaderName` and `httpQueryParameterName`"), "{err}");
+    }
+
+    #[test]
+    fn destination_rule_unknown_fields_are_rejected_by_name() {
+        for (pointer, field) in [
+            ("/trafficPolicy/connectionPool/tcp/maxConnection", "maxConnection"),
+            ("/trafficPolicy/outlierDetection/consecutive5xxError", "consecutive5xxError"),
+            ("/trafficPolicy/tls/caCertificate", "caCertificate"),
+            ("/subsets/0/label", "label"),
+            ("/trafficPolicy/loadBalancer/sticky", "sticky"),
+            ("/workloadSelector/labels", "labels"),
+        ] {
+            let err = parse_err::<DestinationRuleSpec>(patched(&destination_rule(), pointer, json!(1)));
+            assert!(err.contains(&format!("unknown field `{field}`")), "{pointer}: {err}");
+        }
+    }
+
+    #[test]
+    fn destination_rule_wrong_types_are_rejected() {
+        for (pointer, value) in [
+            ("/host", json!(["a"])),
+            ("/trafficPolicy/loadBalancer/simple", json!("round_robin")),
+            ("/trafficPolicy/tls/mode", json!("STRICT")),
+            ("/trafficPolicy/connectionPool/tcp/maxConnections", json!("100")),
+            ("/trafficPolicy/outlierDetection/consecutive5xxErrors", json!(-1)),
+            ("/trafficPolicy/outlierDetection/baseEjectionTime", json!("15 minutes")),
+            ("/subsets/0/labels", json!(["version"])),
+            ("/subsets/0", json!({"labels": {}})),
+            ("/trafficPolicy/proxyProtocol/version", json!("V3")),
+        ] {
+            let r = serde_json::from_value::<DestinationRuleSpec>(patched(
+                &destination_rule(),
+                pointer,
+                value.clone(),
+            ));
+            assert!(r.is_err(), "{pointer} = {value} was accepted");
+        }
+        let err = parse_err::<DestinationRuleSpec>(json!({"subsets": []}));
+        assert!(err.contains("missing field `host`"), "{err}");
+    }
+
+    // ---- ServiceEntry
+
+    fn service_entry_dns() -> Value {
+        json!({
+            "hosts": ["api.dropboxapi.com", "www.googleapis.com"],
+            "ports": [{"number": 443, "name": "https", "protocol": "TLS"}, {"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8080}],
+            "location": "MESH_EXTERNAL",
+            "resolution": "DNS",
+            "exportTo": ["."],
+            "subjectAltNames": ["spiffe://cluster.local/ns/ext/sa/api"]
+        })
+    }
+
+    fn service_entry_static() -> Value {
+        json!({
+            "hosts": ["mymongodb.somedomain"],
+            "addresses": ["192.192.192.192/24", "10.0.0.1"],
+            "ports": [{"number": 27018, "name": "mongodb", "protocol": "MONGO"}],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "endpoints": [
+                {"address": "2.2.2.2", "ports": {"mongodb": 7777}, "labels": {"app": "mongo"}, "network": "n1",
+                 "locality": "us-east1/zone1", "weight": 10, "serviceAccount": "mongo"},
+                {"address": "3.3.3.3"},
+                {"address": "unix:///var/run/mongo.sock"}
+            ]
+        })
+    }
+
+    fn service_entry_selector() -> Value {
+        json!({
+            "hosts": ["details.bookinfo.com"],
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "workloadSelector": {"labels": {"app": "details-legacy"}}
+        })
+    }
+
+    #[test]
+    fn service_entry_examples_parse_validate_and_round_trip() {
+        for v in [service_entry_dns(), service_entry_static(), service_entry_selector()] {
+            let se: ServiceEntrySpec = round_trips(v);
+            assert_eq!(se.validate(), vec![], "{se:?}");
+        }
+        let se: ServiceEntrySpec = parse(service_entry_static());
+        assert_eq!(se.resolution, Some(Resolution::Static));
+        assert_eq!(se.endpoints[0].ports["mongodb"], 7777);
+        assert_eq!(se.hosts(), ["mymongodb.somedomain"]);
+    }
+
+    #[test]
+    fn service_entry_rules() {
+        let dns = service_entry_dns();
+        let st = service_entry_static();
+        let sel = service_entry_selector();
+        let cases: Vec<(&Value, &str, Value, &str, &str)> = vec![
+            (&dns, "/hosts", json!([]), "hosts", "needs at least one host"),
+            (&dns, "/hosts/0", json!("*.example.com"), "hosts[0]", "cannot be resolved with DNS"),
+            (
+                &st,
+                "/addresses/1",
+                json!("mongo.local"),
+                "addresses[1]",
+                "`mongo.local` is not an IP address or CIDR",
+            ),
+            (&dns, "/ports/1/number", json!(443), "ports[1].number", "port 443 is listed twice"),
+            (&dns, "/ports/1/number", json!(0), "ports[1].number", "port 0 is out of range"),
+            (&dns, "/ports/1/number", json!(65536), "ports[1].number", "out of range"),
+            (&dns, "/ports/1/targetPort", json!(70000), "ports[1].targetPort", "out of range"),
+            (&dns, "/ports/1/name", json!("https"), "ports[1].name", "port name `https` is used twice"),
+            (
+                &st,
+                "/endpoints",
+                json!([]),
+                "endpoints",
+                "resolution STATIC needs endpoints or a workloadSelector",
+            ),
+            (
+                &st,
+                "/endpoints/1/address",
+                json!("mongo.example.com"),
+                "endpoints[1].address",
+                "is not an IP address, as resolution STATIC needs",
+            ),
+            (
+                &st,
+                "/workloadSelector",
+                json!({"labels": {"app": "x"}}),
+                "workloadSelector",
+                "`endpoints` and `workloadSelector` are mutually exclusive",
+            ),
+            (&sel, "/endpoints", json!([{"address": "1.1.1.1"}]), "workloadSelector", "mutually exclusive"),
+            (&st, "/resolution", json!("NONE"), "endpoints", "resolution NONE ignores endpoints"),
+            (
+                &dns,
+                "/endpoints",
+                json!([{"address": ""}]),
+                "endpoints[0].address",
+                "endpoint address is empty",
+            ),
+            (&st, "/endpoints/0/ports/mongodb", json!(0), "endpoints[0].ports.mongodb", "out of range"),
+            (
+                &st,
+                "/endpoints/0/ports/mongo",
+                json!(1),
+                "endpoints[0].ports.mongo",
+                "is not the name of a port",
+            ),
+            (&dns, "/exportTo/0", json!("*/x"), "exportTo[0]", "is not a namespace name"),
+        ];
+        for (base, pointer, value, path, message) in cases {
+            let se: ServiceEntrySpec = parse(patched(base, pointer, value));
+            has(&se.validate(), path, message);
+        }
+    }
+
+    #[test]
+    fn service_entry_unknown_fields_and_wrong_types_are_rejected() {
+        let err =
+            parse_err::<ServiceEntrySpec>(patched(&service_entry_static(), "/endpoints/0/addr", json!("x")));
+        assert!(err.contains("unknown field `addr`"), "{err}");
+        let err = parse_err::<ServiceEntrySpec>(patched(
+            &service_entry_selector(),
+            "/workloadSelector/matchLabels",
+            json!({}),
+        ));
+        assert!(err.contains("unknown field `matchLabels`"), "{err}");
+        for (pointer, value) in [
+            ("/resolution", json!("DNS_RR")),
+            ("/location", json!("EXTERNAL")),
+            ("/ports/0/number", json!("443")),
+            ("/ports/0", json!({"number": 443})),
+            ("/hosts", json!("api.dropboxapi.com")),
+        ] {
+            let r = serde_json::from_value::<ServiceEntrySpec>(patched(
+                &service_entry_dns(),
+                pointer,
+                value.clone(),
+            ));
+            assert!(r.is_err(), "{pointer} = {value} was accepted");
+        }
+    }
+
+    // ---- Gateway (networking.istio.io)
+
+    fn gateway() -> Value {
+        json!({
+            "selector": {"app": "my-gateway-controller"},
+            "servers": [{
+                "port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                "hosts": ["uk.bookinfo.com", "eu.bookinfo.com"],
+                "tls": {"httpsRedirect": true}
+            }, {
+                "port": {"number": 443, "name": "https-443", "protocol": "HTTPS"},
+                "bind": "0.0.0.0",
+                "hosts": ["ns1/uk.bookinfo.com"],
+                "name": "https",
+                "tls": {"mode": "SIMPLE", "credentialName": "bookinfo-secret", "minProtocolVersion": "TLSV1_2",
+                        "maxProtocolVersion": "TLSV1_3", "cipherSuites": ["ECDHE-ECDSA-AES256-GCM-SHA384"]}
+            }, {
+                "port": {"number": 9443, "name": "https-9443", "protocol": "HTTPS"},
+                "hosts": ["bookinfo-namespace/*.bookinfo.com"],
+                "tls": {"mode": "MUTUAL", "serverCertificate": "/etc/certs/server.pem", "privateKey": "/etc/certs/key.pem",
+                        "caCertificates": "/etc/certs/ca.pem", "caCrl": "/etc/certs/crl.pem",
+                        "subjectAltNames": ["client.example.com"], "verifyCertificateSpki": ["abc"],
+                        "verifyCertificateHash": ["de:ad"], "insecureSkipVerify": false}
+            }, {
+                "port": {"number": 8443, "name": "tls-passthrough", "protocol": "TLS"},
+                "hosts": ["*"],
+                "tls": {"mode": "PASSTHROUGH"},
+                "defaultEndpoint": "127.0.0.1:8443"
+            }, {
+                "port": {"number": 2379, "name": "mongo", "protocol": "MONGO", "targetPort": 2379},
+                "hosts": ["*"]
+            }, {
+                "port": {"number": 8444, "name": "multi", "protocol": "HTTPS"},
+                "hosts": ["*"],
+                "tls": {"mode": "OPTIONAL_MUTUAL", "credentialNames": ["rsa", "ecdsa"], "caCertCredentialName": "ca",
+                        "tlsCertificates": [{"serverCertificate": "/a", "privateKey": "/b", "caCertificates": "/c"}]}
+            }]
+        })
+    }
+
+    #[test]
+    fn gateway_example_parses_validates_and_round_trips() {
+        let gw: GatewaySpec = round_trips(gateway());
+        assert_eq!(
+            gw.servers[1].tls.as_ref().expect("present").min_protocol_version,
+            Some(TlsProtocol::TlsV1_2)
+        );
+        assert_eq!(gw.validate(), vec![]);
+    }
+
+    #[test]
+    fn gateway_rules() {
+        let base = gateway();
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            ("/servers", json!([]), "servers", "needs at least one server"),
+            ("/servers/0/port/number", json!(0), "servers[0].port.number", "port 0 is out of range"),
+            (
+                "/servers/0/port/protocol",
+                json!("QUIC"),
+                "servers[0].port.protocol",
+                "`QUIC` is not a Gateway protocol",
+            ),
+            (
+                "/servers/1/port/name",
+                json!("http"),
+                "servers[1].port.name",
+                "port name `http` is used by two servers",
+            ),
+            ("/servers/0/hosts", json!([]), "servers[0].hosts", "needs at least one host"),
+            ("/servers/0/hosts/0", json!("ns/"), "servers[0].hosts[0]", "is empty"),
+            ("/servers/1/tls", Value::Null, "servers[1].tls", "a HTTPS server needs tls settings"),
+            ("/servers/1/tls/credentialName", Value::Null, "servers[1].tls.mode", "needs a certificate"),
+            (
+                "/servers/2/tls/caCertificates",
+                Value::Null,
+                "servers[2].tls.mode",
+                "MUTUAL needs CA certificates",
+            ),
+            ("/servers/5/tls/credentialName", json!("x"), "servers[5].tls.credentialNames", "both set"),
+        ];
+        for (pointer, value, path, message) in cases {
+            let gw: GatewaySpec = parse(patched(&base, pointer, value));
+            has(&gw.validate(), path, message);
+        }
+    }
+
+    #[test]
+    fn gateway_unknown_fields_and_wrong_types_are_rejected() {
+        let err = parse_err::<GatewaySpec>(patched(&gateway(), "/servers/0/tls/httpRedirect", json!(true)));
+        assert!(err.contains("unknown field `httpRedirect`"), "{err}");
+        let err =
+            parse_err::<GatewaySpec>(patched(&gateway(), "/selector", json!({"matchLabels": {"a": "b"}})));
+        assert!(err.contains("invalid type"), "{err}");
+        for (pointer, value) in [
+            ("/servers/0/port", json!(80)),
+            ("/servers/1/tls/mode", json!("TERMINATE")),
+            ("/servers/1/tls/minProtocolVersion", json!("TLSv1_2")),
+        ] {
+            let r = serde_json::from_value::<GatewaySpec>(patched(&gateway(), pointer, value.clone()));
+            assert!(r.is_err(), "{pointer} = {value} was accepted");
+        }
+    }
+
+    // ---- shared pieces
+
+    #[test]
+    fn doubles_keep_their_json_number() {
+        for v in [json!({"value": 50}), json!({"value": 0.5}), json!({"value": 100.0}), json!({})] {
+            let p: Percent = round_trips(v);
+            assert!((0.0..=100.0).contains(&p.get()));
+        }
+        assert!(serde_json::from_value::<Percent>(json!({"value": "50"})).is_err());
+        assert_eq!(Double::new(f64::NAN), None);
+    }
+
+    #[test]
+    fn issues_display_path_message_and_hint() {
+        let i = Issue::error("http[0].route", "weights sum to 90", "make them 100");
+        assert_eq!(i.to_string(), "error: http[0].route: weights sum to 90 (make them 100)");
+        assert!(i.is_error());
+        assert!(!Issue::warning("a", "b", "").is_error());
+    }
+}

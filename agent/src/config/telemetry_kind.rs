@@ -395,32 +395,32 @@ mod tests {
     }
 
     fn parse(v: Value) -> TelemetrySpec {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value(v).expect("the spec parses")
     }
 
     fn one(spec: &TelemetrySpec) -> Issue {
         let issues = spec.validate();
         assert_eq!(issues.len(), 1, "{issues:?}");
-        issues.into_iter().next().unwrap()
+        issues.into_iter().next().expect("one issue")
     }
 
     #[test]
     fn example_parses_validates_and_round_trips() {
         let spec = parse(example());
-        assert_eq!(spec.tracing[0].random_sampling_percentage.as_ref().unwrap().get(), 10.0);
+        assert_eq!(spec.tracing[0].random_sampling_percentage.as_ref().expect("present").get(), 10.0);
         assert_eq!(spec.tracing[0].custom_tags.len(), 4);
         assert_eq!(
-            spec.metrics[0].overrides[0].matches.as_ref().unwrap().metric,
+            spec.metrics[0].overrides[0].matches.as_ref().expect("present").metric,
             Some(IstioMetric::RequestCount)
         );
         assert_eq!(spec.validate(), vec![]);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), example());
+        assert_eq!(serde_json::to_value(&spec).expect("serializes"), example());
     }
 
     #[test]
     fn fractional_sampling_round_trips() {
         let v = json!({"tracing": [{"randomSamplingPercentage": 0.5}]});
-        assert_eq!(serde_json::to_value(parse(v.clone())).unwrap(), v);
+        assert_eq!(serde_json::to_value(parse(v.clone())).expect("serializes"), v);
     }
 
     #[test]
@@ -435,11 +435,11 @@ mod tests {
         let err = serde_json::from_value::<TelemetrySpec>(json!({"tracing": [{"customTags": {
             "x": {"literal": {"value": "a"}, "header": {"name": "x-a"}}
         }}]}))
-        .unwrap_err()
+        .expect_err("must be rejected")
         .to_string();
         assert!(err.contains("customTag sets `literal` and `header`"), "{err}");
         let err = serde_json::from_value::<TelemetrySpec>(json!({"tracing": [{"customTags": {"x": {}}}]}))
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(err.contains("customTag sets none of"), "{err}");
     }
@@ -449,7 +449,7 @@ mod tests {
         let err = serde_json::from_value::<TelemetrySpec>(json!({"metrics": [{"overrides": [{
             "match": {"metric": "REQUEST_COUNT", "customMetric": "x"}
         }]}]}))
-        .unwrap_err()
+        .expect_err("must be rejected")
         .to_string();
         assert!(err.contains("`metric` and `customMetric`"), "{err}");
     }
@@ -491,12 +491,12 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected_by_name() {
         let err = serde_json::from_value::<TelemetrySpec>(json!({"tracing": [{"samplingPercentage": 5}]}))
-            .unwrap_err()
+            .expect_err("must be rejected")
             .to_string();
         assert!(err.contains("unknown field `samplingPercentage`"), "{err}");
         let err =
             serde_json::from_value::<TelemetrySpec>(json!({"accessLogging": [{"filter": {"expr": "x"}}]}))
-                .unwrap_err()
+                .expect_err("must be rejected")
                 .to_string();
         assert!(err.contains("unknown field `expr`"), "{err}");
     }
