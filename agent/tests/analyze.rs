@@ -30,9 +30,9 @@ fn exit_status_is_0_clean_1_warnings_2_errors() {
     );
     let (code, text) = analyze(dir.path(), false);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("b.yaml:5:18") && text.contains("selects no workload"), "{text}");
+    assert!(text.contains("b.yaml:6:18") && text.contains("selects no workload"), "{text}");
     assert!(
-        text.contains("5 |     matchLabels: {app: wbe}") && text.contains("^"),
+        text.contains("6 |     matchLabels: {app: wbe}") && text.contains("^"),
         "caret view missing:\n{text}"
     );
 
@@ -43,7 +43,7 @@ fn exit_status_is_0_clean_1_warnings_2_errors() {
     );
     let (code, text) = analyze(dir.path(), false);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("c.yaml:3:") && text.contains("spec.ports[0].port"), "{text}");
+    assert!(text.contains("c.yaml:4:") && text.contains("spec.ports[0].port"), "{text}");
 
     let (code, json) = analyze(dir.path(), true);
     assert_eq!(code, 2);
@@ -60,4 +60,25 @@ fn a_missing_path_is_an_error_naming_it() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mesh"));
+}
+
+/// The sample mesh in examples/ has no errors; its only warnings are the L7 kinds a waypoint would
+/// enforce.
+#[test]
+fn the_example_mesh_is_clean_but_for_not_enforced_l7_kinds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh");
+    let (code, json) = analyze(&dir, true);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json output");
+    let diags = v.as_array().expect("array");
+    assert_eq!(code, 1, "{json}");
+    let mut kinds: Vec<&str> = diags
+        .iter()
+        .map(|d| {
+            assert_eq!(d["severity"], "warning", "{d}");
+            assert!(d["message"].as_str().unwrap_or("").contains("not enforced yet"), "{d}");
+            d["object"].as_str().unwrap_or("")
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["DestinationRule/shop/backend", "VirtualService/shop/backend"]);
 }

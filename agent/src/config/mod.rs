@@ -12,6 +12,7 @@ pub mod gateway_api;
 pub mod kubernetes;
 pub mod model;
 pub mod networking;
+pub mod references;
 pub mod security;
 pub mod select;
 pub mod telemetry_kind;

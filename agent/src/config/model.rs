@@ -13,11 +13,18 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
+    authn::RequestAuthenticationSpec,
     diag::{Diagnostic, Diagnostics, Severity},
+    gateway_api,
+    networking::{
+        DestinationRuleSpec, GatewaySpec, Issue, IssueSeverity, Resolution, ServiceEntrySpec,
+        VirtualServiceSpec,
+    },
     security::{
         Action, AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
     },
     select::{PodIndex, PodKey},
+    telemetry_kind::TelemetrySpec,
     yaml::Document,
 };
 
@@ -79,14 +86,39 @@ pub struct Service {
     pub selector: Labels,
     /// Pod IPs of the matching pods (computed at compile time), sorted.
     pub endpoints: Vec<IpAddr>,
+    /// Set for a ServiceEntry: its first host, which names it in metrics.
+    pub host: Option<String>,
 }
 
 impl Service {
-    /// `name.namespace.svc.cluster.local`, as Istio names the destination service.
+    /// `name.namespace.svc.cluster.local` as Istio names a Kubernetes Service; a ServiceEntry's
+    /// first host.
     pub fn hostname(&self) -> String {
-        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+        match &self.host {
+            Some(h) => h.clone(),
+            None => format!("{}.{}.svc.cluster.local", self.name, self.namespace),
+        }
     }
 }
+
+/// An Istio object the snapshot keeps whole (for the waypoint and for `sluice analyze`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Object<T> {
+    pub namespace: String,
+    pub name: String,
+    pub spec: T,
+}
+
+/// Why kinds that parse and validate are not applied by the node proxy.
+const NOT_ENFORCED: &[(&str, &str)] = &[
+    ("VirtualService", "L7 routing runs in a waypoint, which sluice does not run yet"),
+    (
+        "DestinationRule",
+        "subsets and traffic policies are applied by a waypoint, which sluice does not run yet",
+    ),
+    ("RequestAuthentication", "JWT validation runs in a waypoint, which sluice does not run yet"),
+    ("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics"),
+];
 
 /// Whether a pod is in the mesh, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -95,10 +127,6 @@ pub enum EnrollDecision {
     /// Not enrolled; the reason is shown in status and logs.
     NotEnrolled(&'static str),
 }
-
-/// Kinds recognised but not compiled yet; accepted with a warning naming them.
-const KNOWN_NOT_ENFORCED: &[&str] =
-    &["ServiceEntry", "RequestAuthentication", "VirtualService", "DestinationRule", "Gateway", "Telemetry"];
 
 /// sluice's own light stand-in for a Pod in file configs.
 pub const WORKLOAD_API_VERSION: &str = "sluice.dev/v1alpha1";
@@ -161,6 +189,15 @@ pub struct Snapshot {
     pub vips: HashMap<SocketAddr, (String, String, usize)>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub virtual_services: Vec<Object<VirtualServiceSpec>>,
+    pub destination_rules: Vec<Object<DestinationRuleSpec>>,
+    pub service_entries: Vec<Object<ServiceEntrySpec>>,
+    /// networking.istio.io Gateways (ingress/egress; not run by sluice).
+    pub gateways: Vec<Object<GatewaySpec>>,
+    /// gateway.networking.k8s.io Gateways, waypoints among them.
+    pub k8s_gateways: Vec<Object<gateway_api::GatewaySpec>>,
+    pub request_authentications: Vec<Object<RequestAuthenticationSpec>>,
+    pub telemetries: Vec<Object<TelemetrySpec>>,
     /// Namespace -> index of its namespace-wide PeerAuthentication (no selector; first by name).
     #[serde(skip)]
     pub namespace_peer_auth: HashMap<String, u32>,
@@ -357,14 +394,84 @@ impl Snapshot {
                     let selector = cx.labels("spec.selector");
                     snap.services.insert(
                         (namespace.clone(), name.clone()),
-                        Service { namespace, name, vips, ports, selector, endpoints: Vec::new() },
+                        Service { namespace, name, vips, ports, selector, endpoints: Vec::new(), host: None },
                     );
                 }
-                k if KNOWN_NOT_ENFORCED.contains(&k) => cx.warning(
-                    "kind",
-                    format!("{k} is recognised but not enforced by this version of sluice"),
-                    "see README.md feature status",
-                ),
+                "ServiceEntry" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.checked_spec::<ServiceEntrySpec>(ServiceEntrySpec::validate) {
+                        if let Some(svc) = cx.service_entry(&namespace, &name, &spec) {
+                            // Keyed apart from a Kubernetes Service of the same name.
+                            snap.services.insert((namespace.clone(), format!("ServiceEntry/{name}")), svc);
+                        }
+                        snap.service_entries.push(Object { namespace, name, spec });
+                    }
+                }
+                "VirtualService" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.checked_spec::<VirtualServiceSpec>(VirtualServiceSpec::validate) {
+                        cx.not_enforced(&kind);
+                        snap.virtual_services.push(Object { namespace, name, spec });
+                    }
+                }
+                "DestinationRule" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.checked_spec::<DestinationRuleSpec>(DestinationRuleSpec::validate)
+                    {
+                        cx.not_enforced(&kind);
+                        snap.destination_rules.push(Object { namespace, name, spec });
+                    }
+                }
+                "RequestAuthentication" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) =
+                        cx.checked_spec::<RequestAuthenticationSpec>(RequestAuthenticationSpec::validate)
+                    {
+                        cx.not_enforced(&kind);
+                        snap.request_authentications.push(Object { namespace, name, spec });
+                    }
+                }
+                "Telemetry" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.checked_spec::<TelemetrySpec>(TelemetrySpec::validate) {
+                        cx.not_enforced(&kind);
+                        snap.telemetries.push(Object { namespace, name, spec });
+                    }
+                }
+                "Gateway" if group == "networking.istio.io" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) = cx.checked_spec::<GatewaySpec>(GatewaySpec::validate) {
+                        cx.warning(
+                            "kind",
+                            "networking.istio.io Gateways configure ingress/egress gateways, which sluice does \
+                             not run; this one has no effect"
+                                .into(),
+                            "run an ingress gateway beside sluice, or remove the object",
+                        );
+                        snap.gateways.push(Object { namespace, name, spec });
+                    }
+                }
+                "Gateway" => {
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    if let Some(spec) =
+                        cx.checked_spec::<gateway_api::GatewaySpec>(gateway_api::GatewaySpec::validate)
+                    {
+                        let (msg, hint) = if spec.is_waypoint() {
+                            (
+                                "a waypoint (class istio-waypoint) is declared, but sluice does not run waypoints yet: \
+                                 traffic to workloads that use it goes directly to them",
+                                "L4 policy still applies at the destination node",
+                            )
+                        } else {
+                            (
+                                "only Gateways of class istio-waypoint concern sluice; this one is left to its own controller",
+                                "nothing to do if another controller serves this class",
+                            )
+                        };
+                        cx.warning("spec.gatewayClassName", msg.into(), hint);
+                        snap.k8s_gateways.push(Object { namespace, name, spec });
+                    }
+                }
                 other => cx.warning(
                     "kind",
                     format!("unknown kind `{other}` ignored"),
@@ -381,6 +488,7 @@ impl Snapshot {
     /// the documents list the pods (an agent fed by Kubernetes learns them at run time).
     pub fn check_references(&self, docs: &[(PathBuf, Document)], diags: &mut Diagnostics) {
         self.check_peer_authentication_conflicts(docs, diags);
+        super::references::check(self, docs, diags);
         if self.pods.is_empty() {
             return; // workloads come at run time (the API server, the CNI): nothing to check against
         }
@@ -630,6 +738,122 @@ impl Cx<'_> {
         }
     }
 
+    /// `spec` deserialized as `T` and checked by `validate`; every issue becomes a diagnostic at
+    /// its field. None when the spec does not parse or has an error.
+    fn checked_spec<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        validate: fn(&T) -> Vec<Issue>,
+    ) -> Option<T> {
+        let spec = self.spec::<T>()?;
+        let mut failed = false;
+        for issue in validate(&spec) {
+            let field =
+                if issue.path.is_empty() { "spec".to_string() } else { format!("spec.{}", issue.path) };
+            let severity = match issue.severity {
+                IssueSeverity::Error => {
+                    failed = true;
+                    Severity::Error
+                }
+                IssueSeverity::Warning => Severity::Warning,
+            };
+            self.push(severity, &field, issue.message, &issue.hint);
+        }
+        (!failed).then_some(spec)
+    }
+
+    fn not_enforced(&mut self, kind: &str) {
+        if let Some((_, why)) = NOT_ENFORCED.iter().find(|(k, _)| *k == kind) {
+            self.warning(
+                "kind",
+                format!("{kind} is parsed and validated but not enforced yet: {why}"),
+                "see docs/config.md for what each kind does today",
+            );
+        }
+    }
+
+    /// What the node proxy takes from a ServiceEntry: its addresses become virtual IPs in front of
+    /// its endpoints (static addresses or the workloads its selector picks). Fields that need DNS
+    /// or per-endpoint ports are named in warnings.
+    fn service_entry(&mut self, namespace: &str, name: &str, spec: &ServiceEntrySpec) -> Option<Service> {
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        match resolution {
+            Resolution::Static | Resolution::None => {}
+            other => {
+                let spelled = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_string));
+                let other = spelled.unwrap_or_else(|| format!("{other:?}"));
+                self.warning(
+                    "spec.resolution",
+                    format!(
+                        "resolution {other} needs DNS, which the node proxy does not resolve; connections to \
+                         these hosts go to the addresses the client resolved, uncaptured by this entry"
+                    ),
+                    "use resolution STATIC with endpoint addresses to have sluice balance them",
+                );
+                return None;
+            }
+        }
+        let mut vips = Vec::new();
+        for (i, a) in spec.addresses.iter().enumerate() {
+            match a.parse::<IpAddr>() {
+                Ok(ip) => vips.push(ip),
+                Err(_) => self.warning(
+                    &format!("spec.addresses[{i}]"),
+                    format!("`{a}` is a range; the node proxy captures single addresses only"),
+                    "list the addresses one by one",
+                ),
+            }
+        }
+        if vips.is_empty() {
+            return None; // nothing to capture: clients connect to the endpoints themselves
+        }
+        if resolution == Resolution::None {
+            self.warning(
+                "spec.resolution",
+                "resolution NONE: connections to the addresses pass through to the address the client dialled".into(),
+                "use STATIC with endpoints to have sluice pick an endpoint",
+            );
+            return None;
+        }
+        let mut endpoints = Vec::new();
+        for (i, ep) in spec.endpoints.iter().enumerate() {
+            if !ep.ports.is_empty() {
+                self.warning(
+                    &format!("spec.endpoints[{i}].ports"),
+                    "per-endpoint ports are not supported by the node proxy; the port's targetPort is used"
+                        .into(),
+                    "set spec.ports[].targetPort instead",
+                );
+            }
+            match ep.address.as_deref().map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => endpoints.push(ip),
+                _ => self.warning(
+                    &format!("spec.endpoints[{i}].address"),
+                    "only IP addresses are supported as endpoints; this endpoint is skipped".into(),
+                    "write the endpoint's IP address",
+                ),
+            }
+        }
+        endpoints.sort();
+        let ports = spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let port = u16::try_from(p.number).ok()?;
+                let target_port = p.target_port.and_then(|t| u16::try_from(t).ok()).unwrap_or(port);
+                Some(ServicePort { name: p.name.clone(), port, target_port })
+            })
+            .collect();
+        Some(Service {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            vips,
+            ports,
+            selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
+            endpoints,
+            host: spec.hosts.first().cloned(),
+        })
+    }
+
     /// `spec` deserialized as `T`; a mismatch is one diagnostic naming the field serde rejected.
     fn spec<T: serde::de::DeserializeOwned + Default>(&mut self) -> Option<T> {
         let v = self.get("spec").cloned().unwrap_or(Value::Null);
@@ -871,7 +1095,7 @@ spec:
     #[test]
     fn api_versions_are_checked_per_kind() {
         let (_, d) = compile(
-            "kind: Namespace\nmetadata: {name: a}\n---\napiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: v, namespace: a}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: a}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\n",
+            "kind: Namespace\nmetadata: {name: a}\n---\napiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: v, namespace: a}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: a}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\nspec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]}\n",
         );
         let e: Vec<String> = d.errors().map(ToString::to_string).collect();
         assert_eq!(e.len(), 2, "{e:?}");
@@ -978,5 +1202,71 @@ spec:
             "{}",
             w[1]
         );
+    }
+
+    #[test]
+    fn service_entries_become_virtual_ips_and_l7_kinds_are_validated_and_named() {
+        let (s, d) = compile(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {name: vm-proxy, namespace: shop, labels: {app: legacy-db}}
+status: {podIP: 10.0.5.1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.internal]
+  addresses: [240.0.0.10, 240.0.1.0/24]
+  ports: [{number: 5432, name: tcp, protocol: TCP, targetPort: 15432}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 10.0.9.1}, {address: 10.0.9.2, ports: {tcp: 6543}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: vms, namespace: shop}
+spec:
+  hosts: [vms.internal]
+  addresses: [240.0.0.11]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: legacy-db}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: split, namespace: shop}
+spec:
+  hosts: [db.internal]
+  http:
+  - route:
+    - {destination: {host: db.internal}, weight: 70}
+    - {destination: {host: db.internal}, weight: 20}
+"#,
+        );
+        let (svc, port) = s.service_by_vip("240.0.0.10:5432".parse().expect("addr")).expect("vip");
+        assert_eq!(svc.hostname(), "db.internal");
+        assert_eq!(port.target_port, 15432);
+        let want: Vec<IpAddr> = ["10.0.9.1", "10.0.9.2"].iter().map(|a| a.parse().expect("ip")).collect();
+        assert_eq!(svc.endpoints, want);
+        let (vms, _) = s.service_by_vip("240.0.0.11:80".parse().expect("addr")).expect("selector entry");
+        assert_eq!(vms.endpoints, vec!["10.0.5.1".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(s.service_entries.len(), 2);
+        let all: Vec<String> = d.0.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| all.iter().any(|l| l.contains(needle));
+        assert!(
+            has("ServiceEntry/shop/db: field `spec.addresses[1]`: `240.0.1.0/24` is a range"),
+            "{all:#?}"
+        );
+        assert!(has("ServiceEntry/shop/db: field `spec.endpoints[1].ports`: per-endpoint ports"), "{all:#?}");
+        // A validation error from the VirtualService rules, at its field, rejects the object.
+        let e: Vec<String> = d.errors().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("mesh.yaml:34:7: error: VirtualService/shop/split: field `spec.http[0].route`: destination weights sum to 90"),
+            "{}",
+            e[0]
+        );
+        assert!(s.virtual_services.is_empty(), "an invalid VirtualService is not kept");
     }
 }

@@ -358,7 +358,7 @@ async fn a_broken_first_view_is_rejected_with_every_error() {
     let errors: Vec<String> = r.diagnostics.errors().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].starts_with("kubernetes:AuthorizationPolicy/shop/deny-legacy:"), "{}", errors[0]);
-    assert!(errors[0].contains("field `spec`"), "{}", errors[0]);
+    assert!(errors[0].contains("field `spec.action`: CUSTOM"), "{}", errors[0]);
 }
 
 /// `deploy/rbac.yaml` grants get/list/watch on every watched resource and nothing else.
