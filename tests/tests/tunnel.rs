@@ -192,6 +192,46 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
 }
 
 #[test]
+fn a_service_entry_address_balances_over_its_static_endpoints_in_and_out_of_the_mesh() {
+    if !require_root("a_service_entry_address_balances_over_its_static_endpoints_in_and_out_of_the_mesh") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let inside = c.add_pod(2, "mesh", "db-mesh").expect("mesh endpoint");
+    let outside = c.add_pod(2, "plain", "db-plain").expect("plain endpoint");
+    for w in [&inside, &outside] {
+        p.serve(&c, w, &[8080]).expect("serve");
+    }
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db, namespace: mesh}}\nspec:\n  hosts: [db.internal]\n  addresses: [240.0.0.10]\n  ports: [{{number: 5432, name: tcp, protocol: TCP, targetPort: 8080}}]\n  resolution: STATIC\n  endpoints: [{{address: {}}}, {{address: {}}}]\n",
+        inside.ipv4, outside.ipv4
+    );
+    c.apply_config("entry.yaml", &entry).expect("service entry");
+    let addr: SocketAddr = "240.0.0.10:5432".parse().expect("addr");
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let r = p.client(&c, &client, addr, 4096, 0).expect("client");
+        assert!(r.ok, "{}", r.error);
+        assert_eq!(r.peer, addr.to_string(), "getpeername shows the entry's address");
+        *served.entry(r.server_name.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(served.get("db-mesh"), Some(&2), "round robin: {served:?}");
+    assert_eq!(served.get("db-plain"), Some(&2), "round robin: {served:?}");
+    let to = |policy: &str| {
+        metric(
+            &c,
+            1,
+            "istio_tcp_connections_opened_total",
+            &[("destination_service", "db.internal"), ("connection_security_policy", policy)],
+        )
+    };
+    assert_eq!(to("mutual_tls"), 2.0, "the endpoint in the mesh is reached over HBONE");
+    assert_eq!(to("unknown"), 2.0, "the endpoint outside the mesh is reached in plaintext");
+}
+
+#[test]
 fn hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca() {
     if !require_root("hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca") {
         return;
