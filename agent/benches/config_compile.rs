@@ -38,8 +38,12 @@ fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 256) as u8, (i % 256) as u8)
 }
 
-/// The synthetic mesh as multi-document YAML, shaped like real objects.
-fn mesh(s: &Scale) -> String {
+/// Documents per synthetic file (a real config is split over files too; one file may hold at most
+/// `yaml::MAX_DOCUMENTS`).
+const DOCS_PER_FILE: usize = 1000;
+
+/// The synthetic mesh as multi-document YAML files, shaped like real objects.
+fn mesh(s: &Scale) -> Vec<String> {
     let mut out = String::with_capacity(s.pods * 300);
     for n in 0..NAMESPACES {
         out += &format!(
@@ -78,15 +82,19 @@ fn mesh(s: &Scale) -> String {
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: pa{i}\n  namespace: ns{ns}\nspec:\n  selector:\n    matchLabels:\n      app: app{app}\n  mtls:\n    mode: STRICT\n---\n"
         );
     }
-    out
+    let docs: Vec<&str> = out.split_inclusive("---\n").collect();
+    docs.chunks(DOCS_PER_FILE).map(|c| c.concat()).collect()
 }
 
-fn compile(text: &str) -> (Snapshot, Duration, Duration) {
+fn compile(files: &[String]) -> (Snapshot, Duration, Duration) {
     let t0 = Instant::now();
-    let docs: Vec<_> = match yaml::parse(text) {
-        Ok(d) => d.into_iter().map(|d| (PathBuf::from("bench.yaml"), d)).collect(),
-        Err(e) => panic!("synthetic mesh does not parse: {e}"),
-    };
+    let mut docs = Vec::new();
+    for (i, text) in files.iter().enumerate() {
+        match yaml::parse(text) {
+            Ok(d) => docs.extend(d.into_iter().map(|d| (PathBuf::from(format!("bench-{i}.yaml")), d))),
+            Err(e) => panic!("synthetic mesh file {i} does not parse: {e}"),
+        }
+    }
     let parsed = t0.elapsed();
     let mut diags = Diagnostics::default();
     let t1 = Instant::now();
