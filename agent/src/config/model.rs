@@ -380,6 +380,21 @@ impl Snapshot {
                                 "use spec.selector to have the node proxy enforce it at L4",
                             );
                         } else {
+                            for field in spec.http_only_fields() {
+                                let effect = match spec.action {
+                                    Action::Deny => "this DENY rule matches every connection it scopes",
+                                    Action::Allow => "this ALLOW rule never matches",
+                                    _ => "this rule never matches",
+                                };
+                                cx.warning(
+                                    &format!("spec.{field}"),
+                                    format!(
+                                        "HTTP-only: enforced by a waypoint, which sluice does not run yet; \
+                                         at L4 {effect}"
+                                    ),
+                                    "keep L7 constraints for a waypoint, or use ports, principals, namespaces and ipBlocks",
+                                );
+                            }
                             snap.authorization_policies.push(AuthorizationPolicy { namespace, name, spec });
                         }
                     }

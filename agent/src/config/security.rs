@@ -169,7 +169,50 @@ pub struct AuthorizationPolicySpec {
     pub rules: Option<Vec<Rule>>,
 }
 
+/// `when` keys the node proxy can evaluate on a TCP connection; every other key needs HTTP.
+pub const L4_CONDITION_KEYS: &[&str] =
+    &["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
+
 impl AuthorizationPolicySpec {
+    /// Field paths (under `spec`) of HTTP-only constraints, which the node proxy cannot evaluate.
+    pub fn http_only_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().flatten().enumerate() {
+            for (j, f) in r.from.iter().flatten().enumerate() {
+                let s = &f.source;
+                for (set, name) in [
+                    (&s.request_principals, "requestPrincipals"),
+                    (&s.not_request_principals, "notRequestPrincipals"),
+                ] {
+                    if set.is_some() {
+                        out.push(format!("rules[{i}].from[{j}].source.{name}"));
+                    }
+                }
+            }
+            for (j, t) in r.to.iter().flatten().enumerate() {
+                let o = &t.operation;
+                for (set, name) in [
+                    (&o.hosts, "hosts"),
+                    (&o.not_hosts, "notHosts"),
+                    (&o.methods, "methods"),
+                    (&o.not_methods, "notMethods"),
+                    (&o.paths, "paths"),
+                    (&o.not_paths, "notPaths"),
+                ] {
+                    if set.is_some() {
+                        out.push(format!("rules[{i}].to[{j}].operation.{name}"));
+                    }
+                }
+            }
+            for (j, c) in r.when.iter().flatten().enumerate() {
+                if !L4_CONDITION_KEYS.contains(&c.key.as_str()) {
+                    out.push(format!("rules[{i}].when[{j}].key"));
+                }
+            }
+        }
+        out
+    }
+
     /// The policy attaches to targets (a waypoint, a Service) rather than selecting workloads.
     pub fn is_targeted(&self) -> bool {
         self.target_ref.is_some() || self.target_refs.as_ref().is_some_and(|t| !t.is_empty())

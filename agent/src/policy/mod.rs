@@ -91,8 +91,7 @@ pub fn authorize(snap: &Snapshot, w: &PodEntry, f: &Facts<'_>) -> Verdict {
     }
 }
 
-const L4_KEYS: &[&str] =
-    &["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
+use crate::config::security::L4_CONDITION_KEYS as L4_KEYS;
 
 fn uses_http_only(r: &Rule) -> bool {
     let src = |s: &Source| s.request_principals.is_some() || s.not_request_principals.is_some();

@@ -248,3 +248,33 @@ fn unknown_fields_are_errors_not_silently_ignored() {
     );
     assert!(snap.authorization_policies.is_empty(), "rejected policies must not be half-applied");
 }
+
+#[test]
+fn http_only_fields_are_named_in_warnings_with_their_l4_effect() {
+    let docs: Vec<_> = yaml::parse(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {methods: [GET], ports: [\"80\"]}}]\n    when: [{key: request.headers[x-user], values: [a]}, {key: source.ip, values: [10.0.0.0/8]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-jwt, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notRequestPrincipals: [\"*\"]}}]}]\n",
+    )
+    .expect("yaml")
+    .into_iter()
+    .map(|d| (PathBuf::from("p.yaml"), d))
+    .collect();
+    let mut diags = Diagnostics::default();
+    let snap = Snapshot::compile(&docs, &mut diags);
+    assert!(!diags.has_errors(), "{diags}");
+    assert_eq!(snap.authorization_policies.len(), 2, "the policies are still applied (fail closed)");
+    let w: Vec<String> = diags.warnings().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 3, "{w:#?}");
+    assert!(
+        w[0].contains("get-only: field `spec.rules[0].to[0].operation.methods`: HTTP-only")
+            && w[0].contains("never matches"),
+        "{}",
+        w[0]
+    );
+    assert!(w[1].contains("field `spec.rules[0].when[0].key`"), "{}", w[1]);
+    assert!(
+        w[2].contains("no-jwt: field `spec.rules[0].from[0].source.notRequestPrincipals`")
+            && w[2].contains("DENY rule matches every connection"),
+        "{}",
+        w[2]
+    );
+}
