@@ -252,7 +252,7 @@ fn unknown_fields_are_errors_not_silently_ignored() {
 #[test]
 fn http_only_fields_are_named_in_warnings_with_their_l4_effect() {
     let docs: Vec<_> = yaml::parse(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {methods: [GET], ports: [\"80\"]}}]\n    when: [{key: request.headers[x-user], values: [a]}, {key: source.ip, values: [10.0.0.0/8]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-jwt, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notRequestPrincipals: [\"*\"]}}]}]\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {methods: [GET], ports: [\"80\"]}}]\n    when: [{key: \"request.headers[x-user]\", values: [a]}, {key: source.ip, values: [10.0.0.0/8]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-jwt, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notRequestPrincipals: [\"*\"]}}]}]\n",
     )
     .expect("yaml")
     .into_iter()
