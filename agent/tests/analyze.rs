@@ -82,3 +82,34 @@ fn the_example_mesh_is_clean_but_for_not_enforced_l7_kinds() {
     kinds.sort();
     assert_eq!(kinds, ["DestinationRule/shop/backend", "VirtualService/shop/backend"]);
 }
+
+/// A broken initial config makes the agent refuse to start, printing every diagnostic, before it
+/// touches the kernel.
+#[test]
+fn the_agent_refuses_to_start_on_a_broken_initial_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "m.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {x: 1}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: a}\nspec: {action: ALOW}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("agent")
+        .arg("--config")
+        .arg(dir.path())
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("mesh config rejected: 2 error(s)"), "{err}");
+    assert!(err.contains("m.yaml:3:33: error: Namespace/a: field `metadata.labels.x`"), "{err}");
+    assert!(
+        err.contains(
+            "m.yaml:8:16: error: AuthorizationPolicy/a/p: field `spec.action`: unknown variant `ALOW`"
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing was set up before the config was checked");
+}
