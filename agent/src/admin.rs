@@ -96,7 +96,7 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             let snap = s.store.load();
             let mut workloads: Vec<_> = snap.pods.values().collect();
             workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-            let mut services: Vec<_> = snap.services.values().collect();
+            let mut services: Vec<&crate::config::Service> = snap.services.values().map(|s| &**s).collect();
             services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             json(&serde_json::json!({
                 "generation": s.store.generation(),

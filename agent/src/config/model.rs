@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -183,10 +184,10 @@ pub struct Snapshot {
     pub pods_by_ip: HashMap<IpAddr, (String, String)>,
     /// Keyed by (namespace, name).
     #[serde(skip)]
-    pub services: HashMap<(String, String), Service>,
-    /// Service VIP:port -> (namespace, name, index into ports).
+    pub services: HashMap<(String, String), Arc<Service>>,
+    /// Service VIP:port -> (the service, index into its ports): one lookup, no allocation.
     #[serde(skip)]
-    pub vips: HashMap<SocketAddr, (String, String, usize)>,
+    pub vips: HashMap<SocketAddr, (Arc<Service>, usize)>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub virtual_services: Vec<Object<VirtualServiceSpec>>,
@@ -239,8 +240,7 @@ impl Snapshot {
 
     /// The Service and port behind a virtual `ip:port`.
     pub fn service_by_vip(&self, addr: SocketAddr) -> Option<(&Service, &ServicePort)> {
-        let (ns, name, idx) = self.vips.get(&addr)?;
-        let svc = self.services.get(&(ns.clone(), name.clone()))?;
+        let (svc, idx) = self.vips.get(&addr)?;
         Some((svc, svc.ports.get(*idx)?))
     }
 
@@ -409,7 +409,15 @@ impl Snapshot {
                     let selector = cx.labels("spec.selector");
                     snap.services.insert(
                         (namespace.clone(), name.clone()),
-                        Service { namespace, name, vips, ports, selector, endpoints: Vec::new(), host: None },
+                        Arc::new(Service {
+                            namespace,
+                            name,
+                            vips,
+                            ports,
+                            selector,
+                            endpoints: Vec::new(),
+                            host: None,
+                        }),
                     );
                 }
                 "ServiceEntry" => {
@@ -417,7 +425,8 @@ impl Snapshot {
                     if let Some(spec) = cx.checked_spec::<ServiceEntrySpec>(ServiceEntrySpec::validate) {
                         if let Some(svc) = cx.service_entry(&namespace, &name, &spec) {
                             // Keyed apart from a Kubernetes Service of the same name.
-                            snap.services.insert((namespace.clone(), format!("ServiceEntry/{name}")), svc);
+                            snap.services
+                                .insert((namespace.clone(), format!("ServiceEntry/{name}")), Arc::new(svc));
                         }
                         snap.service_entries.push(Object { namespace, name, spec });
                     }
@@ -684,7 +693,8 @@ impl Snapshot {
     /// Computes each Service's endpoints from its selector and indexes its VIPs.
     fn link_services(&mut self) {
         let ix = PodIndex::new(&self.pods);
-        for ((ns, name), svc) in self.services.iter_mut() {
+        for ((ns, _), svc) in self.services.iter_mut() {
+            let svc = Arc::make_mut(svc); // sole owner while compiling: no copy
             if !svc.selector.is_empty() {
                 let mut eps: Vec<IpAddr> = ix
                     .select(Some(ns.as_str()), &svc.selector)
@@ -694,9 +704,11 @@ impl Snapshot {
                 eps.sort();
                 svc.endpoints = eps;
             }
+        }
+        for svc in self.services.values() {
             for vip in &svc.vips {
                 for (i, p) in svc.ports.iter().enumerate() {
-                    self.vips.insert(SocketAddr::new(*vip, p.port), (ns.clone(), name.clone(), i));
+                    self.vips.insert(SocketAddr::new(*vip, p.port), (svc.clone(), i));
                 }
             }
         }
