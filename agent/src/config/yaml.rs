@@ -271,12 +271,12 @@ impl Convert {
                 let depth = deeper(depth)?;
                 let mut obj = serde_json::Map::new();
                 for (k, v) in m.iter() {
-                    let key = match &k.data {
-                        YamlData::Value(s) => scalar_key(s),
-                        YamlData::Representation(s, _, _) => s.to_string(),
-                        _ => String::from("<complex key>"),
+                    let (key, cost) = match &k.data {
+                        YamlData::Value(s) => (scalar_key(s), 0),
+                        YamlData::Representation(s, _, _) => (s.to_string(), 0),
+                        _ => (String::from("<complex key>"), 1),
                     };
-                    self.spend(k, key.len() + 1)?;
+                    self.spend(k, if cost > 0 { cost } else { key.len() + 1 })?;
                     let p = if path.as_deref().is_some_and(str::is_empty) {
                         (key.len() <= MAX_FIELD_PATH_BYTES).then(|| key.clone())
                     } else {
