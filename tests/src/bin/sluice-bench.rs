@@ -2,9 +2,31 @@
 //! direct path measured in the same run (the machine is shared and noisy).
 //!
 //! Scenarios: direct (both pods outside the mesh), sluice same-node, sluice cross-node (HBONE mTLS).
-//! Metrics: bulk throughput (iperf3, 1 and 8 streams), agent CPU seconds and peak RSS per run, idle
-//! RSS. Writes `results.json` and `results.md` to `--out` and prints the table.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+//! Metrics per scenario:
+//! - bulk throughput (iperf3, 1 and 8 streams), agent CPU seconds and peak RSS during each run
+//!   (the kernel's high-water mark is reset before each run through `/proc/PID/clear_refs`);
+//! - request/response latency at a fixed rate: `sl-load latency`, 1 KiB requests echoed over one
+//!   long-lived connection at 1,000 requests/s, open loop (each request's latency counts from its
+//!   scheduled send time, so a stall is not hidden by coordinated omission); p50/p90/p99/p99.9 and
+//!   the added p50 of the mesh over direct;
+//! - connection churn: `sl-load churn`, new connections per second from a few workers, each with a
+//!   1 KiB exchange (the server closes first), and the error count (must be 0);
+//! - agent idle RSS, and RSS with N idle tunnelled connections from a mesh pod to a mesh pod on the
+//!   other node (`sl-load idle`; N = 10,000, 500 with `--quick`), as KiB per connection per agent.
+//!
+//! Each load runs inside the client pod's network namespace and cgroup (`Cluster::pod_command`,
+//! like `sl-probe`) against `sl-load serve` in the server pod. Every record carries the issue-6
+//! target it is judged against, if any, and whether it meets it; targets never fail a run.
+//! `--quick` (2 s per run) only checks that valid numbers came out: finite, non-negative, no
+//! errors, every idle connection established. Writes `results.json` and `results.md` to `--out`
+//! and prints the table.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
@@ -44,6 +66,61 @@ fn main() -> ExitCode {
 
 const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n";
 
+/// `sl-load serve` ports in every server pod.
+const ECHO_PORT: u16 = 7000;
+const ONCE_PORT: u16 = 7001;
+/// Request size for latency and churn.
+const REQ_BYTES: usize = 1024;
+/// Latency load: requests per second.
+const RATE: u32 = 1000;
+/// Churn: concurrent workers.
+const CHURN_WORKERS: u32 = 4;
+/// File descriptors wanted for the agents and the load: each idle tunnelled connection costs each
+/// agent one socket (the pod-side one; the HBONE connection is pooled), the load and the echo
+/// server one each.
+const NOFILE: u64 = 65_536;
+
+/// Raises this process's RLIMIT_NOFILE to at least [`NOFILE`] (soft and hard; raising the hard
+/// limit needs CAP_SYS_RESOURCE, without it the soft limit goes up to the hard one). The agents and
+/// every load process the harness starts inherit it. Returns the soft limit now in force.
+#[allow(unsafe_code, reason = "getrlimit and setrlimit have no safe std equivalent")]
+fn raise_nofile() -> anyhow::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, exclusively borrowed rlimit for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrlimit");
+        }
+        let want = NOFILE as libc::rlim_t;
+        if lim.rlim_cur < want {
+            let up = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return Ok(NOFILE);
+            }
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error()).context("setrlimit RLIMIT_NOFILE");
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Open file descriptors of process `pid`.
+fn fds_of(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
+}
+
+/// The soft "Max open files" limit of process `pid`.
+fn nofile_of(pid: u32) -> anyhow::Result<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no Max open files in /proc/PID/limits")
+}
+
 /// Agent CPU seconds (user+system) and peak RSS in KiB, from /proc.
 fn agent_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -59,6 +136,14 @@ fn agent_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok((ticks / 100.0, hwm))
 }
 
+/// Resets the agents' peak-RSS mark (VmHWM) so the next reading is the peak of one run.
+fn reset_peak(pids: &[u32]) {
+    for p in pids {
+        // Best effort: on a kernel without it the peak is the process's lifetime peak.
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -68,12 +153,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds and peak RSS (KiB) of the agents over `f`.
+fn measured<T>(pids: &[u32], f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64, u64)> {
+    reset_peak(pids);
+    let before: Vec<(f64, u64)> = pids.iter().map(|p| agent_usage(*p)).collect::<anyhow::Result<_>>()?;
+    let r = f()?;
+    let after: Vec<(f64, u64)> = pids.iter().map(|p| agent_usage(*p)).collect::<anyhow::Result<_>>()?;
+    let cpu: f64 = after.iter().zip(&before).map(|(x, y)| x.0 - y.0).sum();
+    let peak: u64 = after.iter().map(|x| x.1).max().unwrap_or(0);
+    Ok((r, cpu, peak))
+}
+
 /// Runs iperf3 from `client` to `server`; bits per second received.
 fn iperf(c: &Cluster, client: &Pod, server: &Pod, secs: u32, streams: u32) -> anyhow::Result<f64> {
     let mut srv = c.pod_command(server, "iperf3")?;
-    srv.args(["-s", "-1", "-p", "5201"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    srv.args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
     c.spawn_in_pod(server, srv)?;
     std::thread::sleep(Duration::from_millis(300));
     let mut cli = c.pod_command(client, "iperf3")?;
@@ -96,8 +190,101 @@ fn iperf(c: &Cluster, client: &Pod, server: &Pod, secs: u32, streams: u32) -> an
     v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 reported no throughput")
 }
 
+/// Starts `sl-load serve` in `pod` and waits until both ports accept (checked over the pod's
+/// loopback, which the mesh leaves alone).
+fn serve(c: &Cluster, load: &Path, pod: &Pod) -> anyhow::Result<()> {
+    let mut cmd = c.pod_command(pod, load)?;
+    cmd.args(["serve", &ECHO_PORT.to_string(), &ONCE_PORT.to_string(), &REQ_BYTES.to_string()])
+        .stdout(Stdio::null());
+    c.spawn_in_pod(pod, cmd)?;
+    for port in [ECHO_PORT, ONCE_PORT] {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let ok = sys::in_netns(&pod.netns_path(), move || {
+            (0..200).any(|_| {
+                // A probe to the once port is closed before it sends: the server just drops it.
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    false
+                }
+            })
+        })?;
+        if !ok {
+            bail!("sl-load serve in {} did not listen on {port}", pod.name);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `sl-load ARGS` in `pod` to completion; its JSON report, which must say `"ok": true`.
+fn load(c: &Cluster, bin: &Path, pod: &Pod, args: &[String]) -> anyhow::Result<Value> {
+    let mut cmd = c.pod_command(pod, bin)?;
+    cmd.args(args).stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("running sl-load {}", args.join(" ")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).with_context(|| {
+        format!(
+            "sl-load {} printed {stdout:?}, stderr {:?}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if v["ok"] != Value::Bool(true) {
+        bail!("sl-load {} in {}: {v}", args.join(" "), pod.name);
+    }
+    Ok(v)
+}
+
+/// One result row.
+struct Rec {
+    scenario: String,
+    metric: String,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+    /// The issue-6 target, as text, and whether the value meets it.
+    target: Option<(String, bool)>,
+}
+
+impl Rec {
+    fn new(scenario: &str, metric: impl Into<String>, value: f64, unit: &'static str) -> Rec {
+        Rec { scenario: scenario.into(), metric: metric.into(), value, unit, ratio: None, target: None }
+    }
+    fn ratio(mut self, direct: f64) -> Rec {
+        self.ratio = Some(if direct > 0.0 { self.value / direct } else { f64::NAN });
+        self
+    }
+    fn target(mut self, text: impl Into<String>, meets: bool) -> Rec {
+        self.target = Some((text.into(), meets));
+        self
+    }
+    fn json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "ratio_to_direct": self.ratio,
+            "target": self.target.as_ref().map(|t| t.0.clone()),
+            "meets": self.target.as_ref().map(|t| t.1),
+        })
+    }
+}
+
+const SCENARIOS: [&str; 3] = ["direct", "sluice_same_node", "sluice_cross_node_mtls"];
+
 fn run(a: &Args) -> anyhow::Result<()> {
-    let secs = if a.quick { 2 } else { 10 };
+    let started = Instant::now();
+    let secs: u32 = if a.quick { 2 } else { 10 };
+    let idle_n: usize = if a.quick { 500 } else { 10_000 };
+    let nofile = raise_nofile()?;
+    let me = std::env::current_exe()?;
+    let load_bin = me.parent().context("exe has no directory")?.join("sl-load");
+    if !load_bin.exists() {
+        bail!(
+            "{} not found: build the sluice-e2e binaries (`cargo build --release -p sluice-e2e --bins`)",
+            load_bin.display()
+        );
+    }
     let c = Cluster::new(2)?;
     c.write_config("namespaces.yaml", NAMESPACES)?;
     c.start_agent(1)?;
@@ -112,57 +299,257 @@ fn run(a: &Args) -> anyhow::Result<()> {
     let (pa, _pb, pc) = pods("plain")?;
     let (ma, mb, mc) = pods("mesh")?;
     let pids = [c.agent_pid(1).context("agent 1")?, c.agent_pid(2).context("agent 2")?];
-    let idle_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
-
-    let mut records = Vec::new();
-    for streams in [1u32, 8] {
-        let direct = iperf(&c, &pa, &pc, secs, streams)?;
-        records.push(json!({"scenario": "direct", "metric": format!("throughput_{streams}_streams"), "value": direct / 1e6, "unit": "Mbit/s", "ratio_to_direct": 1.0}));
-        for (scenario, client, server) in
-            [("sluice_same_node", &ma, &mb), ("sluice_cross_node_mtls", &ma, &mc)]
-        {
-            let before: Vec<(f64, u64)> =
-                pids.iter().map(|p| agent_usage(*p)).collect::<anyhow::Result<_>>()?;
-            let bps = iperf(&c, client, server, secs, streams)?;
-            let after: Vec<(f64, u64)> =
-                pids.iter().map(|p| agent_usage(*p)).collect::<anyhow::Result<_>>()?;
-            let cpu: f64 = after.iter().zip(&before).map(|(x, y)| x.0 - y.0).sum();
-            let peak: u64 = after.iter().map(|x| x.1).max().unwrap_or(0);
-            records.push(json!({"scenario": scenario, "metric": format!("throughput_{streams}_streams"), "value": bps / 1e6, "unit": "Mbit/s", "ratio_to_direct": bps / direct}));
-            records.push(json!({"scenario": scenario, "metric": format!("agent_cpu_seconds_{streams}_streams"), "value": cpu, "unit": "s", "ratio_to_direct": Value::Null}));
-            records.push(json!({"scenario": scenario, "metric": "agent_peak_rss", "value": peak as f64 / 1024.0, "unit": "MiB", "ratio_to_direct": Value::Null}));
+    for (i, p) in pids.iter().enumerate() {
+        let have = nofile_of(*p)?;
+        if have < idle_n as u64 + 1024 {
+            bail!(
+                "agent on node {} may open only {have} files, too few for {idle_n} idle connections \
+                 (this process has {nofile}; the harness's start_agent in tests/src/cluster.rs \
+                 must raise RLIMIT_NOFILE in the spawned agent's pre_exec)",
+                i + 1
+            );
         }
     }
-    for (i, kib) in idle_rss.iter().enumerate() {
-        records.push(json!({"scenario": format!("agent_node{}", i + 1), "metric": "idle_rss", "value": *kib as f64 / 1024.0, "unit": "MiB", "ratio_to_direct": Value::Null}));
+    let idle_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    for server in [&pc, &mb, &mc] {
+        serve(&c, &load_bin, server)?;
     }
+    // (scenario, client, server) for every measurement.
+    let runs = [(SCENARIOS[0], &pa, &pc), (SCENARIOS[1], &ma, &mb), (SCENARIOS[2], &ma, &mc)];
+
+    let mut records: Vec<Rec> = Vec::new();
+    // Bulk throughput.
+    for streams in [1u32, 8] {
+        let mut direct = f64::NAN;
+        for (scenario, client, server) in runs {
+            let (bps, cpu, peak) = measured(&pids, || iperf(&c, client, server, secs, streams))?;
+            let mbit = bps / 1e6;
+            if scenario == "direct" {
+                direct = mbit;
+            }
+            let mut r =
+                Rec::new(scenario, format!("throughput_{streams}_streams"), mbit, "Mbit/s").ratio(direct);
+            let want = match scenario {
+                "sluice_same_node" => Some(0.7),
+                "sluice_cross_node_mtls" => Some(0.5),
+                _ => None,
+            };
+            if let (Some(w), Some(ratio)) = (want, r.ratio) {
+                r = r.target(format!(">= {w} x direct"), ratio >= w);
+            }
+            records.push(r);
+            if scenario != "direct" {
+                records.push(Rec::new(scenario, format!("agent_cpu_seconds_{streams}_streams"), cpu, "s"));
+                records.push(Rec::new(
+                    scenario,
+                    format!("agent_peak_rss_{streams}_streams"),
+                    peak as f64 / 1024.0,
+                    "MiB",
+                ));
+            }
+        }
+    }
+
+    // Request/response latency at a fixed rate, open loop.
+    let mut direct_lat = Value::Null;
+    for (scenario, client, server) in runs {
+        let to = SocketAddr::from((server.ipv4, ECHO_PORT));
+        let args = [
+            "latency".to_string(),
+            to.to_string(),
+            RATE.to_string(),
+            secs.to_string(),
+            REQ_BYTES.to_string(),
+        ];
+        let (v, cpu, _) = measured(&pids, || load(&c, &load_bin, client, &args))?;
+        if scenario == "direct" {
+            direct_lat = v.clone();
+        }
+        for (key, metric) in [
+            ("p50_us", "latency_p50"),
+            ("p90_us", "latency_p90"),
+            ("p99_us", "latency_p99"),
+            ("p999_us", "latency_p99.9"),
+        ] {
+            let val = v[key].as_f64().unwrap_or(f64::NAN);
+            let direct = direct_lat[key].as_f64().unwrap_or(f64::NAN);
+            let mut r = Rec::new(scenario, metric, val, "us").ratio(direct);
+            if key == "p99_us" && scenario != "direct" {
+                let limit = 3.0 * direct + 1000.0;
+                r = r.target(format!("<= 3 x direct + 1 ms ({limit:.0} us)"), val <= limit);
+            }
+            records.push(r);
+        }
+        if scenario != "direct" {
+            let added =
+                v["p50_us"].as_f64().unwrap_or(f64::NAN) - direct_lat["p50_us"].as_f64().unwrap_or(f64::NAN);
+            let mut r = Rec::new(scenario, "added_latency_p50", added, "us");
+            if scenario == "sluice_cross_node_mtls" {
+                r = r.target("<= 150 us", added <= 150.0);
+            }
+            records.push(r);
+            records.push(Rec::new(scenario, "agent_cpu_seconds_latency", cpu, "s"));
+        }
+        let late = v["late_sends"].as_f64().unwrap_or(f64::NAN);
+        records.push(Rec::new(scenario, "latency_late_sends", late, "count"));
+    }
+
+    // Connection churn.
+    let mut direct_cps = f64::NAN;
+    let mut direct_conn = Value::Null;
+    for (scenario, client, server) in runs {
+        let to = SocketAddr::from((server.ipv4, ONCE_PORT));
+        let args = [
+            "churn".to_string(),
+            to.to_string(),
+            secs.to_string(),
+            CHURN_WORKERS.to_string(),
+            REQ_BYTES.to_string(),
+        ];
+        // A run with errors still reports them (the check below fails it), so do not require ok.
+        let (v, cpu, _) = measured(&pids, || {
+            let mut cmd = c.pod_command(client, &load_bin)?;
+            cmd.args(&args).stdin(Stdio::null());
+            let out = cmd.output().context("running sl-load churn")?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            serde_json::from_str::<Value>(stdout.trim())
+                .with_context(|| format!("sl-load churn printed {stdout:?}"))
+        })?;
+        eprintln!("churn {scenario}: {v}");
+        if v["connections"].is_null() {
+            bail!("sl-load churn in {}: {v}", client.name);
+        }
+        let cps = v["per_sec"].as_f64().unwrap_or(f64::NAN);
+        if scenario == "direct" {
+            direct_cps = cps;
+        }
+        let mut r = Rec::new(scenario, "connections_per_second", cps, "conn/s").ratio(direct_cps);
+        if scenario == "sluice_cross_node_mtls" {
+            r = r.target(">= 5000 conn/s", cps >= 5000.0);
+        }
+        records.push(r);
+        for (key, metric) in [("conn_p50_us", "connection_time_p50"), ("conn_p99_us", "connection_time_p99")]
+        {
+            let val = v[key].as_f64().unwrap_or(f64::NAN);
+            let direct =
+                if scenario == "direct" { val } else { direct_conn[key].as_f64().unwrap_or(f64::NAN) };
+            records.push(Rec::new(scenario, metric, val, "us").ratio(direct));
+        }
+        if scenario == "direct" {
+            direct_conn = v.clone();
+        }
+        let errors = v["errors"].as_f64().unwrap_or(f64::NAN);
+        records.push(Rec::new(scenario, "connection_errors", errors, "count"));
+        if errors != 0.0 {
+            eprintln!("{scenario}: churn errors: {}", v["first_error"]);
+        }
+        if scenario != "direct" {
+            records.push(Rec::new(scenario, "agent_cpu_seconds_churn", cpu, "s"));
+        }
+    }
+
+    // Idle RSS at start-up.
+    for (i, kib) in idle_rss.iter().enumerate() {
+        let mib = *kib as f64 / 1024.0;
+        records.push(
+            Rec::new(&format!("agent_node{}", i + 1), "idle_rss", mib, "MiB")
+                .target("<= 20 MiB", mib <= 20.0),
+        );
+    }
+
+    // Many idle tunnelled connections, last: the agents' peak RSS above must not include them.
+    let mut problems: Vec<String> = Vec::new();
+    {
+        let to = SocketAddr::from((mc.ipv4, ECHO_PORT));
+        std::thread::sleep(Duration::from_millis(500));
+        let base: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        let base_fds: Vec<u64> = pids.iter().map(|p| fds_of(*p)).collect();
+        let mut cmd = c.pod_command(&ma, &load_bin)?;
+        cmd.args(["idle", &to.to_string(), &idle_n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("spawning sl-load idle")?;
+        let stdout = child.stdout.take().context("sl-load idle stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).context("reading sl-load idle's report")?;
+        let v: Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("sl-load idle printed {line:?}"))?;
+        let established = v["established"].as_u64().unwrap_or(0);
+        // Let both agents finish their side (the last streams' bookkeeping), then read RSS.
+        std::thread::sleep(Duration::from_secs(1));
+        let with: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+        let with_fds: Vec<u64> = pids.iter().map(|p| fds_of(*p)).collect();
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let status = child.wait()?;
+        if !status.success() || established != idle_n as u64 {
+            problems.push(format!("idle connections: {established} of {idle_n} established ({v})"));
+        }
+        records.push(Rec::new(
+            "sluice_cross_node_mtls",
+            "idle_connections_established",
+            established as f64,
+            "count",
+        ));
+        for (i, (b, w)) in base.iter().zip(&with).enumerate() {
+            let role = if i == 0 { "client side" } else { "server side" };
+            let scenario = format!("agent_node{}", i + 1);
+            records.push(Rec::new(
+                &scenario,
+                format!("rss_with_{idle_n}_idle_connections ({role})"),
+                *w as f64 / 1024.0,
+                "MiB",
+            ));
+            let per = (*w as f64 - *b as f64) / established.max(1) as f64;
+            records.push(
+                Rec::new(&scenario, "rss_per_idle_connection", per.max(0.0), "KiB")
+                    .target("<= 8 KiB", per <= 8.0),
+            );
+            let fds = (with_fds[i] as f64 - base_fds[i] as f64) / established.max(1) as f64;
+            records.push(Rec::new(&scenario, "fds_per_idle_connection", fds.max(0.0), "fds"));
+        }
+    }
+
+    // Validity: finite, non-negative, no errors. Never a speed.
     for r in &records {
-        let v = r["value"].as_f64().unwrap_or(f64::NAN);
-        if !v.is_finite() || v < 0.0 {
-            bail!("invalid measurement {r}");
+        if !r.value.is_finite() || r.value < 0.0 {
+            problems.push(format!("invalid measurement {} {}: {}", r.scenario, r.metric, r.value));
+        }
+        if r.metric == "connection_errors" && r.value != 0.0 {
+            problems.push(format!("{}: {} connection errors during churn", r.scenario, r.value));
         }
     }
     std::fs::create_dir_all(&a.out)?;
-    std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&records)?)?;
-    let mut md =
-        String::from("| scenario | metric | value | unit | ratio to direct |\n|---|---|---|---|---|\n");
+    let json: Vec<Value> = records.iter().map(Rec::json).collect();
+    std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    let mut md = String::from(
+        "| scenario | metric | value | unit | ratio to direct | target | meets |\n|---|---|---|---|---|---|---|\n",
+    );
     for r in &records {
-        let ratio = r["ratio_to_direct"].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+        let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}"));
+        let (target, meets) = match &r.target {
+            Some((t, m)) => (t.as_str(), if *m { "yes" } else { "no" }),
+            None => ("-", "-"),
+        };
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {ratio} |\n",
-            r["scenario"].as_str().unwrap_or(""),
-            r["metric"].as_str().unwrap_or(""),
-            r["value"].as_f64().unwrap_or(0.0),
-            r["unit"].as_str().unwrap_or("")
+            "| {} | {} | {:.2} | {} | {ratio} | {target} | {meets} |\n",
+            r.scenario, r.metric, r.value, r.unit
         ));
     }
     std::fs::write(a.out.join("results.md"), &md)?;
     println!("{md}");
     println!(
-        "wrote {} and results.md ({} s per run{})",
+        "wrote {} and results.md ({} s per run, {} idle connections{}; {:.0} s in all)",
         a.out.join("results.json").display(),
         secs,
-        if a.quick { ", quick" } else { "" }
+        idle_n,
+        if a.quick { ", quick" } else { "" },
+        started.elapsed().as_secs_f64()
     );
+    if !problems.is_empty() {
+        bail!("invalid run:\n  {}", problems.join("\n  "));
+    }
     Ok(())
 }
