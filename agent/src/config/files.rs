@@ -191,7 +191,10 @@ pub fn watch(dir: PathBuf, store: Arc<SnapshotStore>) -> Result<WatchGuard, noti
                     info!(target: "sluice::config", dir = %dir.display(), "mesh config reloaded");
                     store.store(snap);
                 }
-                Err(e) => error!(target: "sluice::config", "{e}; keeping the last good config"),
+                Err(e) => {
+                    error!(target: "sluice::config", "{e}; keeping the last good config");
+                    store.reject(e.to_string());
+                }
             }
         }
     });
