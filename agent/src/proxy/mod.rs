@@ -254,6 +254,11 @@ impl Proxy {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    // Accepted sockets do not inherit TCP_NODELAY: without it, small writes (a
+                    // request, a TLS record, an h2 frame) wait for the peer's delayed ACK (~40 ms).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(pod = %pod.name, error = %e, "cannot set TCP_NODELAY");
+                    }
                     let me = self.clone();
                     let pod = pod.clone();
                     tokio::spawn(async move {

@@ -1,9 +1,12 @@
 //! The HBONE client: pooled HTTP/2-over-mTLS connections opened from inside the source pod's netns.
 //!
-//! One connection per (source pod, destination `ip:15008`, source identity, expected destination
-//! identity) carries many CONNECT streams (the server bounds them with MAX_CONCURRENT_STREAMS; h2
-//! queues beyond that). A broken connection is replaced on next use; connections without streams
-//! for longer than the idle timeout are closed by [`Pool::reap_idle`].
+//! Connections are pooled per (source pod, destination `ip:15008`, source identity, expected
+//! destination identity); each carries up to [`settings::MAX_CONCURRENT_STREAMS`] CONNECT streams
+//! (the limit our servers advertise), and a new connection is opened when every pooled one is
+//! full, so the number of concurrent streams to one destination is not capped. A stream slot is
+//! reserved under the pool lock, so concurrent connects do not overfill a connection; waiting for a
+//! slot is bounded by the connect timeout. A broken connection is replaced on next use;
+//! connections without streams for longer than the idle timeout are closed by [`Pool::reap_idle`].
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -57,7 +60,7 @@ impl Drop for StreamGuard {
 
 pub struct Pool {
     certs: Arc<CertManager>,
-    conns: Mutex<HashMap<PoolKey, Conn>>,
+    conns: Mutex<HashMap<PoolKey, Vec<Conn>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -75,37 +78,52 @@ impl Pool {
         netns: &Arc<NetNs>,
         target: SocketAddr,
     ) -> Result<(SendStream<Bytes>, RecvStream, StreamGuard), TunnelError> {
+        // Reserve a slot on the least-loaded connection with room, under the lock.
         let pooled = {
             let mut conns = self.conns.lock();
-            match conns.get_mut(key) {
-                Some(c) => {
-                    c.last_used = Instant::now();
-                    Some((c.send.clone(), c.active.clone()))
-                }
-                None => None,
-            }
+            conns.get_mut(key).and_then(|list| {
+                let c = list
+                    .iter_mut()
+                    .filter(|c| c.active.load(Ordering::SeqCst) < settings::MAX_CONCURRENT_STREAMS as usize)
+                    .min_by_key(|c| c.active.load(Ordering::SeqCst))?;
+                c.last_used = Instant::now();
+                c.active.fetch_add(1, Ordering::SeqCst);
+                Some((c.send.clone(), c.active.clone()))
+            })
         };
         let ready = match pooled {
-            Some((send, active)) => match send.ready().await {
-                Ok(s) => Some((s, active)),
-                Err(_) => {
-                    self.conns.lock().remove(key);
-                    None
+            Some((send, active)) => {
+                let guard = StreamGuard(active.clone());
+                match tokio::time::timeout(self.connect_timeout, send.ready()).await {
+                    Ok(Ok(s)) => Some((s, guard)),
+                    Ok(Err(_)) => {
+                        // Broken: forget it (its guard releases nothing anyone counts any more).
+                        if let Some(list) = self.conns.lock().get_mut(key) {
+                            list.retain(|c| !Arc::ptr_eq(&c.active, &active));
+                        }
+                        None
+                    }
+                    Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
                 }
-            },
+            }
             None => None,
         };
-        let (mut send, active) = match ready {
+        let (mut send, guard) = match ready {
             Some(x) => x,
             None => {
                 let send = self.dial(key, netns).await?;
-                let active = Arc::new(AtomicUsize::new(0));
-                self.conns.lock().insert(
-                    key.clone(),
-                    Conn { send: send.clone(), active: active.clone(), last_used: Instant::now() },
-                );
-                let send = send.ready().await.map_err(|e| TunnelError::H2(key.dst, e))?;
-                (send, active)
+                let active = Arc::new(AtomicUsize::new(1)); // this stream's slot
+                let guard = StreamGuard(active.clone());
+                self.conns.lock().entry(key.clone()).or_default().push(Conn {
+                    send: send.clone(),
+                    active,
+                    last_used: Instant::now(),
+                });
+                let send = match tokio::time::timeout(self.connect_timeout, send.ready()).await {
+                    Ok(r) => r.map_err(|e| TunnelError::H2(key.dst, e))?,
+                    Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
+                };
+                (send, guard)
             }
         };
         let req = Request::builder()
@@ -113,8 +131,6 @@ impl Pool {
             .uri(target.to_string())
             .body(())
             .map_err(|e| TunnelError::Config(e.to_string()))?;
-        active.fetch_add(1, Ordering::SeqCst);
-        let guard = StreamGuard(active);
         let (resp, send_stream) = send.send_request(req, false).map_err(|e| TunnelError::H2(key.dst, e))?;
         let resp = match tokio::time::timeout(self.connect_timeout, resp).await {
             Ok(r) => r.map_err(|e| TunnelError::H2(key.dst, e))?,
@@ -170,25 +186,36 @@ impl Pool {
     pub fn reap_idle(&self) -> usize {
         let now = Instant::now();
         let mut conns = self.conns.lock();
-        let before = conns.len();
-        conns.retain(|_, c| {
-            c.active.load(Ordering::SeqCst) > 0 || now.duration_since(c.last_used) < self.idle_timeout
-        });
-        before - conns.len()
+        let mut closed = 0;
+        for list in conns.values_mut() {
+            let before = list.len();
+            list.retain(|c| {
+                c.active.load(Ordering::SeqCst) > 0 || now.duration_since(c.last_used) < self.idle_timeout
+            });
+            closed += before - list.len();
+        }
+        conns.retain(|_, list| !list.is_empty());
+        closed
     }
 
     /// Drops the pooled connections opened from a released pod (streams in flight finish; the
     /// connection closes with its last stream), so nothing keeps the pod's netns alive.
     pub fn forget_pod(&self, src_pod: u64) -> usize {
         let mut conns = self.conns.lock();
-        let before = conns.len();
-        conns.retain(|k, _| k.src_pod != src_pod);
-        before - conns.len()
+        let mut dropped = 0;
+        conns.retain(|k, list| {
+            let keep = k.src_pod != src_pod;
+            if !keep {
+                dropped += list.len();
+            }
+            keep
+        });
+        dropped
     }
 
     /// Pooled connections now.
     pub fn len(&self) -> usize {
-        self.conns.lock().len()
+        self.conns.lock().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -346,5 +373,36 @@ mod tests {
         let netns = Arc::new(NetNs::current().expect("netns"));
         let e = pool.connect(&key, &netns, closed).await.err().expect("closed port");
         assert_eq!(e.response_flag(), "CONNECT", "{e}");
+    }
+
+    #[tokio::test]
+    async fn more_concurrent_streams_than_one_connection_carries_open_another_connection() {
+        if !root_or_skip() {
+            return;
+        }
+        let (_ca, certs) = setup();
+        let backend = Identity::new("cluster.local", "shop", "backend");
+        let frontend = Identity::new("cluster.local", "shop", "frontend");
+        let hbone = hbone_server(certs.clone(), backend.clone()).await;
+        let echo = echo_server().await;
+        let netns = Arc::new(NetNs::current().expect("netns"));
+        let pool = Pool::new(certs.clone(), Duration::from_secs(2), Duration::from_millis(200));
+        let key = PoolKey { src_pod: 1, src: frontend, dst: hbone, expected: backend };
+        let per_conn = settings::MAX_CONCURRENT_STREAMS as usize;
+        // Hold 2.5 connections' worth of idle streams open at once: none may wait for another.
+        let mut held = Vec::new();
+        for i in 0..(per_conn * 5 / 2) {
+            let s = tokio::time::timeout(Duration::from_secs(3), pool.connect(&key, &netns, echo))
+                .await
+                .unwrap_or_else(|_| panic!("stream {i} waited for a free slot"))
+                .expect("stream");
+            held.push(s);
+        }
+        assert_eq!(pool.len(), 3, "ceil(250 / {per_conn}) connections");
+        let (send, recv, _) = held.last_mut().expect("held");
+        assert_eq!(roundtrip(send, recv, b"last").await, b"last", "the newest stream carries bytes");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pool.reap_idle(), 3, "all three close once idle");
     }
 }
