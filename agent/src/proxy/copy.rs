@@ -73,8 +73,15 @@ pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
 
 /// One direction: read until EOF (then shut the write side down) or an error.
 async fn one_way(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, n: &AtomicU64) -> Option<String> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
+        if buf.is_empty() {
+            // An idle connection holds no buffer: wait for data before allocating one.
+            if let Err(e) = r.readable().await {
+                return Some(format!("read: {e}"));
+            }
+            buf = vec![0u8; 64 * 1024];
+        }
         match r.read(&mut buf).await {
             Ok(0) => {
                 let _ = w.shutdown().await;

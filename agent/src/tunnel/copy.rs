@@ -8,7 +8,7 @@ use tokio::{
     net::TcpStream,
 };
 
-/// Read buffer per direction (reused: small reads share one allocation).
+/// Read buffer per direction (reused: small reads share one allocation; allocated on first data).
 const CHUNK: usize = 64 * 1024;
 
 /// Copies until both directions are done: TCP -> stream (FIN becomes END_STREAM) and
@@ -24,9 +24,14 @@ pub async fn splice(
     let (up_n, down_n) = (AtomicU64::new(0), AtomicU64::new(0));
     let error = {
         let up = async {
-            let mut buf = BytesMut::with_capacity(CHUNK);
+            let mut buf = BytesMut::new();
             loop {
                 if buf.capacity() - buf.len() < CHUNK / 4 {
+                    // An idle connection holds no buffer: wait for data before allocating one.
+                    if let Err(e) = r.readable().await {
+                        send.send_reset(h2::Reason::CANCEL);
+                        return Some(format!("reading the TCP side: {e}"));
+                    }
                     buf.reserve(CHUNK);
                 }
                 match r.read_buf(&mut buf).await {
