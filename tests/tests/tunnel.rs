@@ -168,9 +168,16 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
     }
     assert_eq!(served.get("web-1"), Some(&3), "round robin over both nodes: {served:?}");
     assert_eq!(served.get("web-2"), Some(&3), "round robin over both nodes: {served:?}");
-    let host =
-        [("destination_service", "web.mesh.svc.cluster.local"), ("connection_security_policy", "mutual_tls")];
+    let host = [
+        ("reporter", "source"),
+        ("destination_service", "web.mesh.svc.cluster.local"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
     assert_eq!(metric(&c, 1, "istio_tcp_connections_opened_total", &host), 6.0);
+    // web-1 is on node 1 too: its three connections took the local path and node 1 also reported
+    // them as their destination.
+    let local = [("reporter", "destination"), ("destination_service", "web.mesh.svc.cluster.local")];
+    assert_eq!(metric(&c, 1, "istio_tcp_connections_opened_total", &local), 3.0);
 
     let start = std::time::Instant::now();
     let r = p.client(&c, &client, "10.96.0.11:80".parse().expect("addr"), 4096, 0).expect("client");
@@ -229,6 +236,50 @@ fn a_service_entry_address_balances_over_its_static_endpoints_in_and_out_of_the_
     };
     assert_eq!(to("mutual_tls"), 2.0, "the endpoint in the mesh is reached over HBONE");
     assert_eq!(to("unknown"), 2.0, "the endpoint outside the mesh is reached in plaintext");
+}
+
+#[test]
+fn same_node_mesh_traffic_takes_the_local_path_with_identity_and_policy() {
+    if !require_root("same_node_mesh_traffic_takes_the_local_path_with_identity_and_policy") {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let other = c.add_pod(1, "mesh", "other").expect("other");
+    let server = c.add_pod_spec(1, PodSpec::new("mesh", "server").label("app", "server")).expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-other, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/other]}}]}]\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n";
+    c.apply_config("policy.yaml", deny).expect("policy");
+    let dst = SocketAddr::new(server.ipv4, 8080);
+    let r = p.client(&c, &client, dst, 256 * 1024, 0).expect("client");
+    assert!(r.ok, "{}", r.error);
+    assert_eq!(r.bytes, 256 * 1024);
+    assert_eq!(ip_of(&r.server_saw), client.ipv4, "the app sees the client pod's address");
+    let dest = [
+        ("reporter", "destination"),
+        ("source_principal", "spiffe://cluster.local/ns/mesh/sa/client"),
+        ("connection_security_policy", "mutual_tls"),
+        ("destination_workload", "server"),
+    ];
+    assert_eq!(metric(&c, 1, "istio_tcp_connections_opened_total", &dest), 1.0, "STRICT is satisfied");
+    assert_eq!(
+        metric(&c, 1, "istio_tcp_received_bytes_total", &dest),
+        256.0 * 1024.0,
+        "the destination reporter counts the bytes it received"
+    );
+    let r = p.client(&c, &other, dst, 4096, 0).expect("client");
+    assert!(!r.ok, "the DENY policy must refuse the other pod's identity on the local path too");
+    assert_eq!(
+        metric(&c, 1, "sluice_proxy_failures_total", &[("direction", "inbound"), ("reason", "DENY")]),
+        1.0
+    );
+    let log = c.agent_log(1);
+    assert!(log.contains("same_node"), "the refusal names the local path:\n{log}");
+}
+
+fn ip_of(addr: &str) -> std::net::IpAddr {
+    addr.parse::<SocketAddr>().map(|a| a.ip()).unwrap_or_else(|e| panic!("{addr:?}: {e}"))
 }
 
 #[test]

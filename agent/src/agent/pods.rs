@@ -282,7 +282,9 @@ impl Pods {
             netns,
             netns_cookie: pl.netns_cookie,
             transparent,
+            ips: info.ips.clone(),
         });
+        self.proxy.register_local(&ctx);
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
         Ok(enrolled(accept_loops))
@@ -305,6 +307,7 @@ impl Pods {
             t.abort();
         }
         self.proxy.pool.forget_pod(e.netns_cookie);
+        self.proxy.forget_local(&e.ips, e.netns_cookie);
         info!(pod = key, "pod released");
     }
 

@@ -57,7 +57,8 @@ impl Proxy {
         };
         let labels = ConnLabels::new("destination", dst).destination(&workload, pod.principal());
         if let Some((f, detail)) = refusal {
-            return self.carry(dir, &pod, peer, dst, labels, client, Err((f.label(), detail))).await;
+            self.carry(dir, &pod, peer, dst, labels, client, Err((f.label(), detail))).await;
+            return;
         }
         let app = self.deliver(&pod, peer, dst).await.map(Upstream::Tcp).map_err(|(f, d)| (f.label(), d));
         self.carry(dir, &pod, peer, dst, labels, client, app).await;

@@ -11,6 +11,7 @@
 mod copy;
 mod hbone;
 mod inbound;
+mod local;
 mod outbound;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -49,6 +50,8 @@ pub struct PodCtx {
     pub transparent: bool,
     /// TLS server config presenting this pod's identity on 15008.
     pub tls: Arc<ServerConfig>,
+    /// The pod's addresses (the same-node fast path delivers from them).
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 impl PodCtx {
@@ -89,6 +92,8 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     /// Round-robin position per Service.
     rr: Mutex<std::collections::HashMap<(String, String), usize>>,
+    /// Pods enrolled on this node by address: the same-node fast path ([`local`]).
+    local: parking_lot::RwLock<std::collections::HashMap<std::net::IpAddr, Arc<PodCtx>>>,
 }
 
 /// The far side of a captured connection once it is connected.
@@ -174,7 +179,16 @@ impl Proxy {
         pool: Pool,
         connect_timeout: Duration,
     ) -> Proxy {
-        Proxy { kernel, metrics, store, certs, pool, connect_timeout, rr: Mutex::new(Default::default()) }
+        Proxy {
+            kernel,
+            metrics,
+            store,
+            certs,
+            pool,
+            connect_timeout,
+            rr: Mutex::new(Default::default()),
+            local: Default::default(),
+        }
     }
 
     /// Picks the next endpoint of `svc` round robin, preferring the VIP's address family.
@@ -220,7 +234,7 @@ impl Proxy {
         mut labels: ConnLabels,
         client: TcpStream,
         other: Result<Upstream, (&'static str, String)>,
-    ) {
+    ) -> (u64, u64) {
         let other = match other {
             Ok(s) => s,
             Err((reason, detail)) => {
@@ -233,7 +247,7 @@ impl Proxy {
                 warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
                       %src, %dst, reason, detail, security = labels.connection_security_policy,
                       dst_principal = %labels.destination_principal, "connection failed");
-                return;
+                return (0, 0);
             }
         };
         self.metrics.conn_opened(&labels);
@@ -248,6 +262,7 @@ impl Proxy {
               security = labels.connection_security_policy, src_principal = %labels.source_principal,
               dst_principal = %labels.destination_principal, dst_service = %labels.destination_service,
               error = err, "connection closed");
+        (sent, received)
     }
 
     async fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener, pod: Arc<PodCtx>) {

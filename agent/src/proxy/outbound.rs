@@ -14,7 +14,7 @@ use crate::{
 };
 
 impl Proxy {
-    pub(super) async fn outbound(self: Arc<Self>, client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
+    pub(super) async fn outbound(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         let dir = Direction::Outbound;
         let Some(dst) = self.kernel.take_orig_dst(pod.netns_cookie, peer) else {
             self.metrics.failure(dir.label(), Failure::NoOriginalDst.label());
@@ -37,7 +37,8 @@ impl Proxy {
                     None => {
                         let detail = format!("service {} has no endpoints", svc.hostname());
                         let err = Err((Failure::NoEndpoints.label(), detail));
-                        return self.carry(dir, &pod, peer, dst, labels, client, err).await;
+                        self.carry(dir, &pod, peer, dst, labels, client, err).await;
+                        return;
                     }
                 }
             }
@@ -51,6 +52,12 @@ impl Proxy {
                 let expected = Identity::new(&pod.trust_domain, &w.namespace, &w.service_account);
                 labels = labels.destination(w, expected.to_string());
                 labels.connection_security_policy = "mutual_tls";
+                if let Some(dst_pod) = self.local_pod(target.ip()) {
+                    match self.same_node(&snap, client, peer, &pod, &dst_pod, target, labels.clone()).await {
+                        None => return,
+                        Some(c) => client = c, // no source address of the target's family: HBONE
+                    }
+                }
                 let key = PoolKey {
                     src_pod: pod.netns_cookie,
                     src: pod.identity(),
