@@ -135,18 +135,9 @@ pub struct Rule {
     pub when: Option<Vec<Condition>>,
 }
 
-/// `targetRef`/`targetRefs`: attaches a policy to a Gateway (a waypoint) or a Service instead of
+/// `targetRef`/`targetRefs` attach a policy to a Gateway (a waypoint) or a Service instead of
 /// selecting workloads; such policies are enforced where that traffic is proxied (a waypoint).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyTargetReference {
-    #[serde(default)]
-    pub group: String,
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
+pub use super::networking::PolicyTargetReference;
 
 /// `provider` of a CUSTOM policy (external authorization).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

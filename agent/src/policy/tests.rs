@@ -3,11 +3,17 @@ use std::path::PathBuf;
 use super::*;
 use crate::config::{Diagnostics, yaml};
 
-fn snapshot(yaml_text: &str) -> Snapshot {
+/// Compiles `yaml_text` (as `p.yaml`), returning every diagnostic.
+fn compile(yaml_text: &str) -> (Snapshot, Diagnostics) {
     let docs: Vec<_> =
         yaml::parse(yaml_text).expect("yaml").into_iter().map(|d| (PathBuf::from("p.yaml"), d)).collect();
     let mut diags = Diagnostics::default();
     let s = Snapshot::compile(&docs, &mut diags);
+    (s, diags)
+}
+
+fn snapshot(yaml_text: &str) -> Snapshot {
+    let (s, diags) = compile(yaml_text);
     assert!(!diags.has_errors(), "{diags}");
     s
 }
@@ -208,30 +214,18 @@ fn peer_authentication_precedence() {
 
 #[test]
 fn custom_action_is_rejected_with_a_clear_error() {
-    let docs: Vec<_> = yaml::parse(
+    let (_, diags) = compile(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec: {action: CUSTOM}\n",
-    )
-    .expect("yaml")
-    .into_iter()
-    .map(|d| (PathBuf::from("p.yaml"), d))
-    .collect();
-    let mut diags = Diagnostics::default();
-    Snapshot::compile(&docs, &mut diags);
+    );
     let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
     assert!(e.len() == 1 && e[0].contains("CUSTOM") && e[0].contains("spec.action"), "{e:?}");
 }
 
 #[test]
 fn unknown_fields_are_errors_not_silently_ignored() {
-    let docs: Vec<_> = yaml::parse(
+    let (snap, diags) = compile(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {notNamespace: [legacy]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: attach, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, name: web}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: both, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  targetRefs: [{kind: Service, name: web}]\n",
-    )
-    .expect("yaml")
-    .into_iter()
-    .map(|d| (PathBuf::from("p.yaml"), d))
-    .collect();
-    let mut diags = Diagnostics::default();
-    let snap = Snapshot::compile(&docs, &mut diags);
+    );
     let e: Vec<String> = diags.errors().map(ToString::to_string).collect();
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("unknown field `notNamespace`") && e[0].contains("notNamespaces"), "{}", e[0]);
@@ -251,15 +245,9 @@ fn unknown_fields_are_errors_not_silently_ignored() {
 
 #[test]
 fn http_only_fields_are_named_in_warnings_with_their_l4_effect() {
-    let docs: Vec<_> = yaml::parse(
+    let (snap, diags) = compile(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {methods: [GET], ports: [\"80\"]}}]\n    when: [{key: \"request.headers[x-user]\", values: [a]}, {key: source.ip, values: [10.0.0.0/8]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-jwt, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notRequestPrincipals: [\"*\"]}}]}]\n",
-    )
-    .expect("yaml")
-    .into_iter()
-    .map(|d| (PathBuf::from("p.yaml"), d))
-    .collect();
-    let mut diags = Diagnostics::default();
-    let snap = Snapshot::compile(&docs, &mut diags);
+    );
     assert!(!diags.has_errors(), "{diags}");
     assert_eq!(snap.authorization_policies.len(), 2, "the policies are still applied (fail closed)");
     let w: Vec<String> = diags.warnings().map(ToString::to_string).collect();

@@ -318,19 +318,26 @@ mod tests {
         (dir, Arc::new(CertManager::new(ca, "cluster.local", Duration::from_secs(600), 0.5)))
     }
 
-    #[tokio::test]
-    async fn pooled_streams_carry_bytes_and_failures_are_typed() {
-        if !root_or_skip() {
-            return;
-        }
-        let (_ca, certs) = setup();
+    /// A pool (2 s connect timeout, 200 ms idle timeout) from shop/frontend to an HBONE server
+    /// presenting shop/backend, and an echo server to open streams to.
+    async fn frontend_to_backend() -> (tempfile::TempDir, Pool, PoolKey, Arc<NetNs>, SocketAddr) {
+        let (ca, certs) = setup();
         let backend = Identity::new("cluster.local", "shop", "backend");
         let frontend = Identity::new("cluster.local", "shop", "frontend");
         let hbone = hbone_server(certs.clone(), backend.clone()).await;
         let echo = echo_server().await;
         let netns = Arc::new(NetNs::current().expect("netns"));
-        let pool = Pool::new(certs.clone(), Duration::from_secs(2), Duration::from_millis(200));
-        let key = PoolKey { src_pod: 1, src: frontend.clone(), dst: hbone, expected: backend.clone() };
+        let pool = Pool::new(certs, Duration::from_secs(2), Duration::from_millis(200));
+        let key = PoolKey { src_pod: 1, src: frontend, dst: hbone, expected: backend };
+        (ca, pool, key, netns, echo)
+    }
+
+    #[tokio::test]
+    async fn pooled_streams_carry_bytes_and_failures_are_typed() {
+        if !root_or_skip() {
+            return;
+        }
+        let (_ca, pool, key, netns, echo) = frontend_to_backend().await;
 
         let data: Vec<u8> = (0..(2 * 1024 * 1024)).map(|i| (i * 7 % 251) as u8).collect();
         let (mut s1, mut r1, g1) = pool.connect(&key, &netns, echo).await.expect("stream 1");
@@ -380,14 +387,7 @@ mod tests {
         if !root_or_skip() {
             return;
         }
-        let (_ca, certs) = setup();
-        let backend = Identity::new("cluster.local", "shop", "backend");
-        let frontend = Identity::new("cluster.local", "shop", "frontend");
-        let hbone = hbone_server(certs.clone(), backend.clone()).await;
-        let echo = echo_server().await;
-        let netns = Arc::new(NetNs::current().expect("netns"));
-        let pool = Pool::new(certs.clone(), Duration::from_secs(2), Duration::from_millis(200));
-        let key = PoolKey { src_pod: 1, src: frontend, dst: hbone, expected: backend };
+        let (_ca, pool, key, netns, echo) = frontend_to_backend().await;
         let per_conn = settings::MAX_CONCURRENT_STREAMS as usize;
         // Hold 2.5 connections' worth of idle streams open at once: none may wait for another.
         let mut held = Vec::new();
