@@ -38,6 +38,11 @@ enum Command {
         /// A short run (smoke test): checks that valid numbers come out, never a speed.
         #[arg(long)]
         quick: bool,
+        /// Run only these measurement groups (throughput, latency, churn, idle) and mesh scenarios
+        /// (sluice_same_node, sluice_cross_node_mtls; direct always runs), comma-separated,
+        /// and skip the config-compile benchmark; for profiling one of them.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
     Fuzz {
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
         Command::Build => build(),
         Command::Test(args) => test::run(&args),
         Command::Demo => demo(),
-        Command::Bench { quick } => bench(quick),
+        Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { time } => fuzz::run(time),
     };
     match result {
@@ -71,7 +76,7 @@ fn build() -> anyhow::Result<()> {
     cmd::cargo(&["build", "--release", "--all-targets"])
 }
 
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     setup::run()?;
     // Release builds: the numbers are about the data path, not debug assertions.
     cmd::cargo(&["build", "--release", "-p", "sluice", "-p", "sluice-e2e", "--bins"])?;
@@ -81,7 +86,13 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         c.arg("--quick");
     }
+    if let Some(groups) = only {
+        c.arg("--only").arg(groups);
+    }
     cmd::run(&mut c)?;
+    if only.is_some() {
+        return Ok(());
+    }
     // The mesh-config compile benchmark (10k pods, 2k services, 5k policies; a tenth with --quick).
     let out = root.join("target/bench");
     let out = out.to_str().context("the workspace path is not UTF-8")?;

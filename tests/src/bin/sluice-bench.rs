@@ -32,19 +32,55 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use sluice_e2e::{Cluster, Pod, sys};
 
+/// Measurement groups, selectable with `--only` (for profiling one of them).
+const GROUPS: [&str; 4] = ["throughput", "latency", "churn", "idle"];
+
 struct Args {
     quick: bool,
     out: PathBuf,
+    /// Groups to run; all when empty.
+    only: Vec<String>,
+    /// Mesh scenarios to run (direct always runs: it is what the ratios divide by); all when empty.
+    scenarios: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+    fn measures(&self, scenario: &str) -> bool {
+        scenario == "direct" || self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == scenario)
+    }
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { quick: false, out: PathBuf::from("target/bench") };
+    let mut a =
+        Args { quick: false, out: PathBuf::from("target/bench"), only: Vec::new(), scenarios: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--quick" => a.quick = true,
             "--out" => a.out = PathBuf::from(it.next().context("--out needs a directory")?),
-            other => bail!("unknown argument {other}; usage: sluice-bench [--quick] [--out DIR]"),
+            "--only" => {
+                let list = it.next().context("--only needs a comma-separated list of groups")?;
+                for g in list.split(',') {
+                    if GROUPS.contains(&g) {
+                        a.only.push(g.to_string());
+                    } else if SCENARIOS.contains(&g) {
+                        a.scenarios.push(g.to_string());
+                    } else {
+                        bail!(
+                            "--only: unknown group or scenario {g:?}; groups are {}, scenarios {}",
+                            GROUPS.join(", "),
+                            SCENARIOS.join(", ")
+                        );
+                    }
+                }
+            }
+            other => bail!(
+                "unknown argument {other}; usage: sluice-bench [--quick] [--out DIR] [--only {}]",
+                GROUPS.join(",")
+            ),
         }
     }
     Ok(a)
@@ -385,13 +421,17 @@ fn run(a: &Args) -> anyhow::Result<()> {
         serve(&c, &load_bin, server)?;
     }
     // (scenario, client, server) for every measurement.
-    let runs = [(SCENARIOS[0], &pa, &pc), (SCENARIOS[1], &ma, &mb), (SCENARIOS[2], &ma, &mc)];
+    let runs: Vec<_> = [(SCENARIOS[0], &pa, &pc), (SCENARIOS[1], &ma, &mb), (SCENARIOS[2], &ma, &mc)]
+        .into_iter()
+        .filter(|r| a.measures(r.0))
+        .collect();
 
     let mut records: Vec<Rec> = Vec::new();
     // Bulk throughput.
-    for streams in [1u32, 8] {
+    let streams_list: &[u32] = if a.runs("throughput") { &[1, 8] } else { &[] };
+    for &streams in streams_list {
         let mut direct = f64::NAN;
-        for (scenario, client, server) in runs {
+        for &(scenario, client, server) in &runs {
             let (bps, cpu, peak) = measured(&pids, || iperf(&c, client, server, secs, streams))?;
             let mbit = bps / 1e6;
             if scenario == "direct" {
@@ -422,7 +462,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
 
     // Request/response latency at a fixed rate, open loop.
     let mut direct_lat = Value::Null;
-    for (scenario, client, server) in runs {
+    for &(scenario, client, server) in runs.iter().filter(|_| a.runs("latency")) {
         let to = SocketAddr::from((server.ipv4, ECHO_PORT));
         let args = [
             "latency".to_string(),
@@ -467,7 +507,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
     // Connection churn.
     let mut direct_cps = f64::NAN;
     let mut direct_conn = Value::Null;
-    for (scenario, client, server) in runs {
+    for &(scenario, client, server) in runs.iter().filter(|_| a.runs("churn")) {
         let to = SocketAddr::from((server.ipv4, ONCE_PORT));
         let args = [
             "churn".to_string(),
@@ -532,7 +572,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
     // cost of 10,000 connections must not be retained into the other runs' peak RSS.
     drop(c);
     let mut problems: Vec<String> = Vec::new();
-    idle_connections(&load_bin, idle_n, &mut records, &mut problems)?;
+    if a.runs("idle") {
+        idle_connections(&load_bin, idle_n, &mut records, &mut problems)?;
+    }
 
     // Validity: finite, non-negative, no errors. Never a speed.
     for r in &records {
