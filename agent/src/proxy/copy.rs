@@ -3,8 +3,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -71,29 +72,34 @@ pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
     (ab.load(Ordering::Relaxed), ba.load(Ordering::Relaxed), error)
 }
 
-/// One direction: read until EOF (then shut the write side down) or an error.
+/// One direction: read until EOF (then shut the write side down) or an error. The buffer is held
+/// only while data is arriving: allocated when the socket becomes readable, dropped as soon as a
+/// read would block, so an idle connection holds none.
 async fn one_way(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, n: &AtomicU64) -> Option<String> {
-    let mut buf: Vec<u8> = Vec::new();
     loop {
-        if buf.is_empty() {
-            // An idle connection holds no buffer: wait for data before allocating one.
-            if let Err(e) = r.readable().await {
-                return Some(format!("read: {e}"));
-            }
-            buf = vec![0u8; 64 * 1024];
+        if let Err(e) = r.readable().await {
+            return Some(format!("read: {e}"));
         }
-        match r.read(&mut buf).await {
-            Ok(0) => {
-                let _ = w.shutdown().await;
-                return None;
-            }
-            Ok(k) => {
-                if let Err(e) = w.write_all(&buf[..k]).await {
-                    return Some(format!("write: {e}"));
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            buf.clear();
+            match r.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    let _ = w.shutdown().await;
+                    return None;
                 }
-                n.fetch_add(k as u64, Ordering::Relaxed);
+                Ok(k) => {
+                    if let Err(e) = w.write_all(&buf).await {
+                        return Some(format!("write: {e}"));
+                    }
+                    n.fetch_add(k as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Some(format!("read: {e}")),
             }
-            Err(e) => return Some(format!("read: {e}")),
         }
     }
 }
+
+/// Read buffer per direction of a plaintext copy.
+const CHUNK: usize = 64 * 1024;

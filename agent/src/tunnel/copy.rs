@@ -3,12 +3,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-/// Read buffer per direction (reused: small reads share one allocation; allocated on first data).
+/// Read buffer per direction. It is held only while data is arriving: allocated when the socket
+/// becomes readable and dropped as soon as a read would block, so an idle connection holds none
+/// (10,000 idle connections must not each pin a touched 64 KiB block).
 const CHUNK: usize = 64 * 1024;
 
 /// Copies until both directions are done: TCP -> stream (FIN becomes END_STREAM) and
@@ -20,34 +19,38 @@ pub async fn splice(
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
 ) -> (u64, u64, Option<String>) {
-    let (mut r, mut w) = tcp.into_split();
+    let (r, mut w) = tcp.into_split();
     let (up_n, down_n) = (AtomicU64::new(0), AtomicU64::new(0));
     let error = {
         let up = async {
-            let mut buf = BytesMut::new();
             loop {
-                if buf.capacity() - buf.len() < CHUNK / 4 {
-                    // An idle connection holds no buffer: wait for data before allocating one.
-                    if let Err(e) = r.readable().await {
-                        send.send_reset(h2::Reason::CANCEL);
-                        return Some(format!("reading the TCP side: {e}"));
-                    }
-                    buf.reserve(CHUNK);
+                // Wait for data holding no buffer, then read while the socket has some.
+                if let Err(e) = r.readable().await {
+                    send.send_reset(h2::Reason::CANCEL);
+                    return Some(format!("reading the TCP side: {e}"));
                 }
-                match r.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        let _ = send.send_data(Bytes::new(), true);
-                        return None;
-                    }
-                    Ok(n) => {
-                        up_n.fetch_add(n as u64, Ordering::Relaxed);
-                        if let Err(e) = send_all(&mut send, buf.split().freeze()).await {
-                            return Some(format!("sending to the tunnel: {e}"));
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                loop {
+                    match r.try_read_buf(&mut buf) {
+                        Ok(0) => {
+                            let _ = send.send_data(Bytes::new(), true);
+                            return None;
                         }
-                    }
-                    Err(e) => {
-                        send.send_reset(h2::Reason::CANCEL);
-                        return Some(format!("reading the TCP side: {e}"));
+                        Ok(n) => {
+                            up_n.fetch_add(n as u64, Ordering::Relaxed);
+                            // The frozen part shares the allocation until the tunnel wrote it.
+                            if let Err(e) = send_all(&mut send, buf.split().freeze()).await {
+                                return Some(format!("sending to the tunnel: {e}"));
+                            }
+                            if buf.capacity() < CHUNK / 4 {
+                                buf.reserve(CHUNK);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            send.send_reset(h2::Reason::CANCEL);
+                            return Some(format!("reading the TCP side: {e}"));
+                        }
                     }
                 }
             }
