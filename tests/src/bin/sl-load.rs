@@ -17,6 +17,11 @@
 //! - `sl-load idle ADDR N`: opens N connections to an echo port one after another, proving each end
 //!   to end with a one-byte echo, prints `{"ok":true,"established":N,...}` and keeps them open
 //!   until its stdin closes.
+//! - `sl-load relay PORT=ADDR...`: a plaintext TCP relay, the benchmark's reference for what any
+//!   proxy that terminates and re-originates TCP costs on this machine: for every mapping it
+//!   listens on `[::]:PORT` and copies each accepted connection to a new connection to ADDR, both
+//!   ways with half-close, in 64 KiB chunks with TCP_NODELAY, on a multi-threaded tokio runtime
+//!   (like the agent, minus TLS, HTTP/2 and policy). Prints `listening` once every port is bound.
 //!
 //! Every command raises its RLIMIT_NOFILE soft limit to the hard limit first. Every report is one
 //! JSON line on stdout; the exit status is 0 only when the run was valid.
@@ -43,9 +48,10 @@ fn main() -> std::process::ExitCode {
         Some("latency") => latency(&args[1..]),
         Some("churn") => churn(&args[1..]),
         Some("idle") => idle(&args[1..]),
+        Some("relay") => relay(&args[1..]),
         _ => Err(anyhow::anyhow!(
             "usage: sl-load serve ECHO_PORT ONCE_PORT [SIZE] | latency ADDR RATE SECS [SIZE] | \
-             churn ADDR SECS WORKERS [SIZE] | idle ADDR N"
+             churn ADDR SECS WORKERS [SIZE] | idle ADDR N | relay PORT=ADDR..."
         )),
     };
     match result {
@@ -164,6 +170,51 @@ async fn once_conn(mut s: tokio::net::TcpStream, size: usize) {
     let _ = s.shutdown().await;
     let mut rest = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// relay
+
+fn relay(args: &[String]) -> anyhow::Result<()> {
+    let mut maps: Vec<(u16, SocketAddr)> = Vec::new();
+    for a in args {
+        let (port, to) = a.split_once('=').with_context(|| format!("mapping {a:?}: expected PORT=ADDR"))?;
+        let port: u16 = port.parse().with_context(|| format!("mapping {a:?}: port {port:?}"))?;
+        let to: SocketAddr = to.parse().with_context(|| format!("mapping {a:?}: address {to:?}"))?;
+        maps.push((port, to));
+    }
+    if maps.is_empty() {
+        bail!("relay needs at least one PORT=ADDR mapping");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for (port, to) in maps {
+            let l =
+                tokio::net::TcpListener::bind(("::", port)).await.with_context(|| format!("bind {port}"))?;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Ok((s, _)) = l.accept().await {
+                        tokio::spawn(relay_conn(s, to));
+                    }
+                }
+            }));
+        }
+        println!("listening");
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
+    })
+}
+
+async fn relay_conn(mut a: tokio::net::TcpStream, to: SocketAddr) {
+    let Ok(mut b) = tokio::net::TcpStream::connect(to).await else {
+        return;
+    };
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await;
 }
 
 // ---------------------------------------------------------------------------------------------

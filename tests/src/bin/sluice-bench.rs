@@ -200,18 +200,19 @@ fn measured<T>(pids: &[u32], f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
     Ok((r, cpu, peak))
 }
 
-/// Runs iperf3 from `client` to `server`; bits per second received.
-fn iperf(c: &Cluster, client: &Pod, server: &Pod, secs: u32, streams: u32) -> anyhow::Result<f64> {
-    let mut srv = c.pod_command(server, "iperf3")?;
-    srv.args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
-    c.spawn_in_pod(server, srv)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let mut cli = c.pod_command(client, "iperf3")?;
+/// Runs iperf3 from the run's client to its server; bits per second received.
+fn iperf(c: &Cluster, run: &Run, secs: u32, streams: u32) -> anyhow::Result<f64> {
+    let mut srv = c.pod_command(run.server, "iperf3")?;
+    srv.args(["-s", "-1", "-p", &IPERF_PORT.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+    c.spawn_in_pod(run.server, srv)?;
+    wait_listening(run.server, IPERF_PORT)?;
+    let to = run.addr(IPERF_PORT);
+    let mut cli = c.pod_command(run.client, "iperf3")?;
     cli.args([
         "-c",
-        &server.ipv4.to_string(),
+        &to.ip().to_string(),
         "-p",
-        "5201",
+        &to.port().to_string(),
         "-J",
         "-t",
         &secs.to_string(),
@@ -234,19 +235,40 @@ fn serve(c: &Cluster, load: &Path, pod: &Pod) -> anyhow::Result<()> {
         .stdout(Stdio::null());
     c.spawn_in_pod(pod, cmd)?;
     for port in [ECHO_PORT, ONCE_PORT] {
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let ok = sys::in_netns(&pod.netns_path(), move || {
-            (0..200).any(|_| {
-                // A probe to the once port is closed before it sends: the server just drops it.
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() || {
-                    std::thread::sleep(Duration::from_millis(20));
-                    false
-                }
+        wait_listening(pod, port)?;
+    }
+    Ok(())
+}
+
+/// Waits (up to 4 s) until a socket in `pod`'s network namespace listens on TCP `port`, read
+/// from the kernel's socket table rather than probed with a connection (a probe would be
+/// iperf3's one-off server's one client).
+fn wait_listening(pod: &Pod, port: u16) -> anyhow::Result<()> {
+    // In /proc/net/tcp{,6}: "sl local_address rem_address st ...", local as HEX_IP:HEX_PORT,
+    // state 0A = LISTEN. thread-self: the table of the netns this thread entered.
+    let port_hex = format!(":{port:04X}");
+    let listens = move || {
+        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"].iter().any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    let mut cols = l.split_whitespace().skip(1);
+                    let local = cols.next().unwrap_or_default();
+                    let state = cols.nth(1).unwrap_or_default();
+                    local.ends_with(&port_hex) && state == "0A"
+                })
             })
-        })?;
-        if !ok {
-            bail!("sl-load serve in {} did not listen on {port}", pod.name);
-        }
+        })
+    };
+    let ok = sys::in_netns(&pod.netns_path(), move || {
+        (0..200).any(|_| {
+            listens() || {
+                std::thread::sleep(Duration::from_millis(20));
+                false
+            }
+        })
+    })?;
+    if !ok {
+        bail!("nothing in {} listens on {port}", pod.name);
     }
     Ok(())
 }
@@ -306,7 +328,59 @@ impl Rec {
     }
 }
 
-const SCENARIOS: [&str; 3] = ["direct", "sluice_same_node", "sluice_cross_node_mtls"];
+const SCENARIOS: [&str; 4] = ["direct", "two_plain_relays", "sluice_same_node", "sluice_cross_node_mtls"];
+
+/// Ports the reference relays listen on: node 1's relay on `port + RELAY_IN`, node 2's on
+/// `port + RELAY_OUT`, for each of iperf3's, the echo and the once port.
+const RELAY_IN: u16 = 10_000;
+const RELAY_OUT: u16 = 20_000;
+const IPERF_PORT: u16 = 5201;
+
+/// One scenario's client and server, and how the client reaches the server.
+struct Run<'a> {
+    scenario: &'static str,
+    client: &'a Pod,
+    server: &'a Pod,
+    /// Through the reference relays (see [`start_relays`]) instead of to the server's address.
+    relayed: bool,
+}
+
+impl Run<'_> {
+    /// Where the client connects to reach the server's `port`.
+    fn addr(&self, port: u16) -> SocketAddr {
+        if self.relayed {
+            SocketAddr::from(([127, 0, 0, 1], port + RELAY_IN))
+        } else {
+            SocketAddr::from((self.server.ipv4, port))
+        }
+    }
+    fn is_mesh(&self) -> bool {
+        self.scenario.starts_with("sluice")
+    }
+}
+
+/// The `two_plain_relays` reference: a plaintext `sl-load relay` in the client pod (node 1)
+/// forwarding to one in the server pod (node 2) that forwards to the server on its loopback:
+/// three TCP connections and two user-space copies per byte, as any mesh with a proxy on each
+/// node has, without TLS, HTTP/2 or policy. Both pods are outside the mesh.
+fn start_relays(c: &Cluster, load: &Path, client: &Pod, server: &Pod) -> anyhow::Result<()> {
+    let ports = [IPERF_PORT, ECHO_PORT, ONCE_PORT];
+    let mut near = c.pod_command(client, load)?;
+    near.arg("relay").stdout(Stdio::null());
+    let mut far = c.pod_command(server, load)?;
+    far.arg("relay").stdout(Stdio::null());
+    for p in ports {
+        near.arg(format!("{}={}", p + RELAY_IN, SocketAddr::from((server.ipv4, p + RELAY_OUT))));
+        far.arg(format!("{}=127.0.0.1:{p}", p + RELAY_OUT));
+    }
+    c.spawn_in_pod(server, far)?;
+    c.spawn_in_pod(client, near)?;
+    for p in ports {
+        wait_listening(server, p + RELAY_OUT)?;
+        wait_listening(client, p + RELAY_IN)?;
+    }
+    Ok(())
+}
 
 /// Opens `n` idle connections from a mesh pod on node 1 to a mesh pod on node 2 of a new cluster
 /// and records what they cost each agent (RSS from before the first to after the last, per
@@ -420,19 +494,26 @@ fn run(a: &Args) -> anyhow::Result<()> {
     for server in [&pc, &mb, &mc] {
         serve(&c, &load_bin, server)?;
     }
-    // (scenario, client, server) for every measurement.
-    let runs: Vec<_> = [(SCENARIOS[0], &pa, &pc), (SCENARIOS[1], &ma, &mb), (SCENARIOS[2], &ma, &mc)]
-        .into_iter()
-        .filter(|r| a.measures(r.0))
-        .collect();
+    start_relays(&c, &load_bin, &pa, &pc)?;
+    let run = |scenario, client, server, relayed| Run { scenario, client, server, relayed };
+    let runs: Vec<Run> = [
+        run(SCENARIOS[0], &pa, &pc, false),
+        run(SCENARIOS[1], &pa, &pc, true),
+        run(SCENARIOS[2], &ma, &mb, false),
+        run(SCENARIOS[3], &ma, &mc, false),
+    ]
+    .into_iter()
+    .filter(|r| a.measures(r.scenario))
+    .collect();
 
     let mut records: Vec<Rec> = Vec::new();
     // Bulk throughput.
     let streams_list: &[u32] = if a.runs("throughput") { &[1, 8] } else { &[] };
     for &streams in streams_list {
         let mut direct = f64::NAN;
-        for &(scenario, client, server) in &runs {
-            let (bps, cpu, peak) = measured(&pids, || iperf(&c, client, server, secs, streams))?;
+        for run in &runs {
+            let scenario = run.scenario;
+            let (bps, cpu, peak) = measured(&pids, || iperf(&c, run, secs, streams))?;
             let mbit = bps / 1e6;
             if scenario == "direct" {
                 direct = mbit;
@@ -448,7 +529,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
                 r = r.target(format!(">= {w} x direct"), ratio >= w);
             }
             records.push(r);
-            if scenario != "direct" {
+            if run.is_mesh() {
                 records.push(Rec::new(scenario, format!("agent_cpu_seconds_{streams}_streams"), cpu, "s"));
                 records.push(Rec::new(
                     scenario,
@@ -462,8 +543,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
 
     // Request/response latency at a fixed rate, open loop.
     let mut direct_lat = Value::Null;
-    for &(scenario, client, server) in runs.iter().filter(|_| a.runs("latency")) {
-        let to = SocketAddr::from((server.ipv4, ECHO_PORT));
+    for run in runs.iter().filter(|_| a.runs("latency")) {
+        let (scenario, client) = (run.scenario, run.client);
+        let to = run.addr(ECHO_PORT);
         let args = [
             "latency".to_string(),
             to.to_string(),
@@ -484,13 +566,14 @@ fn run(a: &Args) -> anyhow::Result<()> {
             let val = v[key].as_f64().unwrap_or(f64::NAN);
             let direct = direct_lat[key].as_f64().unwrap_or(f64::NAN);
             let mut r = Rec::new(scenario, metric, val, "us").ratio(direct);
-            if key == "p99_us" && scenario != "direct" {
+            if key == "p99_us" && run.is_mesh() {
                 let limit = 3.0 * direct + 1000.0;
                 r = r.target(format!("<= 3 x direct + 1 ms ({limit:.0} us)"), val <= limit);
             }
             records.push(r);
         }
         if scenario != "direct" {
+            // For the relays too: what terminating TCP twice costs without TLS and HTTP/2.
             let added =
                 v["p50_us"].as_f64().unwrap_or(f64::NAN) - direct_lat["p50_us"].as_f64().unwrap_or(f64::NAN);
             let mut r = Rec::new(scenario, "added_latency_p50", added, "us");
@@ -498,7 +581,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
                 r = r.target("<= 150 us", added <= 150.0);
             }
             records.push(r);
-            records.push(Rec::new(scenario, "agent_cpu_seconds_latency", cpu, "s"));
+            if run.is_mesh() {
+                records.push(Rec::new(scenario, "agent_cpu_seconds_latency", cpu, "s"));
+            }
         }
         let late = v["late_sends"].as_f64().unwrap_or(f64::NAN);
         records.push(Rec::new(scenario, "latency_late_sends", late, "count"));
@@ -507,8 +592,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
     // Connection churn.
     let mut direct_cps = f64::NAN;
     let mut direct_conn = Value::Null;
-    for &(scenario, client, server) in runs.iter().filter(|_| a.runs("churn")) {
-        let to = SocketAddr::from((server.ipv4, ONCE_PORT));
+    for run in runs.iter().filter(|_| a.runs("churn")) {
+        let (scenario, client) = (run.scenario, run.client);
+        let to = run.addr(ONCE_PORT);
         let args = [
             "churn".to_string(),
             to.to_string(),
@@ -553,7 +639,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         if errors != 0.0 {
             eprintln!("{scenario}: churn errors: {}", v["first_error"]);
         }
-        if scenario != "direct" {
+        if run.is_mesh() {
             records.push(Rec::new(scenario, "agent_cpu_seconds_churn", cpu, "s"));
         }
     }
