@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Probe the running kernel for every eBPF feature the agent needs; exit 0 when supported, 1
+    /// when not (the agent makes the same check at start-up and refuses to start).
+    KernelCheck,
     /// Show an agent's pods (enrolled or not, and why) and certificates.
     Status {
         /// Agent admin address.
@@ -82,6 +85,7 @@ impl Command {
             Command::Analyze { .. } => "analyze",
             Command::Config { .. } => "config",
             Command::Status { .. } => "status",
+            Command::KernelCheck => "kernel-check",
         }
     }
 }

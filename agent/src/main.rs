@@ -28,6 +28,11 @@ fn main() -> ExitCode {
         Command::Config { admin, output } => sluice::inspect::config(admin, output),
         Command::Status { admin, output } => sluice::inspect::status(admin, output),
         Command::Analyze { paths, output } => return sluice::analyze::run(&paths, output),
+        Command::KernelCheck => {
+            let report = sluice::redirect::features::probe();
+            println!("{report}");
+            return if report.check().is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
         Command::Waypoint => {
             eprintln!("sluice {}: not implemented yet (see README.md, feature status)", cli.command.name());
             return ExitCode::from(2);

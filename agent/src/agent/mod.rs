@@ -22,6 +22,11 @@ use crate::{
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // Before anything is loaded: a kernel without what the eBPF object needs is refused with the
+    // missing features named, rather than failing later in the verifier.
+    let features = redirect::features::probe();
+    features.check()?;
+    info!(kernel = %features.release, "kernel has every feature sluice needs");
     redirect::sys::init_home().context("cannot open the agent's own network namespace")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

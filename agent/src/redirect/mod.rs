@@ -1,5 +1,6 @@
-//! Kernel redirection: eBPF loading and pinning ([`kernel`]), the agent's sockets inside pod
+//! Kernel redirection: the start-up kernel feature probe ([`features`]), eBPF loading and pinning ([`kernel`]), the agent's sockets inside pod
 //! network namespaces ([`inpod`]), the pod-side policy route for transparent delivery ([`routing`]), and the raw syscalls all of that needs ([`sys`], the only `unsafe` code).
+pub mod features;
 pub mod inpod;
 pub mod kernel;
 pub mod routing;
