@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
-        Mutex,
+        Mutex, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -133,6 +133,26 @@ pub struct Cluster {
     procs: Mutex<Vec<Child>>,
     /// Extra arguments for every agent started from now on.
     pub agent_args: Mutex<Vec<String>>,
+}
+
+/// How many times slower than this machine the suite runs: `SLUICE_TIME_SCALE` (an integer the
+/// kernel-matrix VM launcher sets, because it knows its guests run under emulation), else 1.
+/// Every timeout of the harness is multiplied by it, so a slow machine waits longer for the same
+/// readiness signals rather than failing; nothing sleeps in place of waiting for readiness.
+pub fn time_scale() -> u32 {
+    static SCALE: OnceLock<u32> = OnceLock::new();
+    *SCALE.get_or_init(|| {
+        std::env::var("SLUICE_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|s| *s >= 1)
+            .unwrap_or(1)
+    })
+}
+
+/// `d` stretched by [`time_scale`]: use for every timeout and deadline in tests.
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
 }
 
 /// The sluice binary under test: `SLUICE_BIN`, else `target/debug/sluice`.
@@ -317,7 +337,7 @@ impl Cluster {
         // tcpdump reports "listening on" once the capture is open.
         let mut err = child.stderr.take().context("tcpdump stderr")?;
         let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
         while !String::from_utf8_lossy(&seen).contains("listening on") {
             use std::io::Read as _;
             let mut buf = [0u8; 256];
@@ -356,7 +376,7 @@ impl Cluster {
         let before: Vec<u64> = running.iter().map(|n| generation(*n)).collect::<anyhow::Result<_>>()?;
         self.write_config(file, yaml)?;
         for (n, g0) in running.iter().zip(before) {
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + scaled(Duration::from_secs(5));
             while generation(*n)? <= g0 {
                 if Instant::now() > deadline {
                     bail!("agent on node{n} did not load {file}:\n{}", self.agent_log(*n));
@@ -391,7 +411,8 @@ impl Cluster {
             .stderr(log);
         sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&node.cgroup.join("agent")))?;
         let mut child = cmd.spawn().context("spawning the agent")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready_within = scaled(Duration::from_secs(20));
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Some(st) = child.try_wait()? {
                 bail!("agent on {} exited during start-up ({st}):\n{}", node.name, self.agent_log(n));
@@ -401,7 +422,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("agent on {} not ready in 20 s:\n{}", node.name, self.agent_log(n));
+                bail!("agent on {} not ready in {ready_within:?}:\n{}", node.name, self.agent_log(n));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -423,6 +444,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `n`'s bpffs directory (the agent's `--bpffs`).
+    pub fn node_bpffs(&self, n: usize) -> PathBuf {
+        self.node(n).bpffs.clone()
+    }
+
     /// The agent's log so far.
     pub fn agent_log(&self, n: usize) -> String {
         fs::read_to_string(self.node(n).state.join("agent.log")).unwrap_or_default()
@@ -434,9 +460,11 @@ impl Cluster {
         let path = path.to_string();
         sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<String> {
             use std::io::{Read as _, Write as _};
-            let mut s =
-                std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut s = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                scaled(Duration::from_secs(2)),
+            )?;
+            s.set_read_timeout(Some(scaled(Duration::from_secs(5))))?;
             write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
             let mut buf = String::new();
             s.read_to_string(&mut buf)?;
@@ -579,7 +607,8 @@ impl Cluster {
             if self.node(n).agent.lock().map(|a| a.is_none()).unwrap_or(true) {
                 continue;
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let within = scaled(Duration::from_secs(10));
+            let deadline = Instant::now() + within;
             loop {
                 let dump: Value = serde_json::from_str(&self.agent_get(n, "/debug/config_dump")?)?;
                 let count = |k: &str| dump[k].as_array().map_or(0, Vec::len);
@@ -603,7 +632,7 @@ impl Cluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("agent on node{n} did not load the published pods/services within 10 s");
+                    bail!("agent on node{n} did not load the published pods/services within {within:?}");
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -803,7 +832,7 @@ fn kill_cgroup(cg: &Path) {
         return;
     }
     let _ = fs::write(cg.join("cgroup.kill"), "1");
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + scaled(Duration::from_secs(2));
     while Instant::now() < deadline {
         match fs::read_to_string(cg.join("cgroup.procs")) {
             Ok(s) if s.trim().is_empty() => return,

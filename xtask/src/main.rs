@@ -2,7 +2,8 @@
 //!
 //! - `setup`  installs every prerequisite, idempotently (fast no-op when all is present)
 //! - `build`  builds everything in release mode
-//! - `test`   setup, fmt, clippy (host and eBPF), unit and integration tests, end-to-end suite
+//! - `test`   setup, fmt, clippy (host and eBPF), unit and integration tests, end-to-end suite, then
+//!   the smoke scenarios on other kernels in VMs; `--kernel V|all` runs the suite in VMs only
 //! - `demo`   setup, build, run the demo on a simulated two-node cluster
 //! - `bench`  mesh versus direct benchmarks and the mesh-config compile benchmark (`--quick`: smoke)
 //! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
@@ -10,6 +11,7 @@ mod cmd;
 mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,9 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         time: u64,
     },
+    /// Inside a kernel-matrix VM: run the plan in DIR (started by `test --kernel`).
+    #[command(hide = true)]
+    VmGuest { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo => demo(),
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { time } => fuzz::run(time),
+        Command::VmGuest { dir } => vm::guest(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

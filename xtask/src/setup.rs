@@ -37,9 +37,9 @@ pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut did = Vec::new();
 
-    let missing = missing_packages();
+    let missing = missing_packages(PACKAGES);
     if !missing.is_empty() {
-        install_packages(&missing)?;
+        install_packages(&missing, PACKAGES)?;
         did.push(format!("installed Debian packages: {}", missing.join(" ")));
     }
 
@@ -65,8 +65,17 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Vec<String> {
-    let names: Vec<&str> = PACKAGES.iter().map(|(n, _)| *n).collect();
+/// Installs those of `packages` (name, why) that are missing; a no-op check otherwise.
+pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    install_packages(&missing, packages)
+}
+
+fn missing_packages(packages: &[(&str, &str)]) -> Vec<String> {
+    let names: Vec<&str> = packages.iter().map(|(n, _)| *n).collect();
     // dpkg-query exits non-zero when any name is unknown to it, so read stdout whatever the status.
     let out = Command::new("dpkg-query")
         .arg("-W")
@@ -87,9 +96,9 @@ fn missing_packages() -> Vec<String> {
     names.iter().filter(|n| !installed.contains(n)).map(|n| n.to_string()).collect()
 }
 
-fn install_packages(missing: &[String]) -> anyhow::Result<()> {
+fn install_packages(missing: &[String], packages: &[(&str, &str)]) -> anyhow::Result<()> {
     if !cmd::is_root() {
-        let why: Vec<String> = PACKAGES
+        let why: Vec<String> = packages
             .iter()
             .filter(|(n, _)| missing.iter().any(|m| m == n))
             .map(|(n, w)| format!("  {n}: {w}"))

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::{cmd, setup};
+use crate::{cmd, setup, vm};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -25,6 +25,16 @@ pub struct TestArgs {
     /// Run only the end-to-end suite.
     #[arg(long, conflicts_with = "no_e2e")]
     e2e_only: bool,
+    /// Skip the smoke scenarios on other kernels (VMs) that the default run ends with.
+    #[arg(long)]
+    no_kernels: bool,
+    /// Run the end-to-end suite (or FILTER's subset) only, inside a VM booted on this kernel line
+    /// (5.10, 6.1, 6.12, 7; `all`, or a comma-separated list). Repeatable. `--kernels` works too.
+    #[arg(long = "kernel", alias = "kernels", value_name = "VERSION|all")]
+    kernels: Vec<String>,
+    /// With --kernel: only the smoke scenarios (kernel support, redirection, secure L4).
+    #[arg(long, requires = "kernels")]
+    smoke: bool,
     /// Only run tests whose name contains this (passed to the test harness).
     filter: Option<String>,
 }
@@ -52,6 +62,18 @@ impl Tally {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run()?;
     let mut t = Tally::default();
+
+    if !args.kernels.is_empty() {
+        let series = vm::parse_kernels(&args.kernels)?;
+        if !cmd::is_root() {
+            anyhow::bail!(
+                "--kernel needs root (it installs kernels and qemu, and the suite needs root in the VM)"
+            );
+        }
+        let bins = vm::build_tests(args.filter.as_deref(), args.smoke)?;
+        kernel_tier(&series, &bins, &mut t)?;
+        return finish(&t);
+    }
 
     if !args.no_lint && !args.e2e_only {
         t.step("cargo fmt --check", cmd::run(&mut cmd::cargo_cmd(&["fmt", "--all", "--check"])).is_ok());
@@ -92,6 +114,40 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         }
     }
 
+    if !args.no_e2e && !args.no_kernels && args.filter.is_none() {
+        if cmd::is_root() {
+            // The smoke scenarios on the kernels users run, one VM at a time.
+            let bins = vm::build_tests(None, true)?;
+            kernel_tier(vm::CI_KERNELS, &bins, &mut t)?;
+        } else {
+            t.skipped += 1;
+            t.skips.push("kernel matrix smoke: needs root (VMs, and the suite inside them)".to_string());
+        }
+    }
+
+    finish(&t)
+}
+
+/// Runs the planned tests on each kernel and adds every test's outcome to the tally.
+fn kernel_tier(series: &[&'static str], bins: &[vm::TestBinary], t: &mut Tally) -> anyhow::Result<()> {
+    for r in vm::run_matrix(series, bins)? {
+        let k = format!("kernel {}", r.series);
+        t.passed += r.passed.len() as u64;
+        for f in &r.failed {
+            t.step(&format!("{k}: {f}"), false);
+        }
+        for (test, why) in &r.skipped {
+            t.skipped += 1;
+            t.skips.push(format!("{k}: {test}: {why}"));
+        }
+        if let Some(e) = &r.error {
+            t.step(&format!("{k}: {e}"), false);
+        }
+    }
+    Ok(())
+}
+
+fn finish(t: &Tally) -> anyhow::Result<()> {
     eprintln!();
     for s in &t.skips {
         eprintln!("skipped: {s}");
