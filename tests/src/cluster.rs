@@ -482,6 +482,29 @@ impl Cluster {
         Ok(sum_metric(&text, name, labels))
     }
 
+    /// Waits (up to 10 s, scaled) until a metric on node `n` exceeds `above`; its value. The
+    /// readiness signal for "the agent has carried that connection", instead of a sleep.
+    pub fn wait_metric_above(
+        &self,
+        n: usize,
+        name: &str,
+        labels: &[(&str, &str)],
+        above: f64,
+    ) -> anyhow::Result<f64> {
+        let within = scaled(Duration::from_secs(10));
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.metric(n, name, labels)?;
+            if v > above {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("{name}{labels:?} on node{n} stayed at {v} (waited {within:?} for more than {above})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Creates a pod on node `n` the way a container runtime does: sandbox netns, `loopback`, then
     /// the conflist `ptp` (host-local IPAM, v4+v6) -> `sluice-cni` with prevResult.
     pub fn add_pod(&self, n: usize, namespace: &str, name: &str) -> anyhow::Result<Pod> {

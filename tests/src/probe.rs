@@ -43,13 +43,15 @@ impl Probe {
         // Wait until every port is listening (checked from inside the pod, over loopback).
         for p in ports {
             let addr: SocketAddr = ([127, 0, 0, 1], *p).into();
+            let deadline = std::time::Instant::now() + crate::cluster::scaled(Duration::from_secs(4));
             let ok = crate::sys::in_netns(&pod.netns_path(), move || {
-                (0..200).any(|_| {
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() || {
-                        std::thread::sleep(Duration::from_millis(20));
-                        false
+                while std::time::Instant::now() < deadline {
+                    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                        return true;
                     }
-                })
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                false
             })?;
             if !ok {
                 bail!("probe server in {} did not listen on {p}", pod.name);

@@ -1,7 +1,12 @@
 //! Kernel redirection end to end: real agents, real CNI plugins, real sockets, real eBPF hooks.
 use std::net::{IpAddr, SocketAddr};
 
-use sluice_e2e::{Cluster, Pod, cluster::PodSpec, probe::Probe, require_root};
+use sluice_e2e::{
+    Cluster, Pod,
+    cluster::{PodSpec, scaled},
+    probe::Probe,
+    require_root,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -187,9 +192,17 @@ fn label_removal_stops_capture_quickly_and_keeps_established_connections() {
     let w = world();
     let p = probe();
     let dst = SocketAddr::new(w.far.ipv4, 8080);
-    // A captured connection that stays open across both label changes (8 s of trickled bytes).
+    // A captured connection that stays open across both label changes (8 s of trickled bytes),
+    // established (counted by the agent) before the first change.
+    let opened = opened_by(&w.c, 1, "client", dst);
     let long = p.client_bg(&w.c, &w.client, dst, 256 * 1024, 8000).expect("long client");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let labels = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service", &*dst.to_string()),
+        ("response_flags", "-"),
+    ];
+    w.c.wait_metric_above(1, "istio_tcp_connections_opened_total", &labels, opened).expect("long connection");
 
     w.c.write_config("namespaces.yaml", &namespaces(false)).expect("unlabel");
     let released = wait_for(|| {
@@ -197,7 +210,11 @@ fn label_removal_stops_capture_quickly_and_keeps_established_connections() {
         let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
         r.ok && redirected(&w.c, 1) == r0
     });
-    assert!(released.is_some_and(|t| t <= 2.0), "capture still on {released:?} s after removing the label");
+    let budget = scaled(std::time::Duration::from_secs(2)).as_secs_f64();
+    assert!(
+        released.is_some_and(|t| t <= budget),
+        "capture still on {released:?} s after removing the label"
+    );
 
     w.c.write_config("namespaces.yaml", &namespaces(true)).expect("relabel");
     let resumed = wait_for(|| {
@@ -205,16 +222,16 @@ fn label_removal_stops_capture_quickly_and_keeps_established_connections() {
         let r = p.client(&w.c, &w.client, dst, 1024, 0).expect("client");
         r.ok && redirected(&w.c, 1) > r0
     });
-    assert!(resumed.is_some_and(|t| t <= 2.0), "capture not back {resumed:?} s after re-adding the label");
+    assert!(resumed.is_some_and(|t| t <= budget), "capture not back {resumed:?} s after re-adding the label");
 
     let r = long.join().expect("thread").expect("report");
     assert!(r.ok, "the established connection broke: {}", r.error);
 }
 
-/// Polls `f` every 100 ms for up to 5 s; the seconds it took to become true.
+/// Polls `f` every 100 ms for up to 5 s (scaled); the seconds it took to become true.
 fn wait_for(mut f: impl FnMut() -> bool) -> Option<f64> {
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(5) {
+    while start.elapsed() < scaled(std::time::Duration::from_secs(5)) {
         if f() {
             return Some(start.elapsed().as_secs_f64());
         }

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 
 use sluice_e2e::{
     Cluster, Pod,
-    cluster::{PodSpec, ServiceSpec},
+    cluster::{PodSpec, ServiceSpec, scaled},
     probe::Probe,
     require_root,
 };
@@ -183,7 +183,7 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
     let r = p.client(&c, &client, "10.96.0.11:80".parse().expect("addr"), 4096, 0).expect("client");
     assert!(!r.ok, "a Service without endpoints must fail the connection");
     assert!(
-        start.elapsed() < std::time::Duration::from_secs(2),
+        start.elapsed() < scaled(std::time::Duration::from_secs(2)),
         "it must fail at once, took {:?}",
         start.elapsed()
     );
@@ -352,7 +352,7 @@ fn hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca() {
                 assert_eq!(report["ok"], false, "{name}: the server accepted it: {report}");
                 assert_ne!(report["stage"], "done", "{name}: {report}");
                 // The agent counts the refusal by reason once the connection has been torn down.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(3));
                 while failures(reason) < before.unwrap_or(0.0) + 1.0 && std::time::Instant::now() < deadline {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -504,7 +504,7 @@ fn metrics_and_access_logs_match_the_connections_and_bytes_exactly() {
     // Connections close asynchronously on the agents; wait for the last one to be counted.
     for (node, reporter) in [(1, "source"), (2, "destination")] {
         let l = labels(reporter);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
         while metric(&c, node, "istio_tcp_connections_closed_total", &l) < 3.0
             && std::time::Instant::now() < deadline
         {

@@ -89,9 +89,12 @@ fn client(args: &[String]) -> i32 {
         let to: SocketAddr = args.first().ok_or("missing ADDR")?.parse().map_err(|e| format!("ADDR: {e}"))?;
         let bytes: usize = args.get(1).ok_or("missing BYTES")?.parse().map_err(|e| format!("BYTES: {e}"))?;
         let hold_ms: u64 = args.get(2).map(|h| h.parse().unwrap_or(0)).unwrap_or(0);
-        let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        // Timeouts stretch with the harness's SLUICE_TIME_SCALE (inherited from the test).
+        let scale: u32 =
+            std::env::var("SLUICE_TIME_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(5) * scale)
             .map_err(|e| format!("connect {to}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(20) * scale)).map_err(|e| e.to_string())?;
         let peer = s.peer_addr().map_err(|e| format!("getpeername: {e}"))?;
         let local = s.local_addr().map_err(|e| e.to_string())?;
         let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
