@@ -523,7 +523,8 @@ fn boot_and_collect(
             break st;
         }
         if t0.elapsed() > limit {
-            let _ = child.kill();
+            // vng runs virtme-run, which forks qemu: end the whole tree, not only vng.
+            kill_tree(child.id());
             let _ = child.wait();
             bail!("the VM did not finish within {} min; see {}", limit.as_secs() / 60, out.display());
         }
@@ -558,6 +559,29 @@ fn boot_and_collect(
         }
     }
     Ok(())
+}
+
+/// SIGKILLs `pid` and every process descended from it (found through /proc).
+fn kill_tree(pid: u32) {
+    let mut parents: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may contain spaces, so read after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(parents.get(&tree[i]).cloned().unwrap_or_default());
+        i += 1;
+    }
+    for p in tree {
+        let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -771,6 +795,34 @@ mod tests {
         assert_eq!(m.get("b"), Some(&Outcome::Failed));
         assert_eq!(m.get("c"), Some(&Outcome::Ignored));
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn kill_tree_ends_grandchildren_too() {
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 60 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("pid");
+        let grandchild: u32 = line.trim().parse().expect("pid");
+        kill_tree(sh.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A killed grandchild is reaped by init; until then it is a zombie (state Z).
+        let alive = || {
+            fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+        };
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(), "the grandchild {grandchild} survived");
+        sh.wait().expect("wait");
     }
 
     #[test]
