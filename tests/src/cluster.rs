@@ -155,6 +155,12 @@ pub fn scaled(d: Duration) -> Duration {
     d * time_scale()
 }
 
+/// Where clusters keep their files: `$TMPDIR/sluice-e2e` (`/tmp/sluice-e2e` by default; the
+/// kernel-matrix guest points TMPDIR at its own tmpfs).
+fn e2e_root() -> PathBuf {
+    std::env::temp_dir().join("sluice-e2e")
+}
+
 /// The sluice binary under test: `SLUICE_BIN`, else `target/debug/sluice`.
 pub fn sluice_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SLUICE_BIN") {
@@ -202,7 +208,7 @@ impl Cluster {
             );
         }
         let id = format!("{:x}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let tmp = PathBuf::from("/tmp/sluice-e2e").join(&id);
+        let tmp = e2e_root().join(&id);
         let cgroup = cgroup2_root()?.join("sluice-e2e").join(&id);
         let mut c = Cluster {
             router: format!("sl{id}r"),
@@ -878,7 +884,7 @@ fn remove_cgroup_tree(cg: &Path) {
 }
 
 /// Removes resources of earlier runs whose process is gone (a SIGKILLed test cannot clean up).
-/// Only names this harness creates (`sl<pid>x<n>...`, `/tmp/sluice-e2e/<pid>x<n>`) are touched.
+/// Only names this harness creates (`sl<pid>x<n>...`, `$TMPDIR/sluice-e2e/<pid>x<n>`) are touched.
 fn sweep_stale() {
     let dead = |id: &str| -> bool {
         id.split_once('x')
@@ -905,7 +911,7 @@ fn sweep_stale() {
             }
         }
     }
-    if let Ok(entries) = fs::read_dir("/tmp/sluice-e2e") {
+    if let Ok(entries) = fs::read_dir(e2e_root()) {
         for e in entries.flatten() {
             if dead(&e.file_name().to_string_lossy()) {
                 let _ = sys::umount(&e.path().join("bpffs"));

@@ -725,11 +725,10 @@ pub fn guest(dir: &Path) -> anyhow::Result<()> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     fs::write(dir.join("release"), &release)?;
     // The guest's /tmp is an overlay on the host's live /tmp, which other processes change
-    // underneath (newer kernels then answer ESTALE): the tests get a private tmpfs instead.
-    let tmp = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=1777", "sluice-tmp", "/tmp"]).status();
-    if !tmp.as_ref().is_ok_and(|s| s.success()) {
-        eprintln!("vm-guest: could not mount a tmpfs on /tmp ({tmp:?}); using the overlay");
-    }
+    // underneath (newer kernels then answer ESTALE), and it may hold the workspace itself, so it
+    // cannot be replaced: the tests' TMPDIR is a directory on the guest's own tmpfs /run.
+    let tmpdir = Path::new("/run/sluice-tmp");
+    fs::create_dir_all(tmpdir)?;
     let t0 = Instant::now();
     let check = Command::new(&sluice).arg("kernel-check").stdin(Stdio::null()).output();
     let (check_out, supported) = match check {
@@ -752,6 +751,7 @@ pub fn guest(dir: &Path) -> anyhow::Result<()> {
             .args(names.split(' ').filter(|n| !n.is_empty()))
             .env("SLUICE_BIN", &sluice)
             .env("SLUICE_TIME_SCALE", &scale)
+            .env("TMPDIR", tmpdir)
             .env("RUST_BACKTRACE", "1")
             .current_dir(path.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
