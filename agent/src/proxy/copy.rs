@@ -12,7 +12,7 @@ use tokio::{
     },
 };
 
-use super::Failure;
+use super::{Failure, pipe::End};
 use crate::redirect::{Kernel, NetNs, inpod};
 
 /// Connects to `dst` from a marked socket inside `netns`, bounded by `timeout`.
@@ -72,10 +72,24 @@ pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
     (ab.load(Ordering::Relaxed), ba.load(Ordering::Relaxed), error)
 }
 
-/// One direction: read until EOF (then shut the write side down) or an error. The buffer is held
-/// only while data is arriving: allocated when the socket becomes readable, dropped as soon as a
-/// read would block, so an idle connection holds none.
+/// One direction: read until EOF (then shut the write side down) or an error, zero-copy with
+/// splice(2) where the kernel allows it, else through user space.
 async fn one_way(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, n: &AtomicU64) -> Option<String> {
+    match super::pipe::one_way(r, w, n).await {
+        End::Closed => None,
+        End::Failed(e) => Some(e),
+        End::Unsupported => copy_through_user_space(r, w, n).await,
+    }
+}
+
+/// [`one_way`] through a user-space buffer. The buffer is held only while data is arriving:
+/// allocated when the socket becomes readable, dropped as soon as a read would block, so an idle
+/// connection holds none.
+async fn copy_through_user_space(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    n: &AtomicU64,
+) -> Option<String> {
     loop {
         if let Err(e) = r.readable().await {
             return Some(format!("read: {e}"));

@@ -13,6 +13,7 @@ mod hbone;
 mod inbound;
 mod local;
 mod outbound;
+mod pipe;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
