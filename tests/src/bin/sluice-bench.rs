@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: mesh versus direct on the netns cluster, every number a ratio to the
 //! direct path measured in the same run (the machine is shared and noisy).
 //!
-//! Scenarios: direct (both pods outside the mesh), sluice same-node, sluice cross-node (HBONE mTLS).
+//! Scenarios: direct (both pods outside the mesh), two plaintext relays (the floor of any design
+//! with a proxy on each node: `sl-load relay` on both nodes, three TCP legs, no TLS/HTTP/2),
+//! sluice same-node, sluice cross-node (HBONE mTLS). `--only` picks measurement groups and
+//! scenarios (direct always runs).
 //! Metrics per scenario:
 //! - bulk throughput (iperf3, 1 and 8 streams), agent CPU seconds and peak RSS during each run
 //!   (the kernel's high-water mark is reset before each run through `/proc/PID/clear_refs`);
