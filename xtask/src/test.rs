@@ -71,7 +71,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             );
         }
         let bins = vm::build_tests(args.filter.as_deref(), args.smoke)?;
-        kernel_tier(&series, &bins, &mut t)?;
+        kernel_tier(&series, &bins, true, &mut t)?;
         return finish(&t);
     }
 
@@ -105,6 +105,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             let mut c = cmd::cargo_cmd(&a);
             c.env("SLUICE_BIN", &sluice);
             run_tests("end-to-end suite", c, &mut t)?;
+            if args.filter.is_none() {
+                bench_smoke(&sluice, &mut t)?;
+            }
         } else {
             let msg = "END-TO-END SUITE SKIPPED: not running as root. It needs root and a BPF-capable kernel \
                        (network namespaces, cgroup2, bpffs). Run `sudo cargo xtask test`.";
@@ -118,7 +121,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         if cmd::is_root() {
             // The smoke scenarios on the kernels users run, one VM at a time.
             let bins = vm::build_tests(None, true)?;
-            kernel_tier(vm::CI_KERNELS, &bins, &mut t)?;
+            kernel_tier(vm::CI_KERNELS, &bins, false, &mut t)?;
         } else {
             t.skipped += 1;
             t.skips.push("kernel matrix smoke: needs root (VMs, and the suite inside them)".to_string());
@@ -128,9 +131,42 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     finish(&t)
 }
 
+/// `cargo xtask bench --quick` as a smoke test on the debug build the suite just used: it checks
+/// that every measurement came out valid (finite, no connection errors, every idle connection
+/// established), never a speed (a debug build on a shared CI machine says nothing about speed).
+fn bench_smoke(sluice: &std::path::Path, t: &mut Tally) -> anyhow::Result<()> {
+    cmd::cargo(&["build", "-p", "sluice-e2e", "--bins"]).context("building the benchmark binaries")?;
+    let root = cmd::workspace_root();
+    let out = root.join("target/bench-smoke");
+    let mut c = Command::new(root.join("target/debug/sluice-bench"));
+    c.env("SLUICE_BIN", sluice).arg("--quick").arg("--out").arg(&out);
+    t.step("benchmark smoke (sluice-bench --quick)", cmd::run(&mut c).is_ok());
+    let out = out.to_str().context("the workspace path is not UTF-8")?;
+    let compile = [
+        "bench",
+        "-p",
+        "sluice",
+        "--bench",
+        "config_compile",
+        "--profile",
+        "dev",
+        "--",
+        "--quick",
+        "--out",
+        out,
+    ];
+    t.step("benchmark smoke (config compile --quick)", cmd::run(&mut cmd::cargo_cmd(&compile)).is_ok());
+    Ok(())
+}
+
 /// Runs the planned tests on each kernel and adds every test's outcome to the tally.
-fn kernel_tier(series: &[&'static str], bins: &[vm::TestBinary], t: &mut Tally) -> anyhow::Result<()> {
-    for r in vm::run_matrix(series, bins)? {
+fn kernel_tier(
+    series: &[&'static str],
+    bins: &[vm::TestBinary],
+    virtiofs: bool,
+    t: &mut Tally,
+) -> anyhow::Result<()> {
+    for r in vm::run_matrix(series, bins, virtiofs)? {
         let k = format!("kernel {}", r.series);
         t.passed += r.passed.len() as u64;
         for f in &r.failed {

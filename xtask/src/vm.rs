@@ -125,8 +125,10 @@ fn vng() -> anyhow::Result<PathBuf> {
     Ok(scripts_dir()?.join("vng"))
 }
 
-/// Installs qemu, the helpers and virtme-ng if missing (a few seconds of checks otherwise).
-pub fn ensure_tools() -> anyhow::Result<()> {
+/// Installs qemu, the helpers and virtme-ng if missing (a few seconds of checks otherwise), and
+/// with `virtiofs` also builds virtiofsd. It pays for its 3 minutes of building only over many boots
+/// and long runs (`--kernel`); the smoke tier uses it if it is there, else 9p (about 11 s more a boot).
+pub fn ensure_tools(virtiofs: bool) -> anyhow::Result<()> {
     crate::setup::ensure_packages(PACKAGES)?;
     let vng = vng()?;
     let have = cmd::output(Command::new(&vng).arg("--version"))
@@ -147,7 +149,7 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     let virtiofsd = crate::setup::cargo_home_bin().join("virtiofsd");
     let have = cmd::output(Command::new(&virtiofsd).arg("--version"))
         .is_some_and(|v| v.split_whitespace().any(|w| w == VIRTIOFSD_VERSION));
-    if !have {
+    if virtiofs && !have {
         eprintln!("vm: building virtiofsd {VIRTIOFSD_VERSION} (about 3 minutes on 2 cores, once)");
         cmd::run(Command::new(cmd::cargo_bin()).args([
             "install",
@@ -609,8 +611,12 @@ fn parse_outcomes(text: &str) -> BTreeMap<&str, Outcome> {
 }
 
 /// Runs `bins` on each kernel, one VM at a time, and prints the per-kernel report.
-pub fn run_matrix(series: &[&'static str], bins: &[TestBinary]) -> anyhow::Result<Vec<KernelResult>> {
-    ensure_tools()?;
+pub fn run_matrix(
+    series: &[&'static str],
+    bins: &[TestBinary],
+    virtiofs: bool,
+) -> anyhow::Result<Vec<KernelResult>> {
+    ensure_tools(virtiofs)?;
     let sluice = cmd::workspace_root().join("target/debug/sluice");
     let mut results = Vec::new();
     for s in series {
