@@ -9,6 +9,7 @@
 //! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
 mod cmd;
 mod fuzz;
+mod manifests;
 mod setup;
 mod test;
 mod vm;
@@ -46,6 +47,8 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Validate the Kubernetes manifests under deploy/ offline and strictly (also part of `test`).
+    Manifests,
     /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
     Fuzz {
         /// How long to run, in seconds.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Demo => demo(),
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { time } => fuzz::run(time),
+        Command::Manifests => manifests::check(),
         Command::VmGuest { dir } => vm::guest(&dir),
     };
     match result {

@@ -82,6 +82,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             cmd::run(&mut cmd::cargo_cmd(&["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok(),
         );
         t.step("cargo clippy (eBPF)", cmd::run(&mut ebpf_clippy()).is_ok());
+        t.step("deploy/ manifests (kubernetes-validate --strict)", crate::manifests::check().is_ok());
     }
 
     if !args.e2e_only {
