@@ -9,6 +9,7 @@
 //! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
 mod cmd;
 mod fuzz;
+mod image;
 mod manifests;
 mod setup;
 mod test;
@@ -47,6 +48,8 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Build the container image as an OCI archive (target/image/, offline, buildah) and check it.
+    Image,
     /// Validate the Kubernetes manifests under deploy/ offline and strictly (also part of `test`).
     Manifests,
     /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { time } => fuzz::run(time),
         Command::Manifests => manifests::check(),
+        Command::Image => image::run().map(|_| ()),
         Command::VmGuest { dir } => vm::guest(&dir),
     };
     match result {
