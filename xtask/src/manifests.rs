@@ -19,17 +19,7 @@ pub fn ensure_validator() -> anyhow::Result<()> {
     let have = cmd::output(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]))
         .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE_VERSION);
     if !have {
-        eprintln!("manifests: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (pip)");
-        cmd::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
-        ]))
-        .context("pip install kubernetes-validate failed; is PyPI reachable?")?;
+        crate::setup::pip_install("kubernetes-validate", KUBERNETES_VALIDATE_VERSION)?;
     }
     Ok(())
 }

@@ -144,6 +144,21 @@ fn install_rust_src() -> anyhow::Result<()> {
     }
 }
 
+/// Installs `package==version` with pip (quietly, as root without pip's warning).
+pub fn pip_install(package: &str, version: &str) -> anyhow::Result<()> {
+    eprintln!("setup: installing {package} {version} (pip)");
+    cmd::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        &format!("{package}=={version}"),
+    ]))
+    .with_context(|| format!("pip install {package} failed; is PyPI reachable?"))
+}
+
 /// `$CARGO_HOME/bin`, where `cargo install` puts bpf-linker.
 pub fn cargo_home_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")

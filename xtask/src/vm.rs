@@ -134,17 +134,7 @@ pub fn ensure_tools(virtiofs: bool) -> anyhow::Result<()> {
     let have = cmd::output(Command::new(&vng).arg("--version"))
         .is_some_and(|v| v.split_whitespace().any(|w| w.trim() == VIRTME_NG_VERSION));
     if !have {
-        eprintln!("vm: installing virtme-ng {VIRTME_NG_VERSION} (pip)");
-        cmd::run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            &format!("virtme-ng=={VIRTME_NG_VERSION}"),
-        ]))
-        .context("pip install virtme-ng failed; is PyPI reachable?")?;
+        crate::setup::pip_install("virtme-ng", VIRTME_NG_VERSION)?;
     }
     let virtiofsd = crate::setup::cargo_home_bin().join("virtiofsd");
     let have = cmd::output(Command::new(&virtiofsd).arg("--version"))
@@ -459,20 +449,27 @@ pub struct KernelResult {
     pub error: Option<String>,
 }
 
+impl KernelResult {
+    /// Nothing found yet for `series`.
+    fn empty(series: &'static str, version: String) -> KernelResult {
+        KernelResult {
+            series,
+            version,
+            release: String::new(),
+            supported: None,
+            passed: Vec::new(),
+            failed: Vec::new(),
+            skipped: Vec::new(),
+            boot_and_run: Duration::ZERO,
+            error: None,
+        }
+    }
+}
+
 /// Boots `kernel` and runs `bins` inside; results in `target/vm/<series>/`.
 pub fn run_kernel(kernel: &Kernel, bins: &[TestBinary], sluice: &Path) -> KernelResult {
     let started = Instant::now();
-    let mut r = KernelResult {
-        series: kernel.series,
-        version: kernel.version.clone(),
-        release: String::new(),
-        supported: None,
-        passed: Vec::new(),
-        failed: Vec::new(),
-        skipped: Vec::new(),
-        boot_and_run: Duration::ZERO,
-        error: None,
-    };
+    let mut r = KernelResult::empty(kernel.series, kernel.version.clone());
     match boot_and_collect(kernel, bins, sluice, &mut r) {
         Ok(()) => {}
         Err(e) => r.error = Some(format!("{e:#}")),
@@ -624,15 +621,8 @@ pub fn run_matrix(
             Ok(k) => k,
             Err(e) => {
                 results.push(KernelResult {
-                    series: s,
-                    version: String::new(),
-                    release: String::new(),
-                    supported: None,
-                    passed: Vec::new(),
-                    failed: Vec::new(),
-                    skipped: Vec::new(),
-                    boot_and_run: Duration::ZERO,
                     error: Some(format!("{e:#}")),
+                    ..KernelResult::empty(s, String::new())
                 });
                 continue;
             }
