@@ -19,7 +19,8 @@ pub fn run() -> anyhow::Result<PathBuf> {
     setup::run()?;
     setup::ensure_packages(&[("buildah", "builds the OCI image offline, FROM scratch")])?;
     let root = cmd::workspace_root();
-    let version = workspace_version(&root)?;
+    // xtask and the agent share the workspace's version.
+    let version = env!("CARGO_PKG_VERSION");
 
     // A static binary: the flags apply to the x86_64 target only, not to build scripts or the
     // nested eBPF build.
@@ -65,7 +66,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
     )
     .context("buildah push to an OCI archive")?;
 
-    check(&archive, &version)?;
+    check(&archive, version)?;
     eprintln!(
         "image: {} (sluice:{version}); load it with `podman load -i` or `ctr images import`",
         archive.display()
@@ -82,23 +83,6 @@ fn buildah(dir: &Path) -> Command {
         .arg(dir.join("run"))
         .args(["--storage-driver", "vfs"]);
     c
-}
-
-fn workspace_version(root: &Path) -> anyhow::Result<String> {
-    let toml = std::fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
-    let after = toml
-        .split_once("[workspace.package]")
-        .map(|x| x.1)
-        .context("no [workspace.package] in Cargo.toml")?;
-    after
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("version")
-                .map(|v| v.trim_start_matches([' ', '=']).trim().trim_matches('"'))
-        })
-        .map(str::to_string)
-        .context("no version in [workspace.package]")
 }
 
 /// Unpacks `archive`'s layers and runs the binary inside with `--version`.
