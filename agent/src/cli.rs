@@ -31,8 +31,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Per-node agent: loads eBPF, enrolls pods, runs the tunnel proxy (DaemonSet).
     Agent(Box<AgentArgs>),
-    /// L7 waypoint proxy (not implemented yet).
-    Waypoint,
+    /// L7 waypoint proxy: HBONE in, VirtualService/DestinationRule/L7 AuthorizationPolicy, HBONE out.
+    Waypoint(Box<WaypointArgs>),
     /// CNI plugin: run by the container runtime after the cluster's CNI (also works as `sluice-cni`).
     Cni,
     /// Validate mesh config files offline: file:line diagnostics; exit 0 clean, 1 warnings, 2 errors.
@@ -79,7 +79,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Agent(_) => "agent",
-            Command::Waypoint => "waypoint",
+            Command::Waypoint(_) => "waypoint",
             Command::Cni => "cni",
             Command::Ca(_) => "ca",
             Command::Analyze { .. } => "analyze",
@@ -139,6 +139,43 @@ pub struct AgentArgs {
     /// Pooled HBONE connections without streams are closed after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub pool_idle_timeout: std::time::Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WaypointArgs {
+    /// Mesh config: a directory of YAML files (watched), the same the agents read.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+    /// The waypoint's Gateway (gatewayClassName istio-waypoint): its name.
+    #[arg(long, env = "SLUICE_WAYPOINT_NAME")]
+    pub name: String,
+    /// The Gateway's namespace (also the waypoint's identity's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The waypoint's service account: its identity is spiffe://<trust-domain>/ns/<namespace>/sa/<this>.
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: String,
+    /// HBONE listener.
+    #[arg(long, default_value = "[::]:15008")]
+    pub listen: SocketAddr,
+    /// Metrics and readiness listener (/stats/prometheus, /healthz/ready).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// SPIFFE trust domain of this mesh.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Directory of the local CA (see `sluice ca init`).
+    #[arg(long, env = "SLUICE_CA_DIR", default_value = "/etc/sluice/ca")]
+    pub ca_dir: PathBuf,
+    /// Lifetime of the waypoint's certificate.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: std::time::Duration,
+    /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
+    #[arg(long, default_value_t = 0.5)]
+    pub cert_rotate_after: f64,
+    /// Timeout for connecting to an endpoint.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -18,6 +18,7 @@
 //! | [`inspect`] | `sluice config` / `sluice status`: an agent's admin JSON rendered for a human |
 //! | [`admin`] | readiness, metrics and admin HTTP endpoints |
 //! | [`telemetry`] | logging setup and metrics |
+//! | [`waypoint`] | `sluice waypoint`: the L7 proxy (HTTP routing, L7 policy) |
 pub mod admin;
 pub mod agent;
 pub mod analyze;
@@ -31,3 +32,4 @@ pub mod proxy;
 pub mod redirect;
 pub mod telemetry;
 pub mod tunnel;
+pub mod waypoint;

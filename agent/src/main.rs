@@ -33,10 +33,7 @@ fn main() -> ExitCode {
             println!("{report}");
             return if report.check().is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
-        Command::Waypoint => {
-            eprintln!("sluice {}: not implemented yet (see README.md, feature status)", cli.command.name());
-            return ExitCode::from(2);
-        }
+        Command::Waypoint(args) => sluice::waypoint::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -190,6 +190,9 @@ pub struct Snapshot {
     pub vips: HashMap<SocketAddr, (Arc<Service>, usize)>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// AuthorizationPolicies attached with targetRef(s) to a waypoint Gateway or a Service: the
+    /// waypoint enforces them, at L7.
+    pub waypoint_policies: Vec<AuthorizationPolicy>,
     pub virtual_services: Vec<Object<VirtualServiceSpec>>,
     pub destination_rules: Vec<Object<DestinationRuleSpec>>,
     pub service_entries: Vec<Object<ServiceEntrySpec>>,
@@ -371,14 +374,19 @@ impl Snapshot {
                             );
                         } else if spec.is_targeted() {
                             // Istio ambient: a targeted policy is enforced by the waypoint the
-                            // traffic passes through, never by the node proxy.
-                            cx.warning(
-                                "spec.targetRefs",
-                                "policies attached with targetRef/targetRefs are enforced by a waypoint; \
-                                 sluice does not run waypoints yet, so this policy has no effect"
-                                    .into(),
-                                "use spec.selector to have the node proxy enforce it at L4",
-                            );
+                            // traffic passes through (targetRefs a waypoint Gateway or a Service
+                            // behind one), never by the node proxy.
+                            let refs = spec.target_ref.iter().chain(spec.target_refs.iter().flatten());
+                            for (i, r) in refs.enumerate() {
+                                if r.kind != "Gateway" && r.kind != "Service" {
+                                    cx.warning(
+                                        &format!("spec.targetRefs[{i}].kind"),
+                                        format!("a waypoint enforces policies attached to a Gateway or a Service, not a {}", r.kind),
+                                        "target the waypoint Gateway or the Service",
+                                    );
+                                }
+                            }
+                            snap.waypoint_policies.push(AuthorizationPolicy { namespace, name, spec });
                         } else {
                             for field in spec.http_only_fields() {
                                 let effect = match spec.action {

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Whether `pattern` (an Istio host, possibly `*.suffix` or `*`) covers `host`.
-fn host_matches(pattern: &str, host: &str) -> bool {
+pub fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix('*') {
         Some(suffix) => host.ends_with(suffix),
         None => pattern == host,

@@ -1,11 +1,13 @@
-//! L4 policy evaluation with Istio's semantics, over the current snapshot: PeerAuthentication (which
-//! mTLS mode a workload's port requires) and AuthorizationPolicy (who may connect).
+//! Policy evaluation with Istio's semantics, over the current snapshot: PeerAuthentication (which
+//! mTLS mode a workload's port requires) and AuthorizationPolicy (who may connect, and at a
+//! waypoint which HTTP requests may pass).
 //!
 //! Authorization order: a matching DENY policy denies; otherwise, when any ALLOW policy selects the
 //! workload, one of them must match; otherwise the connection is allowed. AUDIT never changes the
 //! decision. Policies in the root namespace apply mesh-wide. A rule that uses HTTP-only fields
 //! (request principals, hosts, methods, paths, L7 `when` keys) can never match at L4: an ALLOW with
-//! it allows nothing, a DENY with it denies everything it scopes. Unparseable values never match an
+//! it allows nothing, a DENY with it denies everything it scopes. At a waypoint the request's facts
+//! ([`HttpFacts`]) are known and those fields are evaluated. Unparseable values never match an
 //! ALLOW and always match a DENY (fail closed).
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,6 +30,21 @@ pub struct Facts<'a> {
     pub identity: Option<&'a Identity>,
     pub src_ip: IpAddr,
     pub dst: SocketAddr,
+    /// The request, when the decision is made for one HTTP request (at a waypoint).
+    pub http: Option<&'a HttpFacts<'a>>,
+}
+
+/// What a waypoint knows about one HTTP request.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpFacts<'a> {
+    pub method: &'a str,
+    /// The path without the query string.
+    pub path: &'a str,
+    /// The `Host`/`:authority`, as sent.
+    pub host: &'a str,
+    pub headers: &'a http::HeaderMap,
+    /// The JWT principal (`iss/sub`) once RequestAuthentication validated a token; None without one.
+    pub request_principal: Option<&'a str>,
 }
 
 /// The authorization decision, with the policy that made it.
@@ -74,6 +91,11 @@ pub fn mtls_mode(snap: &Snapshot, w: &PodEntry, port: u16) -> MtlsMode {
 pub fn authorize(snap: &Snapshot, w: &PodEntry, f: &Facts<'_>) -> Verdict {
     let applicable: Vec<&AuthorizationPolicy> =
         snap.authz_for(w).iter().filter_map(|i| snap.authorization_policies.get(*i as usize)).collect();
+    decide(&applicable, f)
+}
+
+/// Decides over an explicit set of policies (a waypoint's targeted policies), with Istio's order.
+pub fn decide(applicable: &[&AuthorizationPolicy], f: &Facts<'_>) -> Verdict {
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
     let matches = |p: &AuthorizationPolicy| {
         p.spec.rules.as_deref().unwrap_or_default().iter().any(|r| rule_matches(r, f, p.spec.action))
@@ -109,7 +131,7 @@ fn uses_http_only(r: &Rule) -> bool {
 }
 
 fn rule_matches(r: &Rule, f: &Facts<'_>, action: Action) -> bool {
-    if uses_http_only(r) {
+    if f.http.is_none() && uses_http_only(r) {
         return action == Action::Deny;
     }
     let fail = action == Action::Deny; // what an unparseable value yields
@@ -171,6 +193,8 @@ fn source_matches(s: &Source, f: &Facts<'_>, fail: bool) -> bool {
         // At L4 the remote address is the connection's source.
         any_cidr(&s.remote_ip_blocks, f.src_ip, fail),
         any_cidr(&s.not_remote_ip_blocks, f.src_ip, !fail).map(|m| !m),
+        request_principal(&s.request_principals, f),
+        request_principal(&s.not_request_principals, f).map(|m| !m),
     ];
     checks.iter().flatten().all(|ok| *ok)
 }
@@ -179,10 +203,71 @@ fn port_in(list: &[String], port: u16, fail: bool) -> bool {
     list.iter().any(|p| p.parse::<u16>().map_or(fail, |n| n == port))
 }
 
+/// `requestPrincipals`: a request without a validated token has no principal and matches nothing.
+fn request_principal(list: &Option<Vec<String>>, f: &Facts<'_>) -> Option<bool> {
+    let p = f.http.and_then(|h| h.request_principal).unwrap_or("");
+    list.as_ref().map(|l| !p.is_empty() && l.iter().any(|pat| str_match(pat, p)))
+}
+
+/// A `hosts` entry against the request's host: case-insensitive, and a pattern without a port
+/// also matches the host with any port (as Istio documents).
+fn host_match(pattern: &str, host: &str) -> bool {
+    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if str_match(&p, &h) {
+        return true;
+    }
+    let bare = match h.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || port.parse::<u16>().is_ok() => name,
+        _ => return false,
+    };
+    !p.contains(':') && str_match(&p, bare)
+}
+
+/// Istio's path matching: exact, `prefix*`, `*suffix`, `*`, and the `{*}` (one segment) / `{**}`
+/// (the rest) path templates.
+fn path_match(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('{') {
+        return str_match(pattern, path);
+    }
+    let pats: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    for (i, p) in pats.iter().enumerate() {
+        match *p {
+            // Zero or more segments; it must be the pattern's last operator.
+            "{**}" => return i + 1 == pats.len(),
+            "{*}" => {
+                if segs.get(i).is_none_or(|s| s.is_empty()) {
+                    return false;
+                }
+            }
+            lit => {
+                if segs.get(i) != Some(&lit) {
+                    return false;
+                }
+            }
+        }
+    }
+    pats.len() == segs.len()
+}
+
 fn operation_matches(o: &Operation, f: &Facts<'_>, fail: bool) -> bool {
     let port = f.dst.port();
-    o.ports.as_ref().is_none_or(|l| port_in(l, port, fail))
-        && o.not_ports.as_ref().is_none_or(|l| !port_in(l, port, !fail))
+    let l4 = o.ports.as_ref().is_none_or(|l| port_in(l, port, fail))
+        && o.not_ports.as_ref().is_none_or(|l| !port_in(l, port, !fail));
+    let Some(h) = f.http else {
+        return l4;
+    };
+    let any =
+        |list: &Option<Vec<String>>, m: &dyn Fn(&str) -> bool| list.as_ref().map(|l| l.iter().any(|p| m(p)));
+    let checks = [
+        any(&o.methods, &|p| p == h.method),
+        any(&o.not_methods, &|p| p == h.method).map(|m| !m),
+        any(&o.paths, &|p| path_match(p, h.path)),
+        any(&o.not_paths, &|p| path_match(p, h.path)).map(|m| !m),
+        any(&o.hosts, &|p| host_match(p, h.host)),
+        any(&o.not_hosts, &|p| host_match(p, h.host)).map(|m| !m),
+    ];
+    l4 && checks.iter().flatten().all(|ok| *ok)
 }
 
 fn condition_matches(c: &Condition, f: &Facts<'_>, fail: bool) -> bool {
@@ -196,7 +281,16 @@ fn condition_matches(c: &Condition, f: &Facts<'_>, fail: bool) -> bool {
             "destination.port" => v.parse::<u16>().map_or(on_error, |p| p == f.dst.port()),
             "source.namespace" => str_match(v, f.identity.map(|i| i.namespace.as_str()).unwrap_or("")),
             "source.principal" => str_match(v.strip_prefix("spiffe://").unwrap_or(v), &principal(f)),
-            _ => on_error,
+            "request.auth.principal" => {
+                f.http.and_then(|h| h.request_principal).is_some_and(|p| str_match(v, p))
+            }
+            key => match (key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']')), f.http) {
+                (Some(name), Some(h)) => {
+                    h.headers.get_all(name).iter().filter_map(|x| x.to_str().ok()).any(|x| str_match(v, x))
+                }
+                // A key this evaluator does not know (or an HTTP key at L4) fails closed.
+                _ => on_error,
+            },
         }
     };
     c.values.as_ref().is_none_or(|vs| vs.iter().any(|v| test(v, fail)))

@@ -43,6 +43,7 @@ fn run(cases: &[Case]) {
         let snap = snapshot(c.policies);
         let id = c.identity.map(|(ns, sa)| Identity::new("cluster.local", ns, sa));
         let facts = Facts {
+            http: None,
             identity: id.as_ref(),
             src_ip: c.src_ip.parse().expect("ip"),
             dst: SocketAddr::new("10.0.0.9".parse().expect("ip"), c.port),

@@ -19,11 +19,17 @@ impl Proxy {
     pub(super) async fn hbone(self: Arc<Self>, tcp: TcpStream, pod: Arc<PodCtx>) {
         let me = self.clone();
         let pod2 = pod.clone();
-        let result = server::serve_connection(tcp, pod.tls.clone(), &pod.trust_domain, move |stream| {
-            let me = me.clone();
-            let pod = pod2.clone();
-            tokio::spawn(async move { me.hbone_stream(stream, pod).await });
-        })
+        let result = server::serve_connection(
+            tcp,
+            pod.tls.clone(),
+            &pod.trust_domain,
+            server::Targets::OwnAddress,
+            move |stream| {
+                let me = me.clone();
+                let pod = pod2.clone();
+                tokio::spawn(async move { me.hbone_stream(stream, pod).await });
+            },
+        )
         .await;
         if let Err(e) = result {
             self.metrics.failure(Direction::Inbound.label(), e.response_flag());
@@ -51,7 +57,7 @@ impl Proxy {
             self.metrics.failure(dir.label(), super::Failure::Loop.label());
             return stream.refuse(StatusCode::BAD_REQUEST);
         }
-        let facts = Facts { identity: Some(&stream.peer), src_ip: src.ip(), dst };
+        let facts = Facts { identity: Some(&stream.peer), src_ip: src.ip(), dst, http: None };
         let verdict = policy::authorize(&snap, &pod.workload(&snap), &facts);
         if let Verdict::Deny { by } = &verdict {
             stream.refuse(StatusCode::UNAUTHORIZED);

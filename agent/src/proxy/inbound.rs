@@ -49,8 +49,11 @@ impl Proxy {
             MtlsMode::Strict => {
                 Some((Failure::MtlsRequired, "PeerAuthentication STRICT: plaintext refused".to_string()))
             }
-            _ => match policy::authorize(&snap, &workload, &Facts { identity: None, src_ip: peer.ip(), dst })
-            {
+            _ => match policy::authorize(
+                &snap,
+                &workload,
+                &Facts { identity: None, src_ip: peer.ip(), dst, http: None },
+            ) {
                 Verdict::Deny { by } => Some((Failure::Deny, format!("denied by AuthorizationPolicy {by}"))),
                 Verdict::Allow { .. } => None,
             },

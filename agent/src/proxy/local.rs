@@ -71,7 +71,7 @@ impl Proxy {
         dst_labels.destination_service = src_labels.destination_service.clone();
         dst_labels.destination_service_name = src_labels.destination_service_name.clone();
         dst_labels.destination_service_namespace = src_labels.destination_service_namespace.clone();
-        let facts = Facts { identity: Some(&identity), src_ip, dst: target };
+        let facts = Facts { identity: Some(&identity), src_ip, dst: target, http: None };
         let refused = match policy::authorize(snap, &dst_workload, &facts) {
             Verdict::Deny { by } => {
                 Some((Failure::Deny.label(), format!("denied by AuthorizationPolicy {by}")))

@@ -64,7 +64,7 @@ impl Proxy {
                     dst: SocketAddr::new(target.ip(), INBOUND_HBONE_PORT),
                     expected,
                 };
-                match self.pool.connect(&key, &pod.netns, target).await {
+                match self.pool.connect(&key, Some(&pod.netns), target).await {
                     Ok((send, recv, guard)) => Ok(Upstream::Tunnel(send, recv, guard)),
                     Err(e) => Err((e.response_flag(), e.to_string())),
                 }

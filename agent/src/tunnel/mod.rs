@@ -7,7 +7,9 @@
 //!   identity), many streams each, idle connections closed after a timeout.
 //! - [`copy`]: bytes between a TCP socket and a CONNECT stream, honouring HTTP/2 flow control and
 //!   carrying half-close (FIN <-> END_STREAM) both ways.
+//! - [`io`]: a CONNECT stream as `AsyncRead + AsyncWrite`, for the waypoint's HTTP engine.
 pub mod copy;
+pub mod io;
 pub mod pool;
 pub mod server;
 

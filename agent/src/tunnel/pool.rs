@@ -71,11 +71,13 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `target` through the pooled connection for `key`, dialling it
-    /// from inside `netns` when needed. Succeeds only once the peer answered 200.
+    /// from inside `netns` (marked, so the kernel programs leave it alone) when needed, or from the
+    /// process's own namespace with `None` (the waypoint, which no agent captures). Succeeds only
+    /// once the peer answered 200.
     pub async fn connect(
         &self,
         key: &PoolKey,
-        netns: &Arc<NetNs>,
+        netns: Option<&Arc<NetNs>>,
         target: SocketAddr,
     ) -> Result<(SendStream<Bytes>, RecvStream, StreamGuard), TunnelError> {
         // Reserve a slot on the least-loaded connection with room, under the lock.
@@ -142,9 +144,17 @@ impl Pool {
         Ok((send_stream, resp.into_body(), guard))
     }
 
-    async fn dial(&self, key: &PoolKey, netns: &Arc<NetNs>) -> Result<SendRequest<Bytes>, TunnelError> {
-        let sock =
-            inpod::marked_socket(netns, key.dst.is_ipv6()).map_err(|e| TunnelError::Connect(key.dst, e))?;
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        netns: Option<&Arc<NetNs>>,
+    ) -> Result<SendRequest<Bytes>, TunnelError> {
+        let v6 = key.dst.is_ipv6();
+        let sock = match netns {
+            Some(ns) => inpod::marked_socket(ns, v6),
+            None => plain_socket(v6),
+        }
+        .map_err(|e| TunnelError::Connect(key.dst, e))?;
         let tcp = match tokio::time::timeout(self.connect_timeout, sock.connect(key.dst)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(TunnelError::Connect(key.dst, e)),
@@ -223,6 +233,12 @@ impl Pool {
     }
 }
 
+fn plain_socket(v6: bool) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = if v6 { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -271,19 +287,25 @@ mod tests {
             while let Ok((tcp, _)) = l.accept().await {
                 let cfg = cfg.clone();
                 tokio::spawn(async move {
-                    let _ = server::serve_connection(tcp, cfg, "cluster.local", |stream| {
-                        tokio::spawn(async move {
-                            if stream.target.port() == 1 {
-                                return stream.refuse(http::StatusCode::UNAUTHORIZED);
-                            }
-                            let Ok(app) = tokio::net::TcpStream::connect(stream.target).await else {
-                                return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
-                            };
-                            if let Ok((send, recv)) = stream.accept() {
-                                copy::splice(app, send, recv).await;
-                            }
-                        });
-                    })
+                    let _ = server::serve_connection(
+                        tcp,
+                        cfg,
+                        "cluster.local",
+                        server::Targets::OwnAddress,
+                        |stream| {
+                            tokio::spawn(async move {
+                                if stream.target.port() == 1 {
+                                    return stream.refuse(http::StatusCode::UNAUTHORIZED);
+                                }
+                                let Ok(app) = tokio::net::TcpStream::connect(stream.target).await else {
+                                    return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+                                };
+                                if let Ok((send, recv)) = stream.accept() {
+                                    copy::splice(app, send, recv).await;
+                                }
+                            });
+                        },
+                    )
                     .await;
                 });
             }
@@ -340,26 +362,29 @@ mod tests {
         let (_ca, pool, key, netns, echo) = frontend_to_backend().await;
 
         let data: Vec<u8> = (0..(2 * 1024 * 1024)).map(|i| (i * 7 % 251) as u8).collect();
-        let (mut s1, mut r1, g1) = pool.connect(&key, &netns, echo).await.expect("stream 1");
-        let (mut s2, mut r2, g2) = pool.connect(&key, &netns, echo).await.expect("stream 2");
+        let (mut s1, mut r1, g1) = pool.connect(&key, Some(&netns), echo).await.expect("stream 1");
+        let (mut s2, mut r2, g2) = pool.connect(&key, Some(&netns), echo).await.expect("stream 2");
         assert_eq!(pool.len(), 1, "both streams share one pooled connection");
         let (a, b) = tokio::join!(roundtrip(&mut s1, &mut r1, &data), roundtrip(&mut s2, &mut r2, b"hello"));
         assert!(a == data, "2 MiB echoed byte-exact through the tunnel");
         assert_eq!(b, b"hello");
         drop((g1, g2));
 
-        let e =
-            pool.connect(&key, &netns, SocketAddr::from(([127, 0, 0, 1], 1))).await.err().expect("refused");
+        let e = pool
+            .connect(&key, Some(&netns), SocketAddr::from(([127, 0, 0, 1], 1)))
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(e.response_flag(), "DENY", "{e}");
         let e = pool
-            .connect(&key, &netns, SocketAddr::from(([127, 0, 0, 2], 80)))
+            .connect(&key, Some(&netns), SocketAddr::from(([127, 0, 0, 2], 80)))
             .await
             .err()
             .expect("bad target");
         assert!(matches!(e, TunnelError::Refused(_, s) if s == StatusCode::BAD_REQUEST), "{e}");
 
         let wrong = PoolKey { expected: Identity::new("cluster.local", "shop", "other"), ..key.clone() };
-        let e = pool.connect(&wrong, &netns, echo).await.err().expect("wrong identity");
+        let e = pool.connect(&wrong, Some(&netns), echo).await.err().expect("wrong identity");
         assert_eq!(e.response_flag(), "TLS_FAILURE", "{e}");
 
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -378,7 +403,7 @@ mod tests {
         let id = Identity::new("cluster.local", "a", "b");
         let key = PoolKey { src_pod: 1, src: id.clone(), dst: closed, expected: id };
         let netns = Arc::new(NetNs::current().expect("netns"));
-        let e = pool.connect(&key, &netns, closed).await.err().expect("closed port");
+        let e = pool.connect(&key, Some(&netns), closed).await.err().expect("closed port");
         assert_eq!(e.response_flag(), "CONNECT", "{e}");
     }
 
@@ -392,7 +417,7 @@ mod tests {
         // Hold 2.5 connections' worth of idle streams open at once: none may wait for another.
         let mut held = Vec::new();
         for i in 0..(per_conn * 5 / 2) {
-            let s = tokio::time::timeout(Duration::from_secs(3), pool.connect(&key, &netns, echo))
+            let s = tokio::time::timeout(Duration::from_secs(3), pool.connect(&key, Some(&netns), echo))
                 .await
                 .unwrap_or_else(|_| panic!("stream {i} waited for a free slot"))
                 .expect("stream");

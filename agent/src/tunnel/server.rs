@@ -69,12 +69,22 @@ impl ServerError {
     }
 }
 
+/// Which `:authority` targets a server accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// Only the listening address's own IP (an in-pod 15008: a pod's HBONE port reaches that pod).
+    OwnAddress,
+    /// Any address (a waypoint: the target is the Service or workload it routes for).
+    Any,
+}
+
 /// Serves one accepted TCP connection until the peer closes it; `on_stream` is called (and must
 /// not block) for each valid CONNECT stream.
 pub async fn serve_connection(
     tcp: TcpStream,
     tls: Arc<ServerConfig>,
     trust_domain: &str,
+    targets: Targets,
     on_stream: impl Fn(Stream),
 ) -> Result<(), ServerError> {
     let peer_addr = tcp.peer_addr().map_err(|e| ServerError::Tls(unspecified(), e))?;
@@ -119,7 +129,9 @@ pub async fn serve_connection(
             (m, _) if m != Method::CONNECT => Some(StatusCode::BAD_REQUEST),
             (_, None) => Some(StatusCode::BAD_REQUEST),
             // Only this pod's own addresses may be reached through its HBONE port.
-            (_, Some(t)) if t.ip() != local_ip => Some(StatusCode::BAD_REQUEST),
+            (_, Some(t)) if targets == Targets::OwnAddress && t.ip() != local_ip => {
+                Some(StatusCode::BAD_REQUEST)
+            }
             _ => None,
         };
         match (status, target) {

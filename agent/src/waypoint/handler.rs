@@ -1,0 +1,669 @@
+//! The request pipeline, read top to bottom: authorize (L7 AuthorizationPolicy) -> route
+//! (VirtualService) -> direct response / redirect -> fault -> destination and subset -> rewrite and
+//! headers -> send with timeout and retries (mirroring a copy) -> response headers -> metrics and
+//! access log. Every answer the waypoint makes itself carries Envoy's response flag.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use super::{
+    Waypoint,
+    metrics::RequestLabels,
+    routes::{self, DestError, Req, Selected},
+    upstream::{Body, BoxError},
+};
+use crate::{
+    config::{
+        Snapshot,
+        model::{PodEntry, Service},
+        networking::{HeaderOperations, HttpRetry, HttpRoute},
+        security::AuthorizationPolicy,
+    },
+    identity::Identity,
+    policy::{self, Facts, HttpFacts},
+};
+
+/// Largest request body kept in memory so it can be retried or mirrored; larger or unsized bodies
+/// stream through once (no retry, no mirror).
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// The HBONE stream a request arrived on.
+#[derive(Debug)]
+pub struct Conn {
+    /// The client's verified identity (its node agent presents the client workload's).
+    pub peer: Identity,
+    pub peer_addr: SocketAddr,
+    /// The original destination the client addressed (a Service VIP or a pod).
+    pub target: SocketAddr,
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|e| -> BoxError { match e {} }).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// A response the waypoint makes itself, with its flag.
+struct Local {
+    resp: Response<Body>,
+    flag: &'static str,
+}
+
+fn local(status: StatusCode, flag: &'static str, body: impl Into<Bytes>) -> Local {
+    let mut resp = full(status, body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Local { resp, flag }
+}
+
+fn workload_labels(l: &mut RequestLabels, w: &PodEntry, trust_domain: &str, source: bool) {
+    let app = w.labels.get("app.kubernetes.io/name").or_else(|| w.labels.get("app")).cloned();
+    let ver = w.labels.get("app.kubernetes.io/version").or_else(|| w.labels.get("version")).cloned();
+    let principal = Identity::new(trust_domain, &w.namespace, &w.service_account).to_string();
+    let u = || "unknown".to_string();
+    if source {
+        l.source_workload = w.name.clone();
+        l.source_workload_namespace = w.namespace.clone();
+        l.source_principal = principal;
+        l.source_app = app.unwrap_or_else(u);
+        l.source_version = ver.unwrap_or_else(u);
+    } else {
+        l.destination_workload = w.name.clone();
+        l.destination_workload_namespace = w.namespace.clone();
+        l.destination_principal = principal;
+        l.destination_app = app.unwrap_or_else(u);
+        l.destination_version = ver.unwrap_or_else(u);
+    }
+}
+
+fn service_labels(l: &mut RequestLabels, s: &Service) {
+    l.destination_service = s.hostname();
+    l.destination_service_name = s.name.clone();
+    l.destination_service_namespace = s.namespace.clone();
+}
+
+/// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
+/// those attached to the Service.
+fn policies<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec<&'a AuthorizationPolicy> {
+    snap.waypoint_policies
+        .iter()
+        .filter(|p| {
+            let refs = p.spec.target_ref.iter().chain(p.spec.target_refs.iter().flatten());
+            refs.clone().any(|r| {
+                let ns = r.namespace.as_deref().unwrap_or(&p.namespace);
+                match r.kind.as_str() {
+                    "Gateway" => r.name == wp.name && ns == wp.namespace,
+                    "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == ns),
+                    _ => false,
+                }
+            })
+        })
+        .collect()
+}
+
+fn apply_ops(h: &mut HeaderMap, ops: Option<&HeaderOperations>) {
+    let Some(ops) = ops else { return };
+    for (k, v) in &ops.set {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            h.insert(k, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            h.append(k, v);
+        }
+    }
+    for k in &ops.remove {
+        h.remove(k.as_str());
+    }
+}
+
+/// Whether `percent` (Istio's Percent, unset = 100) fires this time.
+fn fires(percent: Option<f64>) -> bool {
+    let p = percent.unwrap_or(100.0);
+    p >= 100.0 || (p > 0.0 && fastrand::f64() * 100.0 < p)
+}
+
+/// Retry settings in force: the route's, else Istio's default (2 attempts on connect failures,
+/// refused streams and 503).
+struct RetryPolicy {
+    attempts: u32,
+    per_try: Option<std::time::Duration>,
+    on: Vec<String>,
+}
+
+impl RetryPolicy {
+    fn of(r: Option<&HttpRetry>) -> RetryPolicy {
+        match r {
+            Some(r) => RetryPolicy {
+                attempts: r.attempts.map_or(2, |a| u32::try_from(a).unwrap_or(0)),
+                per_try: r.per_try_timeout.as_ref().map(|d| d.as_std()).filter(|d| !d.is_zero()),
+                on: r
+                    .retry_on
+                    .as_deref()
+                    .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,503")
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+            },
+            None => RetryPolicy {
+                attempts: 2,
+                per_try: None,
+                on: vec!["connect-failure".into(), "refused-stream".into(), "503".into()],
+            },
+        }
+    }
+
+    fn on_status(&self, s: StatusCode) -> bool {
+        let code = s.as_u16();
+        self.on.iter().any(|o| match o.as_str() {
+            "5xx" => code >= 500,
+            "gateway-error" => matches!(code, 502..=504),
+            "retriable-4xx" => code == 409,
+            n => n.parse::<u16>().is_ok_and(|n| n == code),
+        })
+    }
+
+    fn on_connect_failure(&self) -> bool {
+        self.on.iter().any(|o| {
+            matches!(o.as_str(), "connect-failure" | "5xx" | "gateway-error" | "reset" | "refused-stream")
+        })
+    }
+
+    fn on_reset(&self) -> bool {
+        self.on.iter().any(|o| matches!(o.as_str(), "reset" | "5xx"))
+    }
+}
+
+/// The request body: kept (replayable) or streamed once.
+enum ReqBody {
+    Kept(Bytes),
+    Stream(Option<Incoming>),
+}
+
+impl ReqBody {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Kept(b) => Some(Full::new(b.clone()).map_err(|e| -> BoxError { match e {} }).boxed()),
+            ReqBody::Stream(s) => s.take().map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, ReqBody::Kept(_))
+    }
+}
+
+async fn read_body(parts: &http::request::Parts, body: Incoming) -> Result<ReqBody, Local> {
+    let len = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let small = match len {
+        Some(n) => n <= REPLAY_LIMIT,
+        None => !chunked && parts.version < Version::HTTP_2,
+    };
+    if !small {
+        return Ok(ReqBody::Stream(Some(body)));
+    }
+    match http_body_util::Limited::new(body, REPLAY_LIMIT as usize).collect().await {
+        Ok(c) => Ok(ReqBody::Kept(c.to_bytes())),
+        Err(_) => Err(local(StatusCode::BAD_REQUEST, "DPE", "request body could not be read\n")),
+    }
+}
+
+impl Waypoint {
+    /// Serves one request that arrived on `conn`.
+    pub async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let snap = self.store.load();
+        let mut labels = RequestLabels::default();
+        if let Some(w) = snap.workload_by_ip(conn.peer_addr.ip()) {
+            workload_labels(&mut labels, w, &self.trust_domain, true);
+        } else {
+            labels.source_principal = conn.peer.to_string();
+            labels.source_workload_namespace = conn.peer.namespace.clone();
+        }
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if grpc {
+            labels.request_protocol = "grpc";
+        }
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let result = self.pipeline(&snap, &conn, req, &mut labels).await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(l) => {
+                labels.response_flags = l.flag;
+                l.resp
+            }
+        };
+        labels.response_code = resp.status().as_u16();
+        if grpc {
+            labels.grpc_response_status =
+                resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.request(&labels, ms);
+        info!(target: "sluice::access", reporter = "waypoint", %method, %path, status = labels.response_code,
+              flags = labels.response_flags, src = %labels.source_principal, dst = %labels.destination_service,
+              dst_workload = %labels.destination_workload, duration_ms = ms, "request");
+        resp
+    }
+
+    async fn pipeline(
+        self: &Arc<Self>,
+        snap: &Snapshot,
+        conn: &Conn,
+        mut req: Request<Incoming>,
+        labels: &mut RequestLabels,
+    ) -> Result<Response<Body>, Local> {
+        let service = snap.service_by_vip(conn.target).map(|(s, _)| s);
+        let port = conn.target.port();
+        if let Some(s) = service {
+            service_labels(labels, s);
+        } else {
+            labels.destination_service = conn.target.to_string();
+        }
+        // WebSocket and other HTTP/1.1 upgrades: the client side of the upgrade, joined to the
+        // endpoint's once it answers 101.
+        let upgrade = (req.version() < Version::HTTP_2 && req.headers().contains_key(header::UPGRADE))
+            .then(|| hyper::upgrade::on(&mut req));
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+            .unwrap_or_default();
+        let source = snap.workload_by_ip(conn.peer_addr.ip());
+
+        // 1. Authorization (L7).
+        let applicable = policies(snap, self, service);
+        if !applicable.is_empty() {
+            let facts_http = HttpFacts {
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                host: &authority,
+                headers: req.headers(),
+                request_principal: None,
+            };
+            let facts = Facts {
+                identity: Some(&conn.peer),
+                src_ip: conn.peer_addr.ip(),
+                dst: conn.target,
+                http: Some(&facts_http),
+            };
+            let verdict = policy::decide(&applicable, &facts);
+            if !verdict.allowed() {
+                warn!(target: "sluice::access", policy = %verdict.policy(), src = %conn.peer, path = %req.uri().path(), "request denied");
+                return Err(local(StatusCode::FORBIDDEN, "DENY", "RBAC: access denied"));
+            }
+        }
+
+        // 2. Route.
+        let Some(svc) = service else {
+            // A pod addressed directly: no Service, so no VirtualService; straight to it.
+            let target = conn.target;
+            if let Some(w) = snap.workload_by_ip(target.ip()) {
+                workload_labels(labels, w, &self.trust_domain, false);
+            }
+            let ep = self.upstreams.endpoint(snap, target.ip(), target.port());
+            let (parts, body) = req.into_parts();
+            let mut body = read_body(&parts, body).await?;
+            return self.send(parts, &mut body, &[ep], &RetryPolicy::of(None), None, None, "", upgrade).await;
+        };
+        let view = Req {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query().unwrap_or(""),
+            authority: &authority,
+            scheme: "http",
+            headers: req.headers(),
+            port,
+            source,
+            source_namespace: Some(conn.peer.namespace.as_str()),
+        };
+        let selected = routes::select(snap, svc, &view, &self.regexes);
+        let (route, matched, vs_ns): (Option<&HttpRoute>, _, &str) = match selected {
+            Selected::Route { vs, route, matched, .. } => (Some(route), matched, vs.namespace.as_str()),
+            Selected::NoRoute { .. } => return Err(local(StatusCode::NOT_FOUND, "NR", "no route matched\n")),
+            Selected::Default => (None, None, svc.namespace.as_str()),
+        };
+
+        // 3. Answers without an upstream.
+        if let Some(r) = route {
+            if let Some(d) = &r.direct_response {
+                let body = d.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
+                let status = StatusCode::from_u16(d.status as u16).unwrap_or(StatusCode::OK);
+                return Ok(full(status, body));
+            }
+            if let Some(rd) = &r.redirect {
+                let host = rd.authority.clone().unwrap_or_else(|| authority.clone());
+                let scheme = rd.scheme.clone().unwrap_or_else(|| "http".into());
+                let path = match (&rd.uri, &rd.prefix_rewrite) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(p)) => routes::rewrite_path(req.uri().path(), matched, p),
+                    (None, None) => req.uri().path().to_string(),
+                };
+                let host = match rd.port {
+                    Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(&host)),
+                    None => host,
+                };
+                let code = rd
+                    .redirect_code
+                    .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                    .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+                let mut resp = full(code, "");
+                if let Ok(v) = HeaderValue::try_from(format!("{scheme}://{host}{path}")) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                return Ok(resp);
+            }
+            // 4. Faults.
+            if let Some(f) = &r.fault {
+                if let Some(d) = &f.delay
+                    && let Some(fixed) = &d.fixed_delay
+                    && fires(d.percentage.as_ref().map(|p| p.get()).or(d.percent.map(f64::from)))
+                {
+                    tokio::time::sleep(fixed.as_std()).await;
+                    labels.response_flags = "DI";
+                }
+                if let Some(a) = &f.abort
+                    && let Some(code) = a.http_status
+                    && fires(a.percentage.as_ref().map(|p| p.get()))
+                {
+                    let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    return Err(local(status, "FI", "fault filter abort"));
+                }
+            }
+        }
+
+        // 5. Destination.
+        let (host, dport, subset, dest_headers) = match route {
+            Some(r) => {
+                let d = routes::pick_weighted(&r.route, |n| fastrand::u64(..n)).ok_or_else(|| {
+                    local(StatusCode::SERVICE_UNAVAILABLE, "NR", "route has no destination\n")
+                })?;
+                let p =
+                    d.destination.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok());
+                (d.destination.host.clone(), p, d.destination.subset.clone(), d.headers.clone())
+            }
+            None => (svc.hostname(), None, None, None),
+        };
+        let target = routes::resolve_target(snap, &host, vs_ns, dport, port, subset.as_deref()).map_err(
+            |e: DestError| {
+                warn!(target: "sluice::access", error = %e, "no upstream");
+                local(StatusCode::SERVICE_UNAVAILABLE, e.flag(), format!("no healthy upstream: {e}\n"))
+            },
+        )?;
+        service_labels(labels, target.service);
+
+        // 6. Request rewrite and headers.
+        let (mut parts, body) = req.into_parts();
+        if let Some(r) = route {
+            if let Some(rw) = &r.rewrite {
+                let path = parts.uri.path().to_string();
+                let new_path = match (&rw.uri, &rw.uri_regex_rewrite) {
+                    (Some(u), _) => Some(routes::rewrite_path(&path, matched, u)),
+                    (None, Some(rr)) => match (&rr.pattern, &rr.rewrite) {
+                        (Some(p), Some(w)) => {
+                            regex::Regex::new(p).ok().map(|re| re.replace_all(&path, w.as_str()).into_owned())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(np) = new_path {
+                    let pq = match parts.uri.query() {
+                        Some(q) => format!("{np}?{q}"),
+                        None => np,
+                    };
+                    if let Ok(u) = pq.parse::<Uri>() {
+                        parts.uri = u;
+                    }
+                }
+                if let Some(a) = &rw.authority
+                    && let Ok(v) = HeaderValue::try_from(a.as_str())
+                {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            apply_ops(&mut parts.headers, r.headers.as_ref().and_then(|h| h.request.as_ref()));
+        }
+        apply_ops(&mut parts.headers, dest_headers.as_ref().and_then(|h| h.request.as_ref()));
+
+        let mut body = read_body(&parts, body).await?;
+        let retry = RetryPolicy::of(route.and_then(|r| r.retries.as_ref()));
+        let key = format!(
+            "{}/{}/{}",
+            target.service.namespace,
+            target.service.name,
+            subset.as_deref().unwrap_or("")
+        );
+        let lb = target.load_balancer();
+        let hash = lb.and_then(|l| l.consistent_hash.as_ref()).and_then(|ch| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            if let Some(name) = &ch.http_header_name {
+                parts.headers.get(name.as_str())?.as_bytes().hash(&mut h);
+            } else if ch.use_source_ip == Some(true) {
+                conn.peer_addr.ip().hash(&mut h);
+            } else {
+                return None;
+            }
+            Some(h.finish())
+        });
+        // One endpoint per attempt, so a retry can land elsewhere.
+        let mut eps = Vec::new();
+        for _ in 0..=retry.attempts.min(10) {
+            if let Some(ip) = self.upstreams.choose(&key, &target.endpoints, target.target_port, lb, hash) {
+                eps.push(self.upstreams.endpoint(snap, ip, target.target_port));
+            }
+        }
+
+        // 7. Mirror (a copy, answer ignored).
+        if let (Some(r), ReqBody::Kept(b)) = (route, &body) {
+            let mirrors: Vec<(&crate::config::networking::Destination, Option<f64>)> = r
+                .mirror
+                .iter()
+                .map(|d| {
+                    (d, r.mirror_percentage.as_ref().map(|p| p.get()).or(r.mirror_percent.map(f64::from)))
+                })
+                .chain(r.mirrors.iter().map(|m| (&m.destination, m.percentage.as_ref().map(|p| p.get()))))
+                .collect();
+            for (d, pct) in mirrors {
+                if !fires(pct) {
+                    continue;
+                }
+                let p = d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok());
+                if let Ok(t) = routes::resolve_target(snap, &d.host, vs_ns, p, port, d.subset.as_deref())
+                    && let Some(ip) = self.upstreams.choose(
+                        &format!("mirror/{}", d.host),
+                        &t.endpoints,
+                        t.target_port,
+                        None,
+                        None,
+                    )
+                {
+                    let ep = self.upstreams.endpoint(snap, ip, t.target_port);
+                    let mut mparts = http::Request::new(()).into_parts().0;
+                    mparts.method = parts.method.clone();
+                    mparts.uri = parts.uri.clone();
+                    mparts.version = parts.version;
+                    mparts.headers = parts.headers.clone();
+                    let shadow = format!("{}-shadow", authority.split(':').next().unwrap_or(&authority));
+                    if let Ok(v) = HeaderValue::try_from(shadow) {
+                        mparts.headers.insert(header::HOST, v);
+                    }
+                    let up = self.clone();
+                    let b = b.clone();
+                    tokio::spawn(async move {
+                        let mut mb = ReqBody::Kept(b);
+                        let none = RetryPolicy { attempts: 0, per_try: None, on: vec![] };
+                        let _ = up.send(mparts, &mut mb, &[ep], &none, None, None, "", None).await;
+                    });
+                }
+            }
+        }
+
+        // 8. Send, with the route's timeout around every attempt.
+        let timeout = route.and_then(|r| r.timeout.as_ref()).map(|d| d.as_std()).filter(|d| !d.is_zero());
+        let resp_ops = route.and_then(|r| r.headers.as_ref()).and_then(|h| h.response.clone());
+        let dest_resp_ops = dest_headers.as_ref().and_then(|h| h.response.clone());
+        let mut resp = self
+            .send(parts, &mut body, &eps, &retry, timeout, Some(labels), &target.service.hostname(), upgrade)
+            .await?;
+        apply_ops(resp.headers_mut(), resp_ops.as_ref());
+        apply_ops(resp.headers_mut(), dest_resp_ops.as_ref());
+        Ok(resp)
+    }
+
+    /// Sends to the endpoints in turn (one per attempt), retrying as `retry` allows.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        body: &mut ReqBody,
+        eps: &[crate::waypoint::upstream::Endpoint],
+        retry: &RetryPolicy,
+        timeout: Option<std::time::Duration>,
+        mut labels: Option<&mut RequestLabels>,
+        host: &str,
+        mut upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, Local> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let h2 = parts.version == Version::HTTP_2;
+        let mut parts = parts;
+        parts.extensions = http::Extensions::new();
+        let attempts = if body.replayable() { retry.attempts + 1 } else { 1 };
+        let snap = self.store.load();
+        let mut last: Option<Local> = None;
+        for (attempt, ep) in eps.iter().cycle().take(attempts as usize).enumerate() {
+            let Some(b) = body.take() else { break };
+            let mut req = Request::from_parts(parts.clone(), b);
+            if h2 {
+                // An HTTP/2 upstream needs the absolute form.
+                let a = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+                    .unwrap_or_else(|| host.to_string());
+                if let Ok(u) = format!("http://{a}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                    .parse::<Uri>()
+                {
+                    *req.uri_mut() = u;
+                }
+            } else {
+                *req.version_mut() = Version::HTTP_11;
+            }
+            if let Some(l) = labels.as_deref_mut()
+                && let Some(w) = snap.workload_by_ip(ep.addr.ip())
+            {
+                workload_labels(l, w, &self.trust_domain, false);
+            }
+            let fut = self.upstreams.send(ep, req, h2);
+            let per_try = retry.per_try.map(|t| tokio::time::Instant::now() + t);
+            let limit = match (deadline, per_try) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let result = match limit {
+                Some(l) => match tokio::time::timeout_at(l, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        last = Some(local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout"));
+                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+                None => fut.await,
+            };
+            match result {
+                Ok((resp, flight)) => {
+                    let retryable = attempt + 1 < attempts as usize && retry.on_status(resp.status());
+                    if retryable {
+                        last = Some(Local {
+                            resp: resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+                            flag: "URX",
+                        });
+                        continue;
+                    }
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let mut resp = resp;
+                        if let Some(client) = upgrade.take() {
+                            let server = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(join_upgrade(client, server));
+                        }
+                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                    }
+                    let (rparts, rbody) = resp.into_parts();
+                    // Keep the endpoint counted while the body streams.
+                    let rbody = InFlightBody { inner: rbody, _flight: flight };
+                    return Ok(Response::from_parts(rparts, BoxBody::new(rbody)));
+                }
+                Err(e) => {
+                    warn!(target: "sluice::access", endpoint = %ep.addr, error = %e, attempt, "upstream failed");
+                    let again =
+                        if e.is_connect_failure() { retry.on_connect_failure() } else { retry.on_reset() };
+                    last = Some(local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        e.flag(),
+                        format!("upstream connect error or disconnect/reset before headers: {e}\n"),
+                    ));
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n")))
+    }
+}
+
+/// Copies bytes between the two sides of an upgraded connection (WebSocket) until both close.
+async fn join_upgrade(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, server) {
+        Ok((c, s)) => {
+            let (mut c, mut s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => warn!(error = %e, "upgrade failed"),
+    }
+}
+
+/// A response body that keeps its endpoint's in-flight count until it is dropped.
+struct InFlightBody {
+    inner: Incoming,
+    _flight: crate::waypoint::upstream::InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx).map_err(|e| -> BoxError { Box::new(e) })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

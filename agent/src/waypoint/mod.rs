@@ -1,0 +1,250 @@
+//! `sluice waypoint`: the optional L7 hop of Istio's ambient mode.
+//!
+//! A waypoint is declared by a Gateway of class `istio-waypoint`; workloads, Services or whole
+//! namespaces opt in with the label `istio.io/use-waypoint: <gateway name>`, and node agents then
+//! send their traffic to the waypoint over HBONE instead of to the destination. The waypoint
+//! accepts HBONE on 15008 with its own SPIFFE identity (minted from the local CA), reads each
+//! CONNECT stream as HTTP/1.1 or HTTP/2 (a Service port named `tcp*` is carried as opaque TCP),
+//! applies L7 AuthorizationPolicy and VirtualService/DestinationRule, and forwards to the chosen
+//! endpoint over HBONE presenting its own identity.
+//!
+//! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
+//! - [`handler`]: the request pipeline.
+//! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
+//! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
+//!
+//! It reads the same config source as the agents and owns no kernel state.
+pub mod handler;
+pub mod metrics;
+pub mod routes;
+pub mod upstream;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::{
+    cli::WaypointArgs,
+    config::{self, SnapshotStore},
+    identity::{Identity, ca::LocalCa, certs::CertManager, tls::server_config},
+    tunnel::{
+        io::StreamIo,
+        pool::Pool,
+        server::{self, Targets},
+    },
+};
+
+/// The label a namespace, Service or pod carries to send its traffic through a waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The label on a waypoint's pods naming its Gateway (set by Istio and by our manifests).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// One waypoint process.
+pub struct Waypoint {
+    pub name: String,
+    pub namespace: String,
+    pub trust_domain: String,
+    pub store: Arc<SnapshotStore>,
+    pub upstreams: upstream::Upstreams,
+    pub metrics: metrics::HttpMetrics,
+    pub regexes: routes::RegexCache,
+}
+
+/// Runs a waypoint until SIGTERM/SIGINT.
+pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-waypoint")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
+    let (snap, warnings) = config::files::load_dir(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in warnings.warnings() {
+        warn!(target: "sluice::config", "{w}");
+    }
+    if !snap
+        .k8s_gateways
+        .iter()
+        .any(|g| g.name == args.name && g.namespace == args.namespace && g.spec.is_waypoint())
+    {
+        warn!(gateway = %args.name, namespace = %args.namespace,
+              "no Gateway of class istio-waypoint with this name in the config yet; serving anyway (agents send traffic here only once it exists)");
+    }
+    let store = SnapshotStore::new(snap);
+    let _watch = config::files::watch(args.config.clone(), store.clone())
+        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+
+    let ca = LocalCa::load(&args.ca_dir)?;
+    let certs =
+        Arc::new(CertManager::new(ca, &args.trust_domain, args.cert_lifetime, args.cert_rotate_after));
+    let me = Identity::new(&args.trust_domain, &args.namespace, &args.service_account);
+    let tls = server_config(&certs, &me).context("cannot build the waypoint's TLS configuration")?;
+    let pool = Pool::new(certs.clone(), args.connect_timeout, Duration::from_secs(300));
+    let wp = Arc::new(Waypoint {
+        name: args.name.clone(),
+        namespace: args.namespace.clone(),
+        trust_domain: args.trust_domain.clone(),
+        store,
+        upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
+        metrics: metrics::HttpMetrics::new(),
+        regexes: routes::RegexCache::default(),
+    });
+
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_srv = serve_metrics(args.metrics_addr, wp.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let reaper = {
+        let wp = wp.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                wp.upstreams.pool().reap_idle();
+            }
+        })
+    };
+    info!(gateway = %args.name, namespace = %args.namespace, identity = %me, listen = %args.listen,
+          metrics = %args.metrics_addr, "waypoint ready");
+    let accept = {
+        let wp = wp.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let wp = wp.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let td = wp.trust_domain.clone();
+                    let w2 = wp.clone();
+                    let r = server::serve_connection(tcp, tls, &td, Targets::Any, move |stream| {
+                        tokio::spawn(w2.clone().stream(stream));
+                    })
+                    .await;
+                    if let Err(e) = r {
+                        warn!(target: "sluice::access", reporter = "waypoint", reason = e.response_flag(), error = %e, "HBONE connection refused");
+                    }
+                });
+            }
+        })
+    };
+    crate::agent::shutdown_signal().await;
+    info!("waypoint shutting down");
+    accept.abort();
+    metrics_srv.abort();
+    reaper.abort();
+    Ok(())
+}
+
+impl Waypoint {
+    /// Whether traffic to `target` is carried as opaque TCP: a Service port named `tcp` or
+    /// `tcp-*` (Istio's explicit protocol selection). Everything else is served as HTTP.
+    fn opaque(&self, target: SocketAddr) -> bool {
+        let snap = self.store.load();
+        snap.service_by_vip(target).is_some_and(|(_, p)| p.name == "tcp" || p.name.starts_with("tcp-"))
+    }
+
+    /// One CONNECT stream from an agent: HTTP (L7 pipeline) or opaque TCP to an endpoint.
+    async fn stream(self: Arc<Self>, stream: server::Stream) {
+        let conn = Arc::new(handler::Conn {
+            peer: stream.peer.clone(),
+            peer_addr: stream.peer_addr,
+            target: stream.target,
+        });
+        let (send, recv) = match stream.accept() {
+            Ok(x) => x,
+            Err(e) => return debug!(error = %e, "CONNECT stream ended before it was answered"),
+        };
+        let io = StreamIo::new(send, recv, ());
+        if self.opaque(conn.target) {
+            return self.tcp(conn, io).await;
+        }
+        let me = self.clone();
+        let svc = service_fn(move |req| {
+            let me = me.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(me.handle(conn, req).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size(64 * 1024)
+            .header_read_timeout(Duration::from_secs(30))
+            .timer(hyper_util::rt::TokioTimer::new());
+        builder.http2().max_concurrent_streams(1000).max_header_list_size(64 * 1024);
+        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+            debug!(error = %e, "HTTP connection ended");
+        }
+    }
+
+    /// Opaque TCP through the waypoint: the Service's next endpoint, bytes copied both ways.
+    async fn tcp(self: Arc<Self>, conn: Arc<handler::Conn>, mut io: StreamIo<()>) {
+        let snap = self.store.load();
+        let ep = match snap.service_by_vip(conn.target) {
+            Some((svc, port)) => {
+                let key = format!("{}/{}/tcp", svc.namespace, svc.name);
+                match self.upstreams.choose(&key, &svc.endpoints, port.target_port, None, None) {
+                    Some(ip) => self.upstreams.endpoint(&snap, ip, port.target_port),
+                    None => {
+                        return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "no endpoints for TCP");
+                    }
+                }
+            }
+            None => self.upstreams.endpoint(&snap, conn.target.ip(), conn.target.port()),
+        };
+        match self.upstreams.open(&ep).await {
+            Ok(mut up) => {
+                let r = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+                debug!(endpoint = %ep.addr, result = ?r, "TCP through the waypoint ended");
+            }
+            Err(e) => {
+                warn!(target: "sluice::access", reporter = "waypoint", endpoint = %ep.addr, error = %e, "TCP upstream failed")
+            }
+        }
+    }
+}
+
+/// `/stats/prometheus` and `/healthz/ready` for the waypoint.
+async fn serve_metrics(addr: SocketAddr, wp: Arc<Waypoint>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            let wp = wp.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let wp = wp.clone();
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/stats/prometheus" | "/metrics" => (200, wp.metrics.render()),
+                            "/healthz/ready" => (200, "ready\n".to_string()),
+                            _ => (404, "not found\n".to_string()),
+                        };
+                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() =
+                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    }))
+}
