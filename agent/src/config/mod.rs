@@ -16,6 +16,7 @@ pub mod references;
 pub mod security;
 pub mod select;
 pub mod telemetry_kind;
+pub mod waypoints;
 pub mod yaml;
 
 use std::sync::Arc;

@@ -89,6 +89,8 @@ pub struct Service {
     pub endpoints: Vec<IpAddr>,
     /// Set for a ServiceEntry: its first host, which names it in metrics.
     pub host: Option<String>,
+    /// `metadata.labels` (`istio.io/use-waypoint` among them).
+    pub labels: Labels,
 }
 
 impl Service {
@@ -200,6 +202,9 @@ pub struct Snapshot {
     pub gateways: Vec<Object<GatewaySpec>>,
     /// gateway.networking.k8s.io Gateways, waypoints among them.
     pub k8s_gateways: Vec<Object<gateway_api::GatewaySpec>>,
+    /// Waypoint Gateways (namespace, name) and which traffic each takes (`istio.io/waypoint-for`).
+    #[serde(skip)]
+    pub waypoint_for: HashMap<(String, String), super::waypoints::WaypointFor>,
     pub request_authentications: Vec<Object<RequestAuthenticationSpec>>,
     pub telemetries: Vec<Object<TelemetrySpec>>,
     /// Namespace -> index of its namespace-wide PeerAuthentication (no selector; first by name).
@@ -415,6 +420,7 @@ impl Snapshot {
                     }
                     let ports = cx.service_ports();
                     let selector = cx.labels("spec.selector");
+                    let labels = cx.labels("metadata.labels");
                     snap.services.insert(
                         (namespace.clone(), name.clone()),
                         Arc::new(Service {
@@ -425,6 +431,7 @@ impl Snapshot {
                             selector,
                             endpoints: Vec::new(),
                             host: None,
+                            labels,
                         }),
                     );
                 }
@@ -488,19 +495,26 @@ impl Snapshot {
                     if let Some(spec) =
                         cx.checked_spec::<gateway_api::GatewaySpec>(gateway_api::GatewaySpec::validate)
                     {
-                        let (msg, hint) = if spec.is_waypoint() {
-                            (
-                                "a waypoint (class istio-waypoint) is declared, but sluice does not run waypoints yet: \
-                                 traffic to workloads that use it goes directly to them",
-                                "L4 policy still applies at the destination node",
-                            )
+                        if spec.is_waypoint() {
+                            let labels = cx.labels("metadata.labels");
+                            let value = labels.get(super::waypoints::WAYPOINT_FOR_LABEL).map(String::as_str);
+                            match super::waypoints::WaypointFor::parse(value) {
+                                Some(kind) => {
+                                    snap.waypoint_for.insert((namespace.clone(), name.clone()), kind);
+                                }
+                                None => cx.error(
+                                    "metadata.labels",
+                                    format!("istio.io/waypoint-for `{}` is not a known traffic type", value.unwrap_or("")),
+                                    "use service (the default), workload, all or none",
+                                ),
+                            }
                         } else {
-                            (
-                                "only Gateways of class istio-waypoint concern sluice; this one is left to its own controller",
+                            cx.warning(
+                                "spec.gatewayClassName",
+                                "only Gateways of class istio-waypoint concern sluice; this one is left to its own controller".into(),
                                 "nothing to do if another controller serves this class",
-                            )
-                        };
-                        cx.warning("spec.gatewayClassName", msg.into(), hint);
+                            );
+                        }
                         snap.k8s_gateways.push(Object { namespace, name, spec });
                     }
                 }
@@ -886,6 +900,7 @@ impl Cx<'_> {
             selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
             endpoints,
             host: spec.hosts.first().cloned(),
+            labels: Labels::new(),
         })
     }
 

@@ -58,7 +58,19 @@ impl Proxy {
             return stream.refuse(StatusCode::BAD_REQUEST);
         }
         let facts = Facts { identity: Some(&stream.peer), src_ip: src.ip(), dst, http: None };
-        let verdict = policy::authorize(&snap, &pod.workload(&snap), &facts);
+        let workload = pod.workload(&snap);
+        // A workload bound to a waypoint for its own traffic accepts it only from that waypoint,
+        // so L7 policy cannot be bypassed by dialling the pod directly.
+        let verdict = match snap.workload_waypoint(&workload) {
+            Some(wp)
+                if !snap.waypoint_addrs(&wp).iter().any(|a| {
+                    stream.peer.namespace == wp.namespace && stream.peer.service_account == a.service_account
+                }) =>
+            {
+                Verdict::Deny { by: format!("waypoint {}/{} (traffic must come through it)", wp.namespace, wp.name) }
+            }
+            _ => policy::authorize(&snap, &workload, &facts),
+        };
         if let Verdict::Deny { by } = &verdict {
             stream.refuse(StatusCode::UNAUTHORIZED);
             self.metrics.failure(dir.label(), super::Failure::Deny.label());

@@ -10,7 +10,10 @@ use tracing::warn;
 
 use super::{Direction, Failure, PodCtx, Proxy, Upstream, copy, is_agent_port};
 use crate::{
-    config::EnrollDecision, identity::Identity, telemetry::metrics::ConnLabels, tunnel::pool::PoolKey,
+    config::{EnrollDecision, Snapshot, waypoints::WaypointRef},
+    identity::Identity,
+    telemetry::metrics::ConnLabels,
+    tunnel::pool::PoolKey,
 };
 
 impl Proxy {
@@ -28,6 +31,20 @@ impl Proxy {
         }
         let snap = self.store.load();
         let mut labels = ConnLabels::new("source", dst).source(&pod.workload(&snap), pod.principal());
+        // A destination bound to a waypoint is reached through it: the original destination
+        // (Service VIP or pod address) travels as the CONNECT authority.
+        let waypoint = match snap.service_by_vip(dst) {
+            Some((svc, _)) => snap.service_waypoint(svc),
+            None => snap.workload_by_ip(dst.ip()).and_then(|w| snap.workload_waypoint(w)),
+        };
+        if let Some(wp) = waypoint {
+            if let Some((svc, _)) = snap.service_by_vip(dst) {
+                labels = labels.service(svc);
+            }
+            let upstream = self.via_waypoint(&snap, &pod, &wp, dst, &mut labels).await;
+            self.carry(dir, &pod, peer, dst, labels, client, upstream).await;
+            return;
+        }
         // A Service VIP becomes one of its endpoints.
         let target = match snap.service_by_vip(dst) {
             Some((svc, port)) => {
@@ -75,5 +92,46 @@ impl Proxy {
                 .map_err(|(f, d)| (f.label(), d)),
         };
         self.carry(dir, &pod, peer, target, labels, client, upstream).await;
+    }
+
+    /// Opens a CONNECT stream for `dst` to one of the waypoint's instances (round robin),
+    /// expecting the waypoint's identity.
+    async fn via_waypoint(
+        &self,
+        snap: &Snapshot,
+        pod: &PodCtx,
+        wp: &WaypointRef,
+        dst: SocketAddr,
+        labels: &mut ConnLabels,
+    ) -> Result<Upstream, (&'static str, String)> {
+        let addrs = snap.waypoint_addrs(wp);
+        if addrs.is_empty() {
+            return Err((
+                Failure::NoEndpoints.label(),
+                format!("waypoint {}/{} has no running instance (no pod labelled {}={})", wp.namespace, wp.name,
+                        crate::config::waypoints::GATEWAY_NAME_LABEL, wp.name),
+            ));
+        }
+        let n = {
+            let mut rr = self.rr.lock();
+            let n = rr.entry((wp.namespace.clone(), format!("waypoint/{}", wp.name))).or_default();
+            let i = *n;
+            *n = n.wrapping_add(1);
+            i
+        };
+        let a = &addrs[n % addrs.len()];
+        let expected = Identity::new(&pod.trust_domain, &wp.namespace, &a.service_account);
+        labels.connection_security_policy = "mutual_tls";
+        labels.destination_principal = expected.to_string();
+        let key = PoolKey {
+            src_pod: pod.netns_cookie,
+            src: pod.identity(),
+            dst: SocketAddr::new(a.ip, INBOUND_HBONE_PORT),
+            expected,
+        };
+        match self.pool.connect(&key, Some(&pod.netns), dst).await {
+            Ok((send, recv, guard)) => Ok(Upstream::Tunnel(send, recv, guard)),
+            Err(e) => Err((e.response_flag(), format!("via waypoint {}/{}: {e}", wp.namespace, wp.name))),
+        }
     }
 }

@@ -13,7 +13,8 @@
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
 //! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
 //!
-//! It reads the same config source as the agents and owns no kernel state.
+//! Which traffic is bound to a waypoint is decided in [`crate::config::waypoints`]. The waypoint
+//! reads the same config source as the agents and owns no kernel state.
 pub mod handler;
 pub mod metrics;
 pub mod routes;
@@ -39,11 +40,6 @@ use crate::{
         server::{self, Targets},
     },
 };
-
-/// The label a namespace, Service or pod carries to send its traffic through a waypoint.
-pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
-/// The label on a waypoint's pods naming its Gateway (set by Istio and by our manifests).
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// One waypoint process.
 pub struct Waypoint {
