@@ -504,7 +504,10 @@ impl Snapshot {
                                 }
                                 None => cx.error(
                                     "metadata.labels",
-                                    format!("istio.io/waypoint-for `{}` is not a known traffic type", value.unwrap_or("")),
+                                    format!(
+                                        "istio.io/waypoint-for `{}` is not a known traffic type",
+                                        value.unwrap_or("")
+                                    ),
                                     "use service (the default), workload, all or none",
                                 ),
                             }

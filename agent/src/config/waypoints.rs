@@ -110,7 +110,9 @@ impl Snapshot {
             .pods
             .values()
             .filter(|p| p.namespace == wp.namespace && p.labels.get(GATEWAY_NAME_LABEL) == Some(&wp.name))
-            .flat_map(|p| p.ips.iter().map(|ip| WaypointAddr { ip: *ip, service_account: p.service_account.clone() }))
+            .flat_map(|p| {
+                p.ips.iter().map(|ip| WaypointAddr { ip: *ip, service_account: p.service_account.clone() })
+            })
             .collect();
         out.sort_by_key(|a| a.ip);
         out
@@ -128,8 +130,11 @@ mod tests {
     use crate::config::{Diagnostics, yaml};
 
     fn snap(text: &str) -> Snapshot {
-        let docs: Vec<_> =
-            yaml::parse(text).expect("yaml").into_iter().map(|d| (std::path::PathBuf::from("w.yaml"), d)).collect();
+        let docs: Vec<_> = yaml::parse(text)
+            .expect("yaml")
+            .into_iter()
+            .map(|d| (std::path::PathBuf::from("w.yaml"), d))
+            .collect();
         let mut d = Diagnostics::default();
         let s = Snapshot::compile(&docs, &mut d);
         assert!(!d.has_errors(), "{d}");
@@ -159,7 +164,11 @@ mod tests {
             vec![WaypointAddr { ip: "10.0.9.9".parse().expect("ip"), service_account: "wp".into() }]
         );
         // A label naming no declared waypoint binds nothing.
-        let dangling = snap(&format!("{}{}", GW.replace("WHAT", "all"), ns.replace("use-waypoint: wp", "use-waypoint: nope")));
+        let dangling = snap(&format!(
+            "{}{}",
+            GW.replace("WHAT", "all"),
+            ns.replace("use-waypoint: wp", "use-waypoint: nope")
+        ));
         assert_eq!(dangling.service_waypoint(svc(&dangling, "a")), None);
     }
 }

@@ -67,7 +67,9 @@ impl Proxy {
                     stream.peer.namespace == wp.namespace && stream.peer.service_account == a.service_account
                 }) =>
             {
-                Verdict::Deny { by: format!("waypoint {}/{} (traffic must come through it)", wp.namespace, wp.name) }
+                Verdict::Deny {
+                    by: format!("waypoint {}/{} (traffic must come through it)", wp.namespace, wp.name),
+                }
             }
             _ => policy::authorize(&snap, &workload, &facts),
         };

@@ -108,8 +108,13 @@ impl Proxy {
         if addrs.is_empty() {
             return Err((
                 Failure::NoEndpoints.label(),
-                format!("waypoint {}/{} has no running instance (no pod labelled {}={})", wp.namespace, wp.name,
-                        crate::config::waypoints::GATEWAY_NAME_LABEL, wp.name),
+                format!(
+                    "waypoint {}/{} has no running instance (no pod labelled {}={})",
+                    wp.namespace,
+                    wp.name,
+                    crate::config::waypoints::GATEWAY_NAME_LABEL,
+                    wp.name
+                ),
             ));
         }
         let n = {

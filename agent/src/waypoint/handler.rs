@@ -395,12 +395,12 @@ impl Waypoint {
             }
             None => (svc.hostname(), None, None, None),
         };
-        let target = routes::resolve_target(snap, &host, vs_ns, dport, port, subset.as_deref()).map_err(
-            |e: DestError| {
-                warn!(target: "sluice::access", error = %e, "no upstream");
-                local(StatusCode::SERVICE_UNAVAILABLE, e.flag(), format!("no healthy upstream: {e}\n"))
-            },
-        )?;
+        let target =
+            routes::resolve_target(snap, &host, vs_ns, dport, port, subset.as_deref(), conn.target.is_ipv6())
+                .map_err(|e: DestError| {
+                    warn!(target: "sluice::access", error = %e, "no upstream");
+                    local(StatusCode::SERVICE_UNAVAILABLE, e.flag(), format!("no healthy upstream: {e}\n"))
+                })?;
         service_labels(labels, target.service);
 
         // 6. Request rewrite and headers.
@@ -481,15 +481,21 @@ impl Waypoint {
                     continue;
                 }
                 let p = d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok());
-                if let Ok(t) = routes::resolve_target(snap, &d.host, vs_ns, p, port, d.subset.as_deref())
-                    && let Some(ip) = self.upstreams.choose(
-                        &format!("mirror/{}", d.host),
-                        &t.endpoints,
-                        t.target_port,
-                        None,
-                        None,
-                    )
-                {
+                if let Ok(t) = routes::resolve_target(
+                    snap,
+                    &d.host,
+                    vs_ns,
+                    p,
+                    port,
+                    d.subset.as_deref(),
+                    conn.target.is_ipv6(),
+                ) && let Some(ip) = self.upstreams.choose(
+                    &format!("mirror/{}", d.host),
+                    &t.endpoints,
+                    t.target_port,
+                    None,
+                    None,
+                ) {
                     let ep = self.upstreams.endpoint(snap, ip, t.target_port);
                     let mut mparts = http::Request::new(()).into_parts().0;
                     mparts.method = parts.method.clone();

@@ -195,7 +195,10 @@ impl Waypoint {
         let ep = match snap.service_by_vip(conn.target) {
             Some((svc, port)) => {
                 let key = format!("{}/{}/tcp", svc.namespace, svc.name);
-                match self.upstreams.choose(&key, &svc.endpoints, port.target_port, None, None) {
+                let v6 = conn.target.is_ipv6();
+                let same: Vec<_> = svc.endpoints.iter().copied().filter(|ip| ip.is_ipv6() == v6).collect();
+                let eps = if same.is_empty() { svc.endpoints.clone() } else { same };
+                match self.upstreams.choose(&key, &eps, port.target_port, None, None) {
                     Some(ip) => self.upstreams.endpoint(&snap, ip, port.target_port),
                     None => {
                         return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "no endpoints for TCP");

@@ -291,7 +291,8 @@ fn labels_match(want: &Labels, have: &Labels) -> bool {
 }
 
 /// Resolves a destination: `host` read in `namespace`, `port` (a Service port, or the request's
-/// port when the route names none) and an optional subset.
+/// port when the route names none) and an optional subset. Endpoints of the address family the
+/// client used (`v6`) are preferred; the other family is used only when none has it.
 pub fn resolve_target<'a>(
     snap: &'a Snapshot,
     host: &str,
@@ -299,6 +300,7 @@ pub fn resolve_target<'a>(
     port: Option<u16>,
     request_port: u16,
     subset: Option<&str>,
+    v6: bool,
 ) -> Result<Target<'a>, DestError> {
     let service = resolve(snap, host, namespace)
         .or_else(|| snap.services.values().map(|s| &**s).find(|s| s.host.as_deref() == Some(host)))
@@ -327,6 +329,8 @@ pub fn resolve_target<'a>(
             Some(s) => snap.workload_by_ip(*ip).is_some_and(|w| labels_match(&s.labels, &w.labels)),
         })
         .collect();
+    let same: Vec<IpAddr> = endpoints.iter().copied().filter(|ip| ip.is_ipv6() == v6).collect();
+    let endpoints = if same.is_empty() { endpoints } else { same };
     if endpoints.is_empty() {
         let what = match subset {
             Some(s) => format!("subset {} of {}", s.name, service.hostname()),
@@ -460,19 +464,21 @@ mod tests {
     #[test]
     fn subsets_select_endpoints_and_errors_name_the_cause() {
         let s = snap(BASE);
-        let t = resolve_target(&s, "reviews", "shop", None, 80, Some("v2")).expect("v2");
+        let t = resolve_target(&s, "reviews", "shop", None, 80, Some("v2"), false).expect("v2");
         assert_eq!(t.endpoints, vec!["10.0.1.2".parse::<IpAddr>().expect("ip")]);
         assert_eq!((t.port, t.target_port), (80, 8080));
-        let all = resolve_target(&s, "reviews.shop.svc.cluster.local", "other", None, 80, None).expect("all");
+        let all = resolve_target(&s, "reviews.shop.svc.cluster.local", "other", None, 80, None, false)
+            .expect("all");
         assert_eq!(all.endpoints.len(), 2);
-        let e = resolve_target(&s, "reviews", "shop", None, 80, Some("v9")).expect_err("v9");
+        let e = resolve_target(&s, "reviews", "shop", None, 80, Some("v9"), false).expect_err("v9");
         assert_eq!(e.flag(), "NC");
         assert!(e.to_string().contains("v9"), "{e}");
-        let e = resolve_target(&s, "reviews", "shop", None, 80, Some("v3")).expect_err("v3 has no pods");
+        let e =
+            resolve_target(&s, "reviews", "shop", None, 80, Some("v3"), false).expect_err("v3 has no pods");
         assert_eq!(e.flag(), "UH");
-        let e = resolve_target(&s, "ratings", "shop", None, 80, None).expect_err("unknown");
+        let e = resolve_target(&s, "ratings", "shop", None, 80, None, false).expect_err("unknown");
         assert_eq!(e, DestError::UnknownHost("ratings".into()));
-        let e = resolve_target(&s, "reviews", "shop", Some(81), 80, None).expect_err("port");
+        let e = resolve_target(&s, "reviews", "shop", Some(81), 80, None, false).expect_err("port");
         assert_eq!(e.flag(), "NC");
     }
 
