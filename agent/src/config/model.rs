@@ -114,12 +114,7 @@ pub struct Object<T> {
 
 /// Why kinds that parse and validate are not applied by the node proxy.
 const NOT_ENFORCED: &[(&str, &str)] = &[
-    ("VirtualService", "L7 routing runs in a waypoint, which sluice does not run yet"),
-    (
-        "DestinationRule",
-        "subsets and traffic policies are applied by a waypoint, which sluice does not run yet",
-    ),
-    ("RequestAuthentication", "JWT validation runs in a waypoint, which sluice does not run yet"),
+    ("RequestAuthentication", "JWT validation in the waypoint is not built yet"),
     ("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics"),
 ];
 
@@ -402,7 +397,7 @@ impl Snapshot {
                                 cx.warning(
                                     &format!("spec.{field}"),
                                     format!(
-                                        "HTTP-only: enforced by a waypoint, which sluice does not run yet; \
+                                        "HTTP-only: a waypoint enforces it when the policy targets the waypoint (targetRefs); \
                                          at L4 {effect}"
                                     ),
                                     "keep L7 constraints for a waypoint, or use ports, principals, namespaces and ipBlocks",

@@ -1,6 +1,7 @@
 //! Cross-object checks of routing config for `sluice analyze`: VirtualService hosts and route
 //! destinations that name no known service, DestinationRules for unknown hosts, subsets that match
-//! no workload, and routes to subsets no DestinationRule defines. Only meaningful when the checked
+//! no workload, routes to subsets no DestinationRule defines, and routing config for Services no
+//! waypoint serves (L7 config applies only to traffic that passes a waypoint). Only meaningful when the checked
 //! config lists the services (and, for subsets, the workloads); otherwise they are skipped.
 use std::path::PathBuf;
 
@@ -73,9 +74,23 @@ pub fn check(snap: &Snapshot, docs: &[(PathBuf, Document)], diags: &mut Diagnost
     }
     let mut sink = Sink { docs, diags };
     let with_pods = !snap.pods.is_empty();
+    const NO_WAYPOINT_HINT: &str = "label the Service or its namespace istio.io/use-waypoint=<name of a Gateway of class istio-waypoint>";
     for vs in &snap.virtual_services {
         let (ns, name) = (vs.namespace.as_str(), vs.name.as_str());
         for (i, h) in vs.spec.hosts().iter().enumerate() {
+            if let Some(svc) = resolve(snap, h, ns).filter(|s| snap.service_waypoint(s).is_none()) {
+                sink.warn(
+                    "VirtualService",
+                    ns,
+                    name,
+                    &format!("spec.hosts[{i}]"),
+                    format!(
+                        "{} uses no waypoint, so this VirtualService does not apply to its traffic",
+                        svc.hostname()
+                    ),
+                    NO_WAYPOINT_HINT,
+                );
+            }
             if !known(snap, h, ns) {
                 sink.warn(
                     "VirtualService",
@@ -148,6 +163,19 @@ pub fn check(snap: &Snapshot, docs: &[(PathBuf, Document)], diags: &mut Diagnost
                 "check the spelling, or add the Service/ServiceEntry",
             );
             continue;
+        }
+        if let Some(svc) = resolve(snap, dr.spec.host(), ns).filter(|s| snap.service_waypoint(s).is_none()) {
+            sink.warn(
+                "DestinationRule",
+                ns,
+                name,
+                "spec.host",
+                format!(
+                    "{} uses no waypoint, so this DestinationRule does not apply to its traffic",
+                    svc.hostname()
+                ),
+                NO_WAYPOINT_HINT,
+            );
         }
         let Some(svc) = resolve(snap, dr.spec.host(), ns).filter(|_| with_pods) else { continue };
         for (i, subset) in dr.spec.subsets.iter().enumerate() {
@@ -231,9 +259,11 @@ spec: {host: old.shop.svc.cluster.local}
         check(&snap, &docs, &mut refs);
         let got: Vec<String> = refs.0.iter().map(ToString::to_string).collect();
         let want = [
+            "r.yaml:20:11: warning: VirtualService/shop/web: field `spec.hosts[0]`: web.shop.svc.cluster.local uses no waypoint",
             "r.yaml:20:33: warning: VirtualService/shop/web: field `spec.hosts[2]`: host `nothere.shop.svc.cluster.local` is no known Service or ServiceEntry host",
             "r.yaml:25:40: warning: VirtualService/shop/web: field `spec.http[0].route[1].destination.subset`: subset `v3` of `web` is defined by no DestinationRule",
             "r.yaml:29:27: warning: VirtualService/shop/web: field `spec.tcp[0].route[0].destination.host`: destination host `gone` is no known Service or ServiceEntry host",
+            "r.yaml:35:9: warning: DestinationRule/shop/web: field `spec.host`: web.shop.svc.cluster.local uses no waypoint",
             "r.yaml:38:24: warning: DestinationRule/shop/web: field `spec.subsets[1].labels`: subset `v2` matches no workload of web.shop.svc.cluster.local",
             "r.yaml:43:14: warning: DestinationRule/shop/stale: field `spec.host`: host `old.shop.svc.cluster.local` is no known Service or ServiceEntry host",
         ];

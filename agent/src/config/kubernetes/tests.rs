@@ -137,10 +137,18 @@ async fn initial_sync_compiles_the_recorded_cluster() {
     authz.sort_by_key(|a| a.0);
     assert_eq!(authz, [("allow-web", Action::Allow), ("deny-legacy", Action::Deny)]);
 
-    // Kinds compiled as "not enforced" still arrive, named by their API object.
-    let w: Vec<String> = warnings.warnings().map(ToString::to_string).collect();
-    assert!(w.iter().any(|w| w.starts_with("kubernetes:DestinationRule/shop/web:")), "{w:?}");
-    assert!(w.iter().any(|w| w.starts_with("kubernetes:Gateway/shop/waypoint:")), "{w:?}");
+    // L7 kinds arrive for the waypoint: routing config and the waypoint Gateway itself.
+    assert!(
+        s.destination_rules.iter().any(|d| d.namespace == "shop" && d.name == "web"),
+        "{:?}",
+        s.destination_rules
+    );
+    assert!(
+        s.waypoint_for.contains_key(&("shop".to_string(), "waypoint".to_string())),
+        "{:?}",
+        s.waypoint_for
+    );
+    let _ = warnings;
     for k in WATCHED {
         assert_eq!(api.lists(&resource_name(k)), 1, "{}", k.label());
     }
