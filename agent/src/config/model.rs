@@ -114,7 +114,6 @@ pub struct Object<T> {
 
 /// Why kinds that parse and validate are not applied by the node proxy.
 const NOT_ENFORCED: &[(&str, &str)] = &[
-    ("RequestAuthentication", "JWT validation in the waypoint is not built yet"),
     ("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics"),
 ];
 
@@ -461,7 +460,24 @@ impl Snapshot {
                     if let Some(spec) =
                         cx.checked_spec::<RequestAuthenticationSpec>(RequestAuthenticationSpec::validate)
                     {
-                        cx.not_enforced(&kind);
+                        if spec.selector.is_some() || (spec.target_ref.is_none() && spec.target_refs.is_empty()) {
+                            cx.warning(
+                                "spec.selector",
+                                "the waypoint validates JWTs for RequestAuthentications attached with targetRefs; \
+                                 one with a selector (or none) has no effect in ambient mode"
+                                    .into(),
+                                "attach it to the waypoint Gateway or a Service with spec.targetRefs",
+                            );
+                        }
+                        for (i, r) in spec.jwt_rules.iter().enumerate() {
+                            if r.jwks.is_none() && r.jwks_uri.is_some() {
+                                cx.warning(
+                                    &format!("spec.jwtRules[{i}].jwksUri"),
+                                    "fetching JWKS from jwksUri is not supported yet: tokens of this issuer are refused (401)".into(),
+                                    "inline the keys with jwks",
+                                );
+                            }
+                        }
                         snap.request_authentications.push(Object { namespace, name, spec });
                     }
                 }

@@ -45,6 +45,8 @@ pub struct HttpFacts<'a> {
     pub headers: &'a http::HeaderMap,
     /// The JWT principal (`iss/sub`) once RequestAuthentication validated a token; None without one.
     pub request_principal: Option<&'a str>,
+    /// The validated token's claims.
+    pub claims: Option<&'a serde_json::Value>,
 }
 
 /// The authorization decision, with the policy that made it.
@@ -203,6 +205,11 @@ fn port_in(list: &[String], port: u16, fail: bool) -> bool {
     list.iter().any(|p| p.parse::<u16>().map_or(fail, |n| n == port))
 }
 
+/// A claim of the request's validated token as strings (a list claim gives each element).
+fn claim(f: &Facts<'_>, path: &[&str]) -> Vec<String> {
+    f.http.and_then(|h| h.claims).map(|c| crate::waypoint::jwt::claim_values(c, path)).unwrap_or_default()
+}
+
 /// `requestPrincipals`: a request without a validated token has no principal and matches nothing.
 fn request_principal(list: &Option<Vec<String>>, f: &Facts<'_>) -> Option<bool> {
     let p = f.http.and_then(|h| h.request_principal).unwrap_or("");
@@ -283,6 +290,15 @@ fn condition_matches(c: &Condition, f: &Facts<'_>, fail: bool) -> bool {
             "source.principal" => str_match(v.strip_prefix("spiffe://").unwrap_or(v), &principal(f)),
             "request.auth.principal" => {
                 f.http.and_then(|h| h.request_principal).is_some_and(|p| str_match(v, p))
+            }
+            "request.auth.audiences" => claim(f, &["aud"]).iter().any(|a| str_match(v, a)),
+            "request.auth.presenter" => claim(f, &["azp"]).iter().any(|a| str_match(v, a)),
+            key if key.starts_with("request.auth.claims[") => {
+                let path: Vec<&str> = key["request.auth.claims".len()..]
+                    .split(']')
+                    .filter_map(|p| p.strip_prefix('['))
+                    .collect();
+                claim(f, &path).iter().any(|a| str_match(v, a))
             }
             key => match (key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']')), f.http) {
                 (Some(name), Some(h)) => {

@@ -371,7 +371,7 @@ fn l7_rules_match_methods_paths_hosts_headers_and_principals() {
         if let Some((k, v)) = header {
             headers.insert(*k, v.parse().expect("header value"));
         }
-        let h = HttpFacts { method, path, host, headers: &headers, request_principal: None };
+        let h = HttpFacts { method, path, host, headers: &headers, request_principal: None, claims: None };
         let id = Identity::new("cluster.local", "shop", "client");
         let f = Facts {
             identity: Some(&id),
@@ -389,5 +389,37 @@ fn l7_rules_match_methods_paths_hosts_headers_and_principals() {
             p
         };
         assert_eq!(decide(&[&deny], &f).allowed(), !*allowed, "{name} as DENY");
+    }
+}
+
+#[test]
+fn l7_rules_read_validated_jwt_claims() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  targetRefs: [{kind: Gateway, name: wp}]\n  action: ALLOW\n  rules:\n  - from: [{source: {requestPrincipals: ['https://issuer.example/*']}}]\n    when:\n    - {key: 'request.auth.claims[groups]', values: [ops]}\n    - {key: 'request.auth.claims[org][team]', values: [blue]}\n    - {key: request.auth.audiences, values: [shop]}\n";
+    let snap = snapshot(yaml);
+    let policies: Vec<&AuthorizationPolicy> = snap.waypoint_policies.iter().collect();
+    let headers = http::HeaderMap::new();
+    let id = Identity::new("cluster.local", "shop", "client");
+    let rows = [
+        ("every claim matches", serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "blue"}, "aud": "shop"}), true),
+        ("missing group", serde_json::json!({"groups": ["dev"], "org": {"team": "blue"}, "aud": "shop"}), false),
+        ("nested claim differs", serde_json::json!({"groups": ["ops"], "org": {"team": "red"}, "aud": "shop"}), false),
+        ("audience list", serde_json::json!({"groups": "ops", "org": {"team": "blue"}, "aud": ["bank", "shop"]}), true),
+    ];
+    for (name, claims, allowed) in rows {
+        let h = HttpFacts {
+            method: "GET",
+            path: "/",
+            host: "web",
+            headers: &headers,
+            request_principal: Some("https://issuer.example/ann"),
+            claims: Some(&claims),
+        };
+        let f = Facts {
+            identity: Some(&id),
+            src_ip: "10.0.0.1".parse().expect("ip"),
+            dst: "10.0.0.9:80".parse().expect("addr"),
+            http: Some(&h),
+        };
+        assert_eq!(decide(&policies, &f).allowed(), allowed, "{name}");
     }
 }

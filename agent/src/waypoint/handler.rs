@@ -1,4 +1,5 @@
-//! The request pipeline, read top to bottom: authorize (L7 AuthorizationPolicy) -> route
+//! The request pipeline, read top to bottom: authenticate (RequestAuthentication JWT) ->
+//! authorize (L7 AuthorizationPolicy) -> route
 //! (VirtualService) -> direct response / redirect -> fault -> destination and subset -> rewrite and
 //! headers -> send with timeout and retries (mirroring a copy) -> response headers -> metrics and
 //! access log. Every answer the waypoint makes itself carries Envoy's response flag.
@@ -101,6 +102,24 @@ fn policies<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec
                 }
             })
         })
+        .collect()
+}
+
+/// The JWT rules of the RequestAuthentications attached to this waypoint or to `svc`.
+fn jwt_rules<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec<&'a crate::config::authn::JwtRule> {
+    snap.request_authentications
+        .iter()
+        .filter(|ra| {
+            ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter()).any(|r| {
+                let ns = r.namespace.as_deref().unwrap_or(&ra.namespace);
+                match r.kind.as_str() {
+                    "Gateway" => r.name == wp.name && ns == wp.namespace,
+                    "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == ns),
+                    _ => false,
+                }
+            })
+        })
+        .flat_map(|ra| ra.spec.jwt_rules.iter())
         .collect()
 }
 
@@ -282,7 +301,28 @@ impl Waypoint {
             .unwrap_or_default();
         let source = snap.workload_by_ip(conn.peer_addr.ip());
 
-        // 1. Authorization (L7).
+        // 1. Authentication (RequestAuthentication): an invalid token is 401, a missing one passes.
+        let rules = jwt_rules(snap, self, service);
+        let auth = if rules.is_empty() {
+            None
+        } else {
+            match super::jwt::authenticate(&rules, req.headers(), req.uri().query().unwrap_or(""), &self.jwks) {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(target: "sluice::access", src = %conn.peer, path = %req.uri().path(), error = %e, "request with an invalid JWT refused");
+                    let mut l = local(StatusCode::UNAUTHORIZED, "-", e.to_string());
+                    l.resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\", error=\"invalid_token\""));
+                    return Err(l);
+                }
+            }
+        };
+        if let Some(a) = &auth
+            && let Some(rule) = rules.get(a.rule)
+        {
+            super::jwt::apply_outputs(rule, a, req.headers_mut());
+        }
+
+        // 2. Authorization (L7).
         let applicable = policies(snap, self, service);
         if !applicable.is_empty() {
             let facts_http = HttpFacts {
@@ -290,7 +330,8 @@ impl Waypoint {
                 path: req.uri().path(),
                 host: &authority,
                 headers: req.headers(),
-                request_principal: None,
+                request_principal: auth.as_ref().map(|a| a.principal.as_str()),
+                claims: auth.as_ref().map(|a| &a.claims),
             };
             let facts = Facts {
                 identity: Some(&conn.peer),
@@ -305,7 +346,7 @@ impl Waypoint {
             }
         }
 
-        // 2. Route.
+        // 3. Route.
         let Some(svc) = service else {
             // A pod addressed directly: no Service, so no VirtualService; straight to it.
             let target = conn.target;
@@ -335,7 +376,7 @@ impl Waypoint {
             Selected::Default => (None, None, svc.namespace.as_str()),
         };
 
-        // 3. Answers without an upstream.
+        // 4. Answers without an upstream.
         if let Some(r) = route {
             if let Some(d) = &r.direct_response {
                 let body = d.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
@@ -364,7 +405,7 @@ impl Waypoint {
                 }
                 return Ok(resp);
             }
-            // 4. Faults.
+            // 5. Faults.
             if let Some(f) = &r.fault {
                 if let Some(d) = &f.delay
                     && let Some(fixed) = &d.fixed_delay
@@ -383,7 +424,7 @@ impl Waypoint {
             }
         }
 
-        // 5. Destination.
+        // 6. Destination.
         let (host, dport, subset, dest_headers) = match route {
             Some(r) => {
                 let d = routes::pick_weighted(&r.route, |n| fastrand::u64(..n)).ok_or_else(|| {
@@ -403,7 +444,7 @@ impl Waypoint {
                 })?;
         service_labels(labels, target.service);
 
-        // 6. Request rewrite and headers.
+        // 7. Request rewrite and headers.
         let (mut parts, body) = req.into_parts();
         if let Some(r) = route {
             if let Some(rw) = &r.rewrite {
@@ -466,7 +507,7 @@ impl Waypoint {
             }
         }
 
-        // 7. Mirror (a copy, answer ignored).
+        // 8. Mirror (a copy, answer ignored).
         if let (Some(r), ReqBody::Kept(b)) = (route, &body) {
             let mirrors: Vec<(&crate::config::networking::Destination, Option<f64>)> = r
                 .mirror
@@ -517,7 +558,7 @@ impl Waypoint {
             }
         }
 
-        // 8. Send, with the route's timeout around every attempt.
+        // 9. Send, with the route's timeout around every attempt.
         let timeout = route.and_then(|r| r.timeout.as_ref()).map(|d| d.as_std()).filter(|d| !d.is_zero());
         let resp_ops = route.and_then(|r| r.headers.as_ref()).and_then(|h| h.response.clone());
         let dest_resp_ops = dest_headers.as_ref().and_then(|h| h.response.clone());

@@ -10,12 +10,14 @@
 //!
 //! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
 //! - [`handler`]: the request pipeline.
+//! - [`jwt`]: RequestAuthentication (JWT verification against inline JWKS).
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
 //! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
 //!
 //! Which traffic is bound to a waypoint is decided in [`crate::config::waypoints`]. The waypoint
 //! reads the same config source as the agents and owns no kernel state.
 pub mod handler;
+pub mod jwt;
 pub mod metrics;
 pub mod routes;
 pub mod upstream;
@@ -50,6 +52,7 @@ pub struct Waypoint {
     pub upstreams: upstream::Upstreams,
     pub metrics: metrics::HttpMetrics,
     pub regexes: routes::RegexCache,
+    pub jwks: jwt::KeyCache,
 }
 
 /// Runs a waypoint until SIGTERM/SIGINT.
@@ -93,6 +96,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
         metrics: metrics::HttpMetrics::new(),
         regexes: routes::RegexCache::default(),
+        jwks: jwt::KeyCache::default(),
     });
 
     let listener =
