@@ -17,8 +17,9 @@ use sluice_e2e::{
 
 const VIP: &str = "10.96.7.7";
 
-/// A small HTTP server: answers `<name> <method> <path> host=<Host>`; `/flaky` fails every other
-/// request with 503; `/slow` answers after two seconds; `/stats` returns the per-path counts.
+/// A small HTTP server: answers `<name> <method> <path> host=<Host> auth=<Authorization>`; `/flaky`
+/// fails every other request with 503; `/slow` answers after two seconds; `/stats` returns the
+/// per-path counts; a request with `Upgrade` is answered 101 and then echoes bytes upper-cased.
 const SERVER: &str = r#"
 import sys, threading, json
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -30,6 +31,16 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def do(self):
+        if self.headers.get("upgrade"):
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            self.wfile.flush()
+            while True:
+                data = self.connection.recv(4096)
+                if not data:
+                    break
+                self.connection.sendall(data.upper())
+            self.close_connection = True
+            return
         path = self.path.split("?")[0]
         n = int(self.headers.get("content-length") or 0)
         if n:
@@ -44,7 +55,7 @@ class H(BaseHTTPRequestHandler):
         else:
             if path == "/slow":
                 import time; time.sleep(2)
-            body = "%s %s %s host=%s\n" % (name, self.command, self.path, self.headers.get("host"))
+            body = "%s %s %s host=%s auth=%s\n" % (name, self.command, self.path, self.headers.get("host"), self.headers.get("authorization"))
             code = 200
         b = body.encode()
         self.send_response(code)
@@ -55,6 +66,63 @@ class H(BaseHTTPRequestHandler):
     do_GET = do
     do_POST = do
 ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+/// A gRPC server (generic handlers, raw bytes): `Unary` echoes with the server's name, `Count`
+/// streams N messages, `Fail` aborts with PERMISSION_DENIED (the status travels in trailers).
+const GRPC_SERVER: &str = r#"
+import sys, grpc
+from concurrent import futures
+name = sys.argv[1].encode()
+def unary(req, ctx):
+    return name + b":" + req
+def count(req, ctx):
+    for i in range(int(req)):
+        yield name + b":" + str(i).encode()
+def fail(req, ctx):
+    ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+class H(grpc.GenericRpcHandler):
+    def service(self, d):
+        return {"/test.Echo/Unary": grpc.unary_unary_rpc_method_handler(unary),
+                "/test.Echo/Count": grpc.unary_stream_rpc_method_handler(count),
+                "/test.Echo/Fail": grpc.unary_unary_rpc_method_handler(fail)}.get(d.method)
+s = grpc.server(futures.ThreadPoolExecutor(8))
+s.add_generic_rpc_handlers((H(),))
+s.add_insecure_port("0.0.0.0:9090")
+s.start()
+s.wait_for_termination()
+"#;
+
+/// The gRPC client: one unary call, one server stream of 5, one failing call; prints JSON.
+const GRPC_CLIENT: &str = r#"
+import sys, json, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+out = {"unary": ch.unary_unary("/test.Echo/Unary")(b"hi", timeout=10).decode()}
+out["stream"] = [m.decode() for m in ch.unary_stream("/test.Echo/Count")(b"5", timeout=10)]
+try:
+    ch.unary_unary("/test.Echo/Fail")(b"", timeout=10)
+    out["fail"] = "OK"
+except grpc.RpcError as e:
+    out["fail"] = e.code().name
+print(json.dumps(out))
+"#;
+
+/// A raw HTTP/1.1 Upgrade client: handshake, then bytes both ways on the upgraded connection.
+const UPGRADE_CLIENT: &str = r#"
+import sys, socket
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+s.sendall(b"hello through the waypoint")
+got = b""
+while len(got) < 26:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print(head.split(b"\r\n")[0].decode() + "|" + got.decode())
 "#;
 
 const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: mesh}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n";
@@ -93,11 +161,14 @@ fn wait_local(c: &Cluster, pod: &Pod, url: &str) {
     }
 }
 
-fn world() -> World {
+fn world(extra: &[(&str, &str)]) -> World {
     let c = Cluster::new(2).expect("cluster");
     c.write_config("base.yaml", BASE).expect("config");
     c.write_config("routes.yaml", ROUTES).expect("config");
     c.write_config("authz.yaml", DENY_ADMIN).expect("config");
+    for (file, yaml) in extra {
+        c.write_config(file, yaml).expect("config");
+    }
     c.start_agent(1).expect("agent 1");
     c.start_agent(2).expect("agent 2");
     let waypoint = c
@@ -119,12 +190,19 @@ fn world() -> World {
         namespace: "mesh".into(),
         name: "reviews".into(),
         vips: vec![VIP.parse().expect("vip")],
-        ports: vec![(80, 8080)],
+        ports: vec![(80, 8080), (9090, 9090)],
         selector: vec![("app".into(), "reviews".into())],
     })
     .expect("service");
     start_http(&c, &v1, "v1");
     start_http(&c, &v2, "v2");
+    let grpc = c.scratch().join("grpc_server.py");
+    std::fs::write(&grpc, GRPC_SERVER).expect("script");
+    for (pod, name) in [(&v1, "v1"), (&v2, "v2")] {
+        let mut cmd = c.pod_command(pod, "/usr/bin/python3").expect("cmd");
+        cmd.arg(&grpc).arg(name).stdout(Stdio::null()).stderr(Stdio::null());
+        c.spawn_in_pod(pod, cmd).expect("grpc server");
+    }
 
     let log = std::fs::File::create(c.scratch().join("waypoint.log")).expect("log");
     let mut cmd = c.pod_command(&waypoint, sluice_bin()).expect("cmd");
@@ -234,7 +312,7 @@ fn waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies() {
     if !require_root("waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies") {
         return;
     }
-    let w = world();
+    let w = world(&[]);
     let _ = &w.v2;
 
     // Header routing: every request of jason's goes to v2.
@@ -315,7 +393,7 @@ fn waypoint_holds_routes_across_config_reloads_under_load() {
     if !require_root("waypoint_holds_routes_across_config_reloads_under_load") {
         return;
     }
-    let w = world();
+    let w = world(&[]);
     // Load in the background while the routes are rewritten (the split changes, the rest stays).
     let mut c = w.c.pod_command(&w.client, "curl").expect("cmd");
     let load = std::thread::spawn(move || {
@@ -340,4 +418,138 @@ fn waypoint_holds_routes_across_config_reloads_under_load() {
     let failed: Vec<_> = rows.iter().filter(|(_, c)| *c != 200).collect();
     assert!(failed.is_empty(), "failed requests during reloads: {failed:?}\n{}", w.logs());
     assert_eq!(rows.iter().filter(|(b, _)| b == "v1" || b == "v2").count(), 600, "{rows:?}");
+}
+
+/// An ES256 key made for this test run and the tokens it signs.
+struct Issuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        use base64::Engine as _;
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let raw = kp.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]})
+        .to_string();
+        Issuer { key: jsonwebtoken::EncodingKey::from_ec_der(&kp.serialize_der()), jwks }
+    }
+
+    fn sign(&self, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, &claims, &self.key).expect("sign")
+    }
+}
+
+#[test]
+fn waypoint_validates_jwts_and_authorizes_by_claim() {
+    if !require_root("waypoint_validates_jwts_and_authorizes_by_claim") {
+        return;
+    }
+    let issuer = Issuer::new();
+    let other = Issuer::new();
+    let ra = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: mesh}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: wp}}]\n  jwtRules:\n  - issuer: https://issuer.example\n    audiences: [shop]\n    jwks: '{}'\n",
+        issuer.jwks
+    );
+    // /ops needs a principal of the issuer whose groups claim holds ops; everything else is open.
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ops, namespace: mesh}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: ALLOW\n  rules:\n  - to: [{operation: {notPaths: [/ops*]}}]\n  - from: [{source: {requestPrincipals: ['https://issuer.example/*']}}]\n    to: [{operation: {paths: [/ops*]}}]\n    when: [{key: 'request.auth.claims[groups]', values: [ops]}]\n";
+    let w = world(&[("jwt.yaml", &ra), ("ops.yaml", policy)]);
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+    let claims = |iss: &str, aud: &str, groups: &[&str], exp: u64| serde_json::json!({"iss": iss, "sub": "ann", "aud": aud, "groups": groups, "exp": exp});
+    let good = issuer.sign(claims("https://issuer.example", "shop", &["dev", "ops"], exp));
+    let rows: Vec<(&str, &str, Option<String>, u16)> = vec![
+        ("no token, open path", "/", None, 200),
+        ("no token, /ops needs a principal", "/ops/run", None, 403),
+        ("valid token with the ops group", "/ops/run", Some(good.clone()), 200),
+        (
+            "valid token without the ops group",
+            "/ops/run",
+            Some(issuer.sign(claims("https://issuer.example", "shop", &["dev"], exp))),
+            403,
+        ),
+        (
+            "expired",
+            "/",
+            Some(issuer.sign(claims("https://issuer.example", "shop", &["ops"], exp - 7200))),
+            401,
+        ),
+        ("wrong issuer", "/", Some(issuer.sign(claims("https://evil.example", "shop", &["ops"], exp))), 401),
+        (
+            "wrong audience",
+            "/",
+            Some(issuer.sign(claims("https://issuer.example", "bank", &["ops"], exp))),
+            401,
+        ),
+        (
+            "bad signature",
+            "/ops/run",
+            Some(other.sign(claims("https://issuer.example", "shop", &["ops"], exp))),
+            401,
+        ),
+    ];
+    for (name, path, token, want) in rows {
+        let auth = token.map(|t| format!("authorization: Bearer {t}"));
+        let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let got = w.many(path, 1, &headers);
+        assert_eq!(got[0].1, want, "{name}: {got:?}\n{}", w.waypoint_log());
+    }
+    // The token does not reach the app (forwardOriginalToken defaults to false).
+    let out = w.curl(&["-H", &format!("authorization: Bearer {good}"), &format!("http://{VIP}/echo")]);
+    assert!(out.contains("/echo host=") && out.contains("auth=None"), "{out}");
+    // The apps saw /ops/run exactly once: the one allowed request.
+    let seen = w.stats(&w.v1).get("/ops/run").copied().unwrap_or(0)
+        + w.stats(&w.v2).get("/ops/run").copied().unwrap_or(0);
+    assert_eq!(seen, 1);
+}
+
+#[test]
+fn waypoint_carries_grpc_with_trailers_and_http_upgrades() {
+    if !require_root("waypoint_carries_grpc_with_trailers_and_http_upgrades") {
+        return;
+    }
+    let w = world(&[]);
+    // gRPC (HTTP/2 prior knowledge) through the waypoint: unary, server streaming, and a status
+    // that only trailers carry. The server may need a moment to listen: retry the client briefly.
+    let client = w.c.scratch().join("grpc_client.py");
+    std::fs::write(&client, GRPC_CLIENT).expect("script");
+    let deadline = Instant::now() + scaled(Duration::from_secs(15));
+    let out = loop {
+        let mut cmd = w.c.pod_command(&w.client, "/usr/bin/python3").expect("cmd");
+        let out =
+            cmd.arg(&client).arg(format!("{VIP}:9090")).stdin(Stdio::null()).output().expect("grpc client");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}\n{}", String::from_utf8_lossy(&out.stderr), w.logs());
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("client json");
+    let unary = v["unary"].as_str().unwrap_or("");
+    assert!(unary == "v1:hi" || unary == "v2:hi", "{v}");
+    let stream: Vec<&str> = v["stream"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+    assert_eq!(stream.len(), 5, "{v}");
+    assert!(stream.iter().enumerate().all(|(i, m)| m.ends_with(&format!(":{i}"))), "{v}");
+    assert_eq!(v["fail"], "PERMISSION_DENIED", "{v}");
+    assert!(w.waypoint_metric(&[("request_protocol", "grpc"), ("reporter", "waypoint")]) >= 3.0);
+
+    // An HTTP/1.1 Upgrade (the WebSocket handshake) through the waypoint, then raw bytes both ways.
+    let script = w.c.scratch().join("upgrade_client.py");
+    std::fs::write(&script, UPGRADE_CLIENT).expect("script");
+    let mut cmd = w.c.pod_command(&w.client, "/usr/bin/python3").expect("cmd");
+    let out = cmd.arg(&script).arg(VIP).stdin(Stdio::null()).output().expect("upgrade client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "HTTP/1.1 101 Switching Protocols|HELLO THROUGH THE WAYPOINT",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        w.logs()
+    );
 }

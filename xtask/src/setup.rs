@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "tests assert sluice adds no iptables rules"),
     ("nftables", "tests assert sluice adds no nftables rules"),
     ("curl", "HTTP client in tests and demo"),
+    ("python3", "HTTP test servers behind the waypoint (/usr/bin/python3)"),
+    ("python3-grpcio", "gRPC client and server for the waypoint's gRPC scenario"),
     ("openssl", "TLS client (s_client) in tests"),
     ("socat", "TCP client/server in tests"),
     ("iperf3", "throughput benchmarks"),

@@ -113,9 +113,8 @@ pub struct Object<T> {
 }
 
 /// Why kinds that parse and validate are not applied by the node proxy.
-const NOT_ENFORCED: &[(&str, &str)] = &[
-    ("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics"),
-];
+const NOT_ENFORCED: &[(&str, &str)] =
+    &[("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics")];
 
 /// Whether a pod is in the mesh, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -460,7 +459,9 @@ impl Snapshot {
                     if let Some(spec) =
                         cx.checked_spec::<RequestAuthenticationSpec>(RequestAuthenticationSpec::validate)
                     {
-                        if spec.selector.is_some() || (spec.target_ref.is_none() && spec.target_refs.is_empty()) {
+                        if spec.selector.is_some()
+                            || (spec.target_ref.is_none() && spec.target_refs.is_empty())
+                        {
                             cx.warning(
                                 "spec.selector",
                                 "the waypoint validates JWTs for RequestAuthentications attached with targetRefs; \

@@ -400,10 +400,26 @@ fn l7_rules_read_validated_jwt_claims() {
     let headers = http::HeaderMap::new();
     let id = Identity::new("cluster.local", "shop", "client");
     let rows = [
-        ("every claim matches", serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "blue"}, "aud": "shop"}), true),
-        ("missing group", serde_json::json!({"groups": ["dev"], "org": {"team": "blue"}, "aud": "shop"}), false),
-        ("nested claim differs", serde_json::json!({"groups": ["ops"], "org": {"team": "red"}, "aud": "shop"}), false),
-        ("audience list", serde_json::json!({"groups": "ops", "org": {"team": "blue"}, "aud": ["bank", "shop"]}), true),
+        (
+            "every claim matches",
+            serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "blue"}, "aud": "shop"}),
+            true,
+        ),
+        (
+            "missing group",
+            serde_json::json!({"groups": ["dev"], "org": {"team": "blue"}, "aud": "shop"}),
+            false,
+        ),
+        (
+            "nested claim differs",
+            serde_json::json!({"groups": ["ops"], "org": {"team": "red"}, "aud": "shop"}),
+            false,
+        ),
+        (
+            "audience list",
+            serde_json::json!({"groups": "ops", "org": {"team": "blue"}, "aud": ["bank", "shop"]}),
+            true,
+        ),
     ];
     for (name, claims, allowed) in rows {
         let h = HttpFacts {

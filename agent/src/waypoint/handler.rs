@@ -106,7 +106,11 @@ fn policies<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec
 }
 
 /// The JWT rules of the RequestAuthentications attached to this waypoint or to `svc`.
-fn jwt_rules<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec<&'a crate::config::authn::JwtRule> {
+fn jwt_rules<'a>(
+    snap: &'a Snapshot,
+    wp: &Waypoint,
+    svc: Option<&Service>,
+) -> Vec<&'a crate::config::authn::JwtRule> {
     snap.request_authentications
         .iter()
         .filter(|ra| {
@@ -306,12 +310,16 @@ impl Waypoint {
         let auth = if rules.is_empty() {
             None
         } else {
-            match super::jwt::authenticate(&rules, req.headers(), req.uri().query().unwrap_or(""), &self.jwks) {
+            match super::jwt::authenticate(&rules, req.headers(), req.uri().query().unwrap_or(""), &self.jwks)
+            {
                 Ok(a) => a,
                 Err(e) => {
                     warn!(target: "sluice::access", src = %conn.peer, path = %req.uri().path(), error = %e, "request with an invalid JWT refused");
                     let mut l = local(StatusCode::UNAUTHORIZED, "-", e.to_string());
-                    l.resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\", error=\"invalid_token\""));
+                    l.resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"sluice\", error=\"invalid_token\""),
+                    );
                     return Err(l);
                 }
             }

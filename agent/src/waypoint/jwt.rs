@@ -65,7 +65,9 @@ impl KeyCache {
         if m.len() > 256 {
             m.clear();
         }
-        m.entry(text.to_string()).or_insert_with(|| serde_json::from_str::<JwkSet>(text).ok().map(Arc::new)).clone()
+        m.entry(text.to_string())
+            .or_insert_with(|| serde_json::from_str::<JwkSet>(text).ok().map(Arc::new))
+            .clone()
     }
 }
 
@@ -79,7 +81,10 @@ fn tokens(rule: &JwtRule, headers: &HeaderMap, query: &str) -> Vec<(String, Toke
     let hs: Vec<(String, String)> = if rule.from_headers.is_empty() && rule.from_params.is_empty() {
         default_headers()
     } else {
-        rule.from_headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone().unwrap_or_default())).collect()
+        rule.from_headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone().unwrap_or_default()))
+            .collect()
     };
     for (name, prefix) in hs {
         for v in headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()) {
@@ -109,7 +114,8 @@ fn tokens(rule: &JwtRule, headers: &HeaderMap, query: &str) -> Vec<(String, Toke
 fn claimed_issuer(token: &str) -> Option<String> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_string)
 }
