@@ -52,9 +52,13 @@ class H(BaseHTTPRequestHandler):
             body, code = json.dumps(counts), 200
         elif path.startswith("/flaky") and c % 2 == 1:
             body, code = "flaky\n", 503
+        elif path == "/broken" and name == "v1":
+            body, code = "v1 broken\n", 500
         else:
             if path == "/slow":
                 import time; time.sleep(2)
+            if path == "/sleep":
+                import time; time.sleep(0.5)
             body = "%s %s %s host=%s auth=%s\n" % (name, self.command, self.path, self.headers.get("host"), self.headers.get("authorization"))
             code = 200
         b = body.encode()
@@ -125,9 +129,9 @@ while len(got) < 26:
 print(head.split(b"\r\n")[0].decode() + "|" + got.decode())
 "#;
 
-const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: mesh}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n";
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: mesh}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - name: all\n    labels: {app: reviews}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}}\n  - name: v1-limited\n    labels: {version: v1}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}\n";
 
-const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n";
+const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: broken\n    match: [{uri: {exact: /broken}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: all}}]\n  - name: sleep\n    match: [{uri: {exact: /sleep}}]\n    route: [{destination: {host: reviews, subset: v1-limited}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n";
 
 const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: mesh}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*], methods: [GET, POST]}}]}]\n";
 
@@ -552,4 +556,37 @@ fn waypoint_carries_grpc_with_trailers_and_http_upgrades() {
         String::from_utf8_lossy(&out.stderr),
         w.logs()
     );
+}
+
+#[test]
+fn waypoint_ejects_outliers_and_bounds_the_connection_pool() {
+    if !require_root("waypoint_ejects_outliers_and_bounds_the_connection_pool") {
+        return;
+    }
+    let w = world(&[]);
+    // v1 answers /broken with 500, v2 with 200; round robin over both. Two consecutive 5xx eject
+    // v1 for 2 s (baseEjectionTime), so after its two failures every request lands on v2.
+    let rows = w.many("/broken", 20, &[]);
+    assert_eq!(rows.iter().filter(|(_, c)| *c == 500).count(), 2, "{rows:?}");
+    assert!(
+        rows[4..].iter().all(|(b, c)| b == "v2" && *c == 200),
+        "v1 still served after its ejection: {rows:?}"
+    );
+    // Once the ejection time passed, v1 is back (and fails again).
+    std::thread::sleep(Duration::from_millis(2500));
+    let rows = w.many("/broken", 6, &[]);
+    assert!(rows.iter().any(|(_, c)| *c == 500), "v1 never came back: {rows:?}");
+
+    // maxConnections 1 and one pending request: of 8 concurrent half-second requests, two are
+    // served (one at a time) and the rest overflow at once with 503 and Envoy's UO flag.
+    let url = format!("http://{VIP}/sleep");
+    let mut args = vec!["-Z", "--parallel-immediate", "--parallel-max", "8"];
+    let urls = vec![url.as_str(); 8];
+    args.extend(urls);
+    let rows = parse(&w.curl(&args));
+    let served = count(&rows, "v1", 200);
+    let overflow = rows.iter().filter(|(_, c)| *c == 503).count();
+    assert_eq!(served + overflow, 8, "{rows:?}");
+    assert!(served >= 2 && overflow >= 3, "served {served}, overflowed {overflow}: {rows:?}");
+    assert_eq!(w.waypoint_metric(&[("response_code", "503"), ("response_flags", "UO")]), overflow as f64);
 }

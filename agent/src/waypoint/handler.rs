@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::{
     Waypoint,
     metrics::RequestLabels,
+    resilience::Outcome,
     routes::{self, DestError, Req, Selected},
     upstream::{Body, BoxError},
 };
@@ -364,7 +365,9 @@ impl Waypoint {
             let ep = self.upstreams.endpoint(snap, target.ip(), target.port());
             let (parts, body) = req.into_parts();
             let mut body = read_body(&parts, body).await?;
-            return self.send(parts, &mut body, &[ep], &RetryPolicy::of(None), None, None, "", upgrade).await;
+            return self
+                .send(parts, &mut body, &[ep], &RetryPolicy::of(None), None, None, "", upgrade, None)
+                .await;
         };
         let view = Req {
             method: req.method().as_str(),
@@ -507,13 +510,27 @@ impl Waypoint {
             }
             Some(h.finish())
         });
-        // One endpoint per attempt, so a retry can land elsewhere.
+        // Endpoints that outlier detection ejected are skipped; one endpoint per attempt, so a
+        // retry can land elsewhere.
+        let now = std::time::Instant::now();
+        let healthy: Vec<std::net::IpAddr> = target
+            .endpoints
+            .iter()
+            .copied()
+            .filter(|ip| !self.outliers.is_ejected(&key, SocketAddr::new(*ip, target.target_port), now))
+            .collect();
         let mut eps = Vec::new();
         for _ in 0..=retry.attempts.min(10) {
-            if let Some(ip) = self.upstreams.choose(&key, &target.endpoints, target.target_port, lb, hash) {
+            if let Some(ip) = self.upstreams.choose(&key, &healthy, target.target_port, lb, hash) {
                 eps.push(self.upstreams.endpoint(snap, ip, target.target_port));
             }
         }
+        let cluster = Cluster {
+            key: &key,
+            outlier: target.outlier_detection(),
+            pool: target.connection_pool(),
+            size: target.endpoints.len(),
+        };
 
         // 8. Mirror (a copy, answer ignored).
         if let (Some(r), ReqBody::Kept(b)) = (route, &body) {
@@ -560,7 +577,7 @@ impl Waypoint {
                     tokio::spawn(async move {
                         let mut mb = ReqBody::Kept(b);
                         let none = RetryPolicy { attempts: 0, per_try: None, on: vec![] };
-                        let _ = up.send(mparts, &mut mb, &[ep], &none, None, None, "", None).await;
+                        let _ = up.send(mparts, &mut mb, &[ep], &none, None, None, "", None, None).await;
                     });
                 }
             }
@@ -571,7 +588,17 @@ impl Waypoint {
         let resp_ops = route.and_then(|r| r.headers.as_ref()).and_then(|h| h.response.clone());
         let dest_resp_ops = dest_headers.as_ref().and_then(|h| h.response.clone());
         let mut resp = self
-            .send(parts, &mut body, &eps, &retry, timeout, Some(labels), &target.service.hostname(), upgrade)
+            .send(
+                parts,
+                &mut body,
+                &eps,
+                &retry,
+                timeout,
+                Some(labels),
+                &target.service.hostname(),
+                upgrade,
+                Some(&cluster),
+            )
             .await?;
         apply_ops(resp.headers_mut(), resp_ops.as_ref());
         apply_ops(resp.headers_mut(), dest_resp_ops.as_ref());
@@ -590,9 +617,33 @@ impl Waypoint {
         mut labels: Option<&mut RequestLabels>,
         host: &str,
         mut upgrade: Option<hyper::upgrade::OnUpgrade>,
+        cluster: Option<&Cluster<'_>>,
     ) -> Result<Response<Body>, Local> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let h2 = parts.version == Version::HTTP_2;
+        // The cluster's connection pool: a slot for the whole request (all attempts and the body).
+        let slot = match cluster {
+            Some(c) => match self.pools.acquire(c.key, c.pool, h2).await {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    return Err(local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "UO",
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow\n",
+                    ));
+                }
+            },
+            None => None,
+        };
+        let mut slot = slot;
+        let record = |ep: SocketAddr, outcome: Outcome| {
+            if let Some(c) = cluster
+                && let Some(od) = c.outlier
+                && self.outliers.record(c.key, ep, outcome, od, c.size, std::time::Instant::now())
+            {
+                warn!(target: "sluice::access", cluster = c.key, endpoint = %ep, "endpoint ejected by outlier detection");
+            }
+        };
         let mut parts = parts;
         parts.extensions = http::Extensions::new();
         let attempts = if body.replayable() { retry.attempts + 1 } else { 1 };
@@ -644,6 +695,7 @@ impl Waypoint {
             };
             match result {
                 Ok((resp, flight)) => {
+                    record(ep.addr, Outcome::Status(resp.status().as_u16()));
                     let retryable = attempt + 1 < attempts as usize && retry.on_status(resp.status());
                     if retryable {
                         last = Some(Local {
@@ -662,10 +714,13 @@ impl Waypoint {
                     }
                     let (rparts, rbody) = resp.into_parts();
                     // Keep the endpoint counted while the body streams.
-                    let rbody = InFlightBody { inner: rbody, _flight: flight };
+                    let rbody = InFlightBody { inner: rbody, _flight: flight, _slot: slot.take() };
                     return Ok(Response::from_parts(rparts, BoxBody::new(rbody)));
                 }
                 Err(e) => {
+                    if e.is_connect_failure() {
+                        record(ep.addr, Outcome::ConnectFailure);
+                    }
                     warn!(target: "sluice::access", endpoint = %ep.addr, error = %e, attempt, "upstream failed");
                     let again =
                         if e.is_connect_failure() { retry.on_connect_failure() } else { retry.on_reset() };
@@ -701,6 +756,17 @@ async fn join_upgrade(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade:
 struct InFlightBody {
     inner: Incoming,
     _flight: crate::waypoint::upstream::InFlight,
+    _slot: Option<super::resilience::Slot>,
+}
+
+/// The upstream cluster a request goes to, with its DestinationRule resilience settings.
+pub(crate) struct Cluster<'a> {
+    /// `namespace/service/subset`.
+    key: &'a str,
+    outlier: Option<&'a crate::config::networking::OutlierDetection>,
+    pool: Option<&'a crate::config::networking::ConnectionPoolSettings>,
+    /// All endpoints of the cluster (ejected or not).
+    size: usize,
 }
 
 impl hyper::body::Body for InFlightBody {

@@ -289,6 +289,9 @@ pub(crate) mod tests {
         h
     }
 
+    /// (row name, token, the principal it authenticates as or why it is refused)
+    type Row = (&'static str, String, Result<Option<&'static str>, JwtError>);
+
     #[test]
     fn tokens_are_verified_with_envoys_answers() {
         let s = Signer::new("k1");
@@ -296,7 +299,7 @@ pub(crate) mod tests {
         let r = rule(&s.jwks);
         let keys = KeyCache::default();
         let ok = serde_json::json!({"iss": "https://issuer.example", "sub": "ann", "aud": "shop", "exp": now() + 600, "groups": ["dev", "ops"]});
-        let rows: Vec<(&str, String, Result<Option<&str>, JwtError>)> = vec![
+        let rows: Vec<Row> = vec![
             ("valid", s.sign("k1", &ok), Ok(Some("https://issuer.example/ann"))),
             ("expired", s.sign("k1", &serde_json::json!({"iss": "https://issuer.example", "sub": "ann", "aud": "shop", "exp": now() - 3600})), Err(JwtError::Expired)),
             ("wrong issuer", s.sign("k1", &serde_json::json!({"iss": "https://evil.example", "sub": "ann", "aud": "shop"})), Err(JwtError::UnknownIssuer)),

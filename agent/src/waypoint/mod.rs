@@ -11,6 +11,7 @@
 //! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
 //! - [`handler`]: the request pipeline.
 //! - [`jwt`]: RequestAuthentication (JWT verification against inline JWKS).
+//! - [`resilience`]: outlier detection and connection-pool limits (DestinationRule).
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
 //! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
 //!
@@ -19,6 +20,7 @@
 pub mod handler;
 pub mod jwt;
 pub mod metrics;
+pub mod resilience;
 pub mod routes;
 pub mod upstream;
 
@@ -53,6 +55,8 @@ pub struct Waypoint {
     pub metrics: metrics::HttpMetrics,
     pub regexes: routes::RegexCache,
     pub jwks: jwt::KeyCache,
+    pub outliers: resilience::Outliers,
+    pub pools: resilience::Pools,
 }
 
 /// Runs a waypoint until SIGTERM/SIGINT.
@@ -97,6 +101,8 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         metrics: metrics::HttpMetrics::new(),
         regexes: routes::RegexCache::default(),
         jwks: jwt::KeyCache::default(),
+        outliers: resilience::Outliers::default(),
+        pools: resilience::Pools::default(),
     });
 
     let listener =

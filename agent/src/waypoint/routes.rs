@@ -286,6 +286,36 @@ impl Target<'_> {
     }
 }
 
+impl<'a> Target<'a> {
+    /// The outlier detection in force: the subset's, else the port's, else the rule's.
+    pub fn outlier_detection(&self) -> Option<&'a crate::config::networking::OutlierDetection> {
+        self.policy_field(|tp| tp.outlier_detection.as_ref(), |p| p.outlier_detection.as_ref())
+    }
+
+    /// The connection-pool limits in force: the subset's, else the port's, else the rule's.
+    pub fn connection_pool(&self) -> Option<&'a crate::config::networking::ConnectionPoolSettings> {
+        self.policy_field(|tp| tp.connection_pool.as_ref(), |p| p.connection_pool.as_ref())
+    }
+
+    fn policy_field<T>(
+        &self,
+        top: impl Fn(&'a crate::config::networking::TrafficPolicy) -> Option<&'a T>,
+        port: impl Fn(&'a crate::config::networking::PortTrafficPolicy) -> Option<&'a T>,
+    ) -> Option<&'a T> {
+        let level = |tp: &'a crate::config::networking::TrafficPolicy| {
+            tp.port_level_settings
+                .iter()
+                .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(u32::from(self.port)))
+                .and_then(&port)
+                .or_else(|| top(tp))
+        };
+        self.subset
+            .and_then(|s| s.traffic_policy.as_ref())
+            .and_then(level)
+            .or_else(|| self.rule.and_then(|r| r.spec.traffic_policy.as_ref()).and_then(level))
+    }
+}
+
 fn labels_match(want: &Labels, have: &Labels) -> bool {
     want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
