@@ -766,12 +766,57 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Starts a long-running process in `pod`; it is killed when the cluster drops.
-    pub fn spawn_in_pod(&self, pod: &Pod, mut cmd: Command) -> anyhow::Result<()> {
+    /// Starts a long-running process in `pod`; it is killed when the cluster drops. Returns its pid.
+    pub fn spawn_in_pod(&self, pod: &Pod, mut cmd: Command) -> anyhow::Result<u32> {
         let _ = pod;
         let child = cmd.stdin(Stdio::null()).spawn()?;
+        let pid = child.id();
         self.procs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(child);
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Starts `sluice waypoint` for the waypoint Gateway `gateway` (in the pod's namespace) inside
+    /// `pod`, which carries `gateway.networking.k8s.io/gateway-name: <gateway>` and opts out of
+    /// capture, and waits until it is ready. Logs go to [`Cluster::waypoint_log`]. Returns its pid.
+    pub fn start_waypoint(&self, pod: &Pod, gateway: &str) -> anyhow::Result<u32> {
+        let log = fs::File::create(self.tmp.join(format!("waypoint-{}.log", pod.name)))?;
+        let mut cmd = self.pod_command(pod, &self.sluice)?;
+        cmd.args([
+            "waypoint",
+            "--log-level",
+            "info,sluice=debug",
+            "--name",
+            gateway,
+            "--namespace",
+            &pod.namespace,
+        ])
+        .args(["--service-account", &pod.service_account, "--config"])
+        .arg(&self.mesh_dir)
+        .arg("--ca-dir")
+        .arg(self.ca_dir())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        let pid = self.spawn_in_pod(pod, cmd)?;
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
+        loop {
+            let out = self.run_in_netns(
+                &pod.netns_path(),
+                "curl",
+                &["-sf", "-m", "1", &format!("http://127.0.0.1:{METRICS_PORT}/healthz/ready")],
+            )?;
+            if out.status.success() {
+                return Ok(pid);
+            }
+            if Instant::now() > deadline {
+                bail!("waypoint in {} not ready:\n{}", pod.name, self.waypoint_log(pod));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log of the waypoint started in `pod`.
+    pub fn waypoint_log(&self, pod: &Pod) -> String {
+        fs::read_to_string(self.tmp.join(format!("waypoint-{}.log", pod.name))).unwrap_or_default()
     }
 
     /// Runs a command to completion inside netns `netns` (no cgroup), with a timeout.

@@ -11,7 +11,7 @@ use std::{
 
 use sluice_e2e::{
     Cluster, Pod,
-    cluster::{PodSpec, ServiceSpec, scaled, sluice_bin, sum_metric},
+    cluster::{PodSpec, ServiceSpec, scaled, sum_metric},
     require_root,
 };
 
@@ -208,23 +208,13 @@ fn world(extra: &[(&str, &str)]) -> World {
         c.spawn_in_pod(pod, cmd).expect("grpc server");
     }
 
-    let log = std::fs::File::create(c.scratch().join("waypoint.log")).expect("log");
-    let mut cmd = c.pod_command(&waypoint, sluice_bin()).expect("cmd");
-    cmd.args(["waypoint", "--log-level", "info,sluice=debug", "--name", "wp", "--namespace", "mesh"])
-        .args(["--service-account", &waypoint.service_account, "--config"])
-        .arg(&c.mesh_dir)
-        .arg("--ca-dir")
-        .arg(c.ca_dir())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    c.spawn_in_pod(&waypoint, cmd).expect("waypoint");
-    wait_local(&c, &waypoint, "http://127.0.0.1:15020/healthz/ready");
+    c.start_waypoint(&waypoint, "wp").expect("waypoint");
     World { c, client, waypoint, v1, v2 }
 }
 
 impl World {
     fn waypoint_log(&self) -> String {
-        std::fs::read_to_string(self.c.scratch().join("waypoint.log")).unwrap_or_default()
+        self.c.waypoint_log(&self.waypoint)
     }
 
     /// The waypoint's and the client node agent's logs, for failure messages.

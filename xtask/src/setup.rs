@@ -28,6 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", "TCP client/server in tests"),
     ("iperf3", "throughput benchmarks"),
     ("nghttp2-client", "h2load for HTTP/2 benchmarks"),
+    ("nghttp2-server", "nghttpd, the HTTP/2 server behind the waypoint in benchmarks"),
     ("wrk", "HTTP/1.1 load generator"),
     ("hyperfine", "command timing"),
     ("tcpdump", "packet capture to prove encryption"),

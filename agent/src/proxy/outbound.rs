@@ -104,7 +104,10 @@ impl Proxy {
         dst: SocketAddr,
         labels: &mut ConnLabels,
     ) -> Result<Upstream, (&'static str, String)> {
-        let addrs = snap.waypoint_addrs(wp);
+        // Instances of the destination's address family, like endpoints of a Service.
+        let all = snap.waypoint_addrs(wp);
+        let same: Vec<_> = all.iter().filter(|a| a.ip.is_ipv6() == dst.is_ipv6()).cloned().collect();
+        let addrs = if same.is_empty() { all } else { same };
         if addrs.is_empty() {
             return Err((
                 Failure::NoEndpoints.label(),

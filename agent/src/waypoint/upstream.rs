@@ -37,6 +37,9 @@ use crate::{
 pub type Body = BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An endpoint's HTTP/2 connection, behind an async lock held while it is dialled.
+type H2Slot = Arc<tokio::sync::Mutex<Option<conn::http2::SendRequest<Body>>>>;
+
 /// Idle HTTP/1.1 connections kept per endpoint.
 const IDLE_PER_ENDPOINT: usize = 32;
 
@@ -83,7 +86,9 @@ pub struct Upstreams {
     me: Identity,
     connect_timeout: Duration,
     http1: Arc<Mutex<HashMap<Endpoint, Vec<conn::http1::SendRequest<Body>>>>>,
-    http2: Mutex<HashMap<Endpoint, conn::http2::SendRequest<Body>>>,
+    /// One HTTP/2 connection per endpoint; the async lock makes concurrent first requests share
+    /// one dial instead of each opening a connection.
+    http2: Mutex<HashMap<Endpoint, H2Slot>>,
     /// Requests in flight per endpoint address (LEAST_REQUEST).
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     /// Round-robin cursors per (service, subset).
@@ -210,20 +215,23 @@ impl Upstreams {
     }
 
     async fn send_h2(&self, ep: &Endpoint, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let pooled = self.http2.lock().get(ep).filter(|s| !s.is_closed()).cloned();
-        let mut sender = match pooled {
-            Some(s) => s,
-            None => {
-                let io = self.open(ep).await?;
-                let (s, c) = conn::http2::Builder::new(TokioExecutor::new())
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|e| UpstreamError::Http(ep.addr, e))?;
-                tokio::spawn(async move {
-                    let _ = c.await;
-                });
-                self.http2.lock().insert(ep.clone(), s.clone());
-                s
+        let slot = self.http2.lock().entry(ep.clone()).or_default().clone();
+        let mut sender = {
+            let mut held = slot.lock().await;
+            match held.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let io = self.open(ep).await?;
+                    let (s, c) = conn::http2::Builder::new(TokioExecutor::new())
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|e| UpstreamError::Http(ep.addr, e))?;
+                    tokio::spawn(async move {
+                        let _ = c.await;
+                    });
+                    *held = Some(s.clone());
+                    s
+                }
             }
         };
         sender.ready().await.map_err(|e| UpstreamError::Http(ep.addr, e))?;

@@ -14,6 +14,11 @@
 //!   the added p50 of the mesh over direct;
 //! - connection churn: `sl-load churn`, new connections per second from a few workers, each with a
 //!   1 KiB exchange (the server closes first), and the error count (must be 0);
+//! - HTTP/2 requests (`h2load` against `nghttpd`, h2c, 1 KiB responses): requests/s with 4
+//!   connections x 8 streams, and the mean time per request one at a time, for direct, the mesh at
+//!   L4, and through a waypoint (`sluice_waypoint`: the client's namespace uses a waypoint on the
+//!   client's node that forwards to the server on the other node); the waypoint's CPU seconds and
+//!   requests served per waypoint CPU second;
 //! - agent idle RSS, and RSS with N idle tunnelled connections from a mesh pod to a mesh pod on the
 //!   other node (`sl-load idle`; N = 10,000, 500 with `--quick`), as KiB per connection per agent.
 //!
@@ -36,7 +41,7 @@ use serde_json::{Value, json};
 use sluice_e2e::{Cluster, Pod, sys};
 
 /// Measurement groups, selectable with `--only` (for profiling one of them).
-const GROUPS: [&str; 4] = ["throughput", "latency", "churn", "idle"];
+const GROUPS: [&str; 5] = ["throughput", "latency", "churn", "idle", "http"];
 
 struct Args {
     quick: bool,
@@ -69,13 +74,13 @@ fn args() -> anyhow::Result<Args> {
                 for g in list.split(',') {
                     if GROUPS.contains(&g) {
                         a.only.push(g.to_string());
-                    } else if SCENARIOS.contains(&g) {
+                    } else if SCENARIOS.contains(&g) || g == WAYPOINT_SCENARIO {
                         a.scenarios.push(g.to_string());
                     } else {
                         bail!(
                             "--only: unknown group or scenario {g:?}; groups are {}, scenarios {}",
                             GROUPS.join(", "),
-                            SCENARIOS.join(", ")
+                            [SCENARIOS.as_slice(), &[WAYPOINT_SCENARIO]].concat().join(", ")
                         );
                     }
                 }
@@ -103,7 +108,13 @@ fn main() -> ExitCode {
     }
 }
 
-const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n";
+const NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: wp, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: wp}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n";
+
+/// The HTTP group's scenario through a waypoint.
+const WAYPOINT_SCENARIO: &str = "sluice_waypoint";
+/// `nghttpd` (h2c) port in the HTTP group's server pods, and the waypoint Service's VIP.
+const HTTP_PORT: u16 = 8080;
+const WAYPOINT_VIP: [u8; 4] = [10, 96, 200, 1];
 
 /// `sl-load serve` ports in every server pod.
 const ECHO_PORT: u16 = 7000;
@@ -293,6 +304,147 @@ fn load(c: &Cluster, bin: &Path, pod: &Pod, args: &[String]) -> anyhow::Result<V
         bail!("sl-load {} in {}: {v}", args.join(" "), pod.name);
     }
     Ok(v)
+}
+
+/// Starts `nghttpd` (HTTP/2 without TLS) in `pod`, serving a 1 KiB file.
+fn start_nghttpd(c: &Cluster, pod: &Pod) -> anyhow::Result<()> {
+    let dir = c.scratch().join("www");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), vec![b'x'; REQ_BYTES])?;
+    let mut cmd = c.pod_command(pod, "nghttpd")?;
+    cmd.arg("--no-tls")
+        .arg("-d")
+        .arg(&dir)
+        .arg(HTTP_PORT.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c.spawn_in_pod(pod, cmd)?;
+    wait_listening(pod, HTTP_PORT)
+}
+
+/// What one h2load run reported.
+struct H2Load {
+    req_per_sec: f64,
+    mean_us: f64,
+    failed: f64,
+}
+
+/// Parses an h2load duration (`83us`, `1.20ms`, `2.5s`) into microseconds.
+fn h2load_us(v: &str) -> f64 {
+    let (num, mul) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (v, f64::NAN)
+    };
+    num.parse::<f64>().map_or(f64::NAN, |n| n * mul)
+}
+
+/// Runs `h2load` in `client` against `url`.
+fn h2load(c: &Cluster, client: &Pod, url: &str, n: u32, conns: u32, streams: u32) -> anyhow::Result<H2Load> {
+    let mut cmd = c.pod_command(client, "h2load")?;
+    cmd.args(["-n", &n.to_string(), "-c", &conns.to_string(), "-m", &streams.to_string(), url])
+        .stdin(Stdio::null());
+    let out = cmd.output().context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = H2Load { req_per_sec: f64::NAN, mean_us: f64::NAN, failed: f64::NAN };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            r.req_per_sec = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|x| x.strip_suffix(" req/s"))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(f64::NAN);
+        } else if let Some(rest) = line.strip_prefix("requests: ") {
+            r.failed = rest
+                .split(", ")
+                .find_map(|x| x.strip_suffix(" failed"))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(f64::NAN);
+        } else if let Some(rest) = line.strip_prefix("time for request:") {
+            r.mean_us = rest.split_whitespace().nth(2).map_or(f64::NAN, h2load_us);
+        }
+    }
+    if r.req_per_sec.is_nan() {
+        bail!("h2load {url} in {}: {text}\n{}", client.name, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(r)
+}
+
+/// The HTTP group: direct, the mesh at L4, and through a waypoint.
+#[allow(clippy::too_many_arguments)]
+fn http_group(
+    a: &Args,
+    c: &Cluster,
+    pids: &[u32],
+    pa: &Pod,
+    pc: &Pod,
+    ma: &Pod,
+    mc: &Pod,
+    records: &mut Vec<Rec>,
+) -> anyhow::Result<()> {
+    use sluice_e2e::cluster::{PodSpec, ServiceSpec};
+    let wa = c.add_pod(1, "wp", "wp-a")?;
+    let wc = c.add_pod_spec(2, PodSpec::new("wp", "wp-c").label("app", "web"))?;
+    let gw = c.add_pod_spec(
+        1,
+        PodSpec::new("wp", "wp-0")
+            .label("gateway.networking.k8s.io/gateway-name", "wp")
+            .label("istio.io/dataplane-mode", "none"),
+    )?;
+    c.add_service(ServiceSpec {
+        namespace: "wp".into(),
+        name: "web".into(),
+        vips: vec![WAYPOINT_VIP.into()],
+        ports: vec![(HTTP_PORT, HTTP_PORT)],
+        selector: vec![("app".into(), "web".into())],
+    })?;
+    let wp_pid = c.start_waypoint(&gw, "wp")?;
+    for p in [pc, mc, &wc] {
+        start_nghttpd(c, p)?;
+    }
+    let n: u32 = if a.quick { 2_000 } else { 20_000 };
+    let one_by_one: u32 = if a.quick { 200 } else { 2_000 };
+    let url = |ip: std::net::IpAddr| format!("http://{ip}:{HTTP_PORT}/index.html");
+    let runs = [
+        ("direct", pa, url(pc.ipv4)),
+        ("sluice_cross_node_mtls", ma, url(mc.ipv4)),
+        (WAYPOINT_SCENARIO, &wa, url(WAYPOINT_VIP.into())),
+    ];
+    let (mut direct_rps, mut direct_us) = (f64::NAN, f64::NAN);
+    let mut all = pids.to_vec();
+    all.push(wp_pid);
+    for (scenario, client, url) in runs.iter().filter(|r| a.measures(r.0)) {
+        let (wp_before, _) = agent_usage(wp_pid)?;
+        let (load, cpu, _) = measured(&all, || h2load(c, client, url, n, 4, 8))?;
+        let (wp_after, _) = agent_usage(wp_pid)?;
+        let single = h2load(c, client, url, one_by_one, 1, 1)?;
+        eprintln!("http {scenario}: {:.0} req/s, {:.0} us one by one", load.req_per_sec, single.mean_us);
+        if *scenario == "direct" {
+            (direct_rps, direct_us) = (load.req_per_sec, single.mean_us);
+        }
+        records.push(
+            Rec::new(scenario, "http2_requests_per_second", load.req_per_sec, "req/s").ratio(direct_rps),
+        );
+        records.push(Rec::new(scenario, "http2_request_time_mean", single.mean_us, "us").ratio(direct_us));
+        records.push(Rec::new(scenario, "http2_failed_requests", load.failed + single.failed, "count"));
+        if *scenario != "direct" {
+            records.push(Rec::new(scenario, "http2_added_request_time", single.mean_us - direct_us, "us"));
+            records.push(Rec::new(scenario, "cpu_seconds_http2", cpu, "s"));
+        }
+        if *scenario == WAYPOINT_SCENARIO {
+            let wp_cpu = wp_after - wp_before;
+            records.push(Rec::new(scenario, "waypoint_cpu_seconds_http2", wp_cpu, "s"));
+            // Requests one waypoint core serves per second of CPU (clock ticks: 10 ms resolution).
+            let per_core = if wp_cpu > 0.0 { f64::from(n) / wp_cpu } else { f64::NAN };
+            records.push(Rec::new(scenario, "requests_per_waypoint_cpu_second", per_core, "req/s"));
+        }
+    }
+    Ok(())
 }
 
 /// One result row.
@@ -647,6 +799,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
         }
     }
 
+    if a.runs("http") {
+        http_group(a, &c, &pids, &pa, &pc, &ma, &mc, &mut records)?;
+    }
+
     // Idle RSS at start-up (pods enrolled, no traffic yet).
     for (i, kib) in idle_rss.iter().enumerate() {
         let mib = *kib as f64 / 1024.0;
@@ -669,6 +825,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
     for r in &records {
         if !r.value.is_finite() || r.value < 0.0 {
             problems.push(format!("invalid measurement {} {}: {}", r.scenario, r.metric, r.value));
+        }
+        if r.metric == "http2_failed_requests" && r.value != 0.0 {
+            problems.push(format!("{}: {} failed HTTP/2 requests", r.scenario, r.value));
         }
         if r.metric == "connection_errors" && r.value != 0.0 {
             problems.push(format!("{}: {} connection errors during churn", r.scenario, r.value));
