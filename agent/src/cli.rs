@@ -143,7 +143,8 @@ pub struct AgentArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct WaypointArgs {
-    /// Mesh config: a directory of YAML files (watched), the same the agents read.
+    /// Mesh config, the same the agents read: a directory of YAML files (watched), or the literal
+    /// `kubernetes` to watch the API server.
     #[arg(long, env = "SLUICE_CONFIG")]
     pub config: PathBuf,
     /// The waypoint's Gateway (gatewayClassName istio-waypoint): its name.

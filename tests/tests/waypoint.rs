@@ -69,6 +69,7 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(b)
     do_GET = do
     do_POST = do
+    do_OPTIONS = do
 ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 "#;
 
@@ -131,7 +132,7 @@ print(head.split(b"\r\n")[0].decode() + "|" + got.decode())
 
 const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: mesh}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - name: all\n    labels: {app: reviews}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}}\n  - name: v1-limited\n    labels: {version: v1}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}\n";
 
-const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: broken\n    match: [{uri: {exact: /broken}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: all}}]\n  - name: sleep\n    match: [{uri: {exact: /sleep}}]\n    route: [{destination: {host: reviews, subset: v1-limited}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n";
+const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: cors\n    match: [{uri: {prefix: /cors}}]\n    corsPolicy: {allowOrigins: [{exact: 'https://shop.example'}], allowMethods: [GET, POST], maxAge: 1h}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: broken\n    match: [{uri: {exact: /broken}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: all}}]\n  - name: sleep\n    match: [{uri: {exact: /sleep}}]\n    route: [{destination: {host: reviews, subset: v1-limited}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n";
 
 const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: mesh}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*], methods: [GET, POST]}}]}]\n";
 
@@ -351,6 +352,41 @@ fn waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies() {
     let out = w.curl(&["-i", &format!("http://{VIP}/old/thing?q=1")]);
     assert!(out.contains("v1 GET /new/thing?q=1"), "{out}");
     assert!(out.to_ascii_lowercase().contains("x-route: rewrite"), "{out}");
+
+    // CORS: a preflight from an allowed origin is answered by the waypoint; the actual request
+    // gets Access-Control-Allow-Origin; another origin's preflight goes to the app untouched.
+    let cors = |origin: &str, preflight: bool| {
+        let mut a = vec!["-i".to_string(), "-H".into(), format!("origin: {origin}")];
+        if preflight {
+            a.extend([
+                "-X".into(),
+                "OPTIONS".into(),
+                "-H".into(),
+                "access-control-request-method: POST".into(),
+            ]);
+        }
+        a.push(format!("http://{VIP}/cors"));
+        w.curl(&a.iter().map(String::as_str).collect::<Vec<_>>()).to_ascii_lowercase()
+    };
+    let pre = cors("https://shop.example", true);
+    assert!(
+        pre.starts_with("http/1.1 200") && pre.contains("access-control-allow-origin: https://shop.example"),
+        "{pre}"
+    );
+    assert!(
+        pre.contains("access-control-allow-methods: get,post")
+            && pre.contains("access-control-max-age: 3600"),
+        "{pre}"
+    );
+    let actual = cors("https://shop.example", false);
+    assert!(
+        actual.contains("access-control-allow-origin: https://shop.example")
+            && actual.contains("v1 get /cors"),
+        "{actual}"
+    );
+    let other = cors("https://evil.example", true);
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+    assert_eq!(w.stats(&w.v1).get("/cors"), Some(&2), "the allowed preflight never reached the app");
 
     // Mirror: v1 answers, v2 receives a copy (with the -shadow host) whose answer is ignored.
     let before = w.stats(&w.v2).get("/mirror").copied().unwrap_or(0);
@@ -579,4 +615,40 @@ fn waypoint_ejects_outliers_and_bounds_the_connection_pool() {
     assert_eq!(served + overflow, 8, "{rows:?}");
     assert!(served >= 2 && overflow >= 3, "served {served}, overflowed {overflow}: {rows:?}");
     assert_eq!(w.waypoint_metric(&[("response_code", "503"), ("response_flags", "UO")]), overflow as f64);
+}
+
+#[test]
+fn waypoint_is_no_open_relay_it_serves_only_what_is_bound_to_it() {
+    if !require_root("waypoint_is_no_open_relay_it_serves_only_what_is_bound_to_it") {
+        return;
+    }
+    let w = world(&[]);
+    let out = w.c.scratch().join("tester");
+    let cert = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
+    w.c.sluice(&[
+        "ca",
+        "issue",
+        "--dir",
+        w.c.ca_dir().to_str().expect("utf8"),
+        "--uri",
+        "spiffe://cluster.local/ns/mesh/sa/tester",
+        "--out",
+        out.to_str().expect("utf8"),
+    ])
+    .expect("issue");
+    let hbone = format!("{}:15008", w.waypoint.ipv4);
+    // (row, CONNECT target, status the waypoint answers)
+    let rows = [
+        ("the bound Service's VIP", format!("{VIP}:80"), 200),
+        ("a pod address (waypoint-for service takes no pod traffic)", format!("{}:8080", w.v1.ipv4), 401),
+        ("an address outside the mesh", format!("{}:15020", w.waypoint.ipv4), 401),
+    ];
+    for (name, target, want) in rows {
+        let args = ["--cert", &cert("crt"), "--key", &cert("key"), &hbone, &target];
+        let out =
+            w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
+        assert_eq!(report["status"], want, "{name}: {report}");
+    }
 }

@@ -206,6 +206,9 @@ pub struct Snapshot {
     /// Namespace -> indices of its AuthorizationPolicies (for workloads the config does not list).
     #[serde(skip)]
     authz_by_namespace: HashMap<String, Vec<u32>>,
+    /// `name.namespace.svc.cluster.local` -> the Kubernetes Service (one lookup per routed request).
+    #[serde(skip)]
+    pub services_by_host: HashMap<String, (String, String)>,
 }
 
 /// Istio's root namespace: policies there apply to the whole mesh.
@@ -742,7 +745,10 @@ impl Snapshot {
                 svc.endpoints = eps;
             }
         }
-        for svc in self.services.values() {
+        for ((ns, name), svc) in &self.services {
+            if svc.host.is_none() {
+                self.services_by_host.insert(svc.hostname(), (ns.clone(), name.clone()));
+            }
             for vip in &svc.vips {
                 for (i, p) in svc.ports.iter().enumerate() {
                     self.vips.insert(SocketAddr::new(*vip, p.port), (svc.clone(), i));

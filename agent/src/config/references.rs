@@ -28,7 +28,7 @@ pub fn resolve<'a>(snap: &'a Snapshot, host: &str, namespace: &str) -> Option<&'
         2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
         _ => host.to_string(),
     };
-    snap.services.values().map(|s| &**s).find(|s| s.host.is_none() && s.hostname() == fqdn)
+    snap.services_by_host.get(&fqdn).and_then(|k| snap.services.get(k)).map(|s| &**s)
 }
 
 /// Whether any Service or ServiceEntry host is named (or covered) by `host`.

@@ -259,6 +259,9 @@ impl Waypoint {
         }
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
+        let content_length =
+            |h: &HeaderMap| h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let req_bytes = content_length(req.headers()).or((req.method() == http::Method::GET).then_some(0));
         let result = self.pipeline(&snap, &conn, req, &mut labels).await;
         let resp = match result {
             Ok(r) => r,
@@ -273,7 +276,7 @@ impl Waypoint {
                 resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         }
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.request(&labels, ms);
+        self.metrics.request(&labels, ms, (req_bytes, content_length(resp.headers())));
         info!(target: "sluice::access", reporter = "waypoint", %method, %path, status = labels.response_code,
               flags = labels.response_flags, src = %labels.source_principal, dst = %labels.destination_service,
               dst_workload = %labels.destination_workload, duration_ms = ms, "request");
@@ -387,7 +390,19 @@ impl Waypoint {
             Selected::Default => (None, None, svc.namespace.as_str()),
         };
 
-        // 4. Answers without an upstream.
+        // 4. Answers without an upstream (an allowed CORS preflight among them).
+        let mut cors_headers = None;
+        if let Some(p) = route.and_then(|r| r.cors_policy.as_ref()) {
+            match super::cors::evaluate(p, req.method(), req.headers(), &self.regexes) {
+                super::cors::Cors::Preflight(h) => {
+                    let mut resp = full(StatusCode::OK, "");
+                    resp.headers_mut().extend(h);
+                    return Ok(resp);
+                }
+                super::cors::Cors::Actual(h) => cors_headers = Some(h),
+                super::cors::Cors::None => {}
+            }
+        }
         if let Some(r) = route {
             if let Some(d) = &r.direct_response {
                 let body = d.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
@@ -602,6 +617,9 @@ impl Waypoint {
             .await?;
         apply_ops(resp.headers_mut(), resp_ops.as_ref());
         apply_ops(resp.headers_mut(), dest_resp_ops.as_ref());
+        if let Some(h) = cors_headers {
+            resp.headers_mut().extend(h);
+        }
         Ok(resp)
     }
 

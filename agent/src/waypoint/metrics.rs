@@ -1,5 +1,6 @@
 //! The waypoint's Prometheus registry: Istio's standard HTTP metrics (`istio_requests_total`,
-//! `istio_request_duration_milliseconds`) with Istio's labels and `reporter="waypoint"`, so
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`) with
+//! Istio's labels and `reporter="waypoint"`, so
 //! existing Istio dashboards read them unchanged.
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -105,6 +106,8 @@ pub struct HttpMetrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
 }
 
 impl Default for HttpMetrics {
@@ -135,20 +138,38 @@ impl HttpMetrics {
             HTTP_LABELS,
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        for c in
-            [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(duration.clone())]
-        {
+        // Istio's size buckets: powers of ten from 1 byte to 100 MB.
+        let sizes: Vec<f64> = (0..9).map(|e| 10f64.powi(e)).collect();
+        let bytes = |name: &str, help: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(sizes.clone()), HTTP_LABELS)
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+        };
+        let request_bytes = bytes("istio_request_bytes", "Request sizes (headers' Content-Length), in bytes");
+        let response_bytes =
+            bytes("istio_response_bytes", "Response sizes (headers' Content-Length), in bytes");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
+        ] {
             let _ = registry.register(c);
         }
-        HttpMetrics { registry, requests, duration }
+        HttpMetrics { registry, requests, duration, request_bytes, response_bytes }
     }
 
-    /// Records one finished request.
-    pub fn request(&self, l: &RequestLabels, millis: f64) {
+    /// Records one finished request: its duration and, where known, its sizes.
+    pub fn request(&self, l: &RequestLabels, millis: f64, sizes: (Option<u64>, Option<u64>)) {
         let v = l.values();
         let refs: Vec<&str> = v.iter().map(String::as_str).collect();
         self.requests.with_label_values(&refs).inc();
         self.duration.with_label_values(&refs).observe(millis);
+        if let Some(n) = sizes.0 {
+            self.request_bytes.with_label_values(&refs).observe(n as f64);
+        }
+        if let Some(n) = sizes.1 {
+            self.response_bytes.with_label_values(&refs).observe(n as f64);
+        }
     }
 
     /// Prometheus text exposition.
@@ -167,8 +188,8 @@ mod tests {
     fn requests_are_counted_with_istio_names_and_labels() {
         let m = HttpMetrics::new();
         let l = RequestLabels { response_code: 503, response_flags: "UH", ..Default::default() };
-        m.request(&l, 3.0);
-        m.request(&l, 7.0);
+        m.request(&l, 3.0, (Some(10), Some(2000)));
+        m.request(&l, 7.0, (None, None));
         let text = m.render();
         let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect("counter");
         assert!(line.contains(r#"reporter="waypoint""#) && line.contains(r#"response_code="503""#), "{line}");

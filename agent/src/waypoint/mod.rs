@@ -10,6 +10,7 @@
 //!
 //! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
 //! - [`handler`]: the request pipeline.
+//! - [`cors`]: a route's `corsPolicy`.
 //! - [`jwt`]: RequestAuthentication (JWT verification against inline JWKS).
 //! - [`resilience`]: outlier detection and connection-pool limits (DestinationRule).
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
@@ -17,6 +18,7 @@
 //!
 //! Which traffic is bound to a waypoint is decided in [`crate::config::waypoints`]. The waypoint
 //! reads the same config source as the agents and owns no kernel state.
+pub mod cors;
 pub mod handler;
 pub mod jwt;
 pub mod metrics;
@@ -70,10 +72,18 @@ pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
-    let (snap, warnings) = config::files::load_dir(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for w in warnings.warnings() {
-        warn!(target: "sluice::config", "{w}");
-    }
+    // The same two config sources as the agent: a watched directory, or the Kubernetes API.
+    let (snap, kubernetes) = if config::kubernetes::selected_by(&args.config) {
+        let client = config::kubernetes::client_from_env().await?;
+        let synced = config::kubernetes::sync(client, config::kubernetes::Options::default()).await?;
+        (synced.snapshot, Some(synced.follower))
+    } else {
+        let (snap, warnings) = config::files::load_dir(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for w in warnings.warnings() {
+            warn!(target: "sluice::config", "{w}");
+        }
+        (snap, None)
+    };
     if !snap
         .k8s_gateways
         .iter()
@@ -83,8 +93,16 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
               "no Gateway of class istio-waypoint with this name in the config yet; serving anyway (agents send traffic here only once it exists)");
     }
     let store = SnapshotStore::new(snap);
-    let _watch = config::files::watch(args.config.clone(), store.clone())
-        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    let _watch = match kubernetes {
+        Some(follower) => (None, Some(follower.follow(store.clone()))),
+        None => (
+            Some(
+                config::files::watch(args.config.clone(), store.clone())
+                    .with_context(|| format!("cannot watch {}", args.config.display()))?,
+            ),
+            None,
+        ),
+    };
 
     let ca = LocalCa::load(&args.ca_dir)?;
     let certs =

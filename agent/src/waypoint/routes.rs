@@ -66,7 +66,7 @@ impl RegexCache {
     }
 }
 
-fn string_match(m: &StringMatch, value: Option<&str>, ignore_case: bool, re: &RegexCache) -> bool {
+pub fn string_match(m: &StringMatch, value: Option<&str>, ignore_case: bool, re: &RegexCache) -> bool {
     let Some(v) = value else {
         return false;
     };
