@@ -70,6 +70,8 @@ pub struct ServiceSpec {
     pub vips: Vec<IpAddr>,
     /// (port, targetPort)
     pub ports: Vec<(u16, u16)>,
+    /// Names of ports that have one (a `tcp-*` name selects opaque TCP at a waypoint).
+    pub port_names: Vec<(u16, String)>,
     pub selector: Vec<(String, String)>,
 }
 
@@ -619,8 +621,14 @@ impl Cluster {
         for s in self.services.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
             let selector: serde_json::Map<String, Value> =
                 s.selector.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-            let ports: Vec<Value> =
-                s.ports.iter().map(|(p, t)| json!({"port": p, "targetPort": t})).collect();
+            let ports: Vec<Value> = s
+                .ports
+                .iter()
+                .map(|(p, t)| match s.port_names.iter().find(|(n, _)| n == p) {
+                    Some((_, name)) => json!({"name": name, "port": p, "targetPort": t}),
+                    None => json!({"port": p, "targetPort": t}),
+                })
+                .collect();
             let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
             docs.push(json!({
                 "apiVersion": "v1", "kind": "Service",

@@ -153,6 +153,7 @@ fn a_service_vip_spreads_connections_over_endpoints_on_both_nodes() {
         name: name.into(),
         vips: vec![vip.parse().expect("vip")],
         ports: vec![(80, 8080)],
+        port_names: vec![],
         selector: vec![("app".into(), app.into())],
     };
     c.add_service(svc("web", "10.96.0.10", "web")).expect("service");

@@ -12,6 +12,7 @@ use std::{
 use sluice_e2e::{
     Cluster, Pod,
     cluster::{PodSpec, ServiceSpec, scaled, sum_metric},
+    probe::Probe,
     require_root,
 };
 
@@ -132,7 +133,7 @@ print(head.split(b"\r\n")[0].decode() + "|" + got.decode())
 
 const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: mesh}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - name: all\n    labels: {app: reviews}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}}\n  - name: v1-limited\n    labels: {version: v1}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}\n";
 
-const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: cors\n    match: [{uri: {prefix: /cors}}]\n    corsPolicy: {allowOrigins: [{exact: 'https://shop.example'}], allowMethods: [GET, POST], maxAge: 1h}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: broken\n    match: [{uri: {exact: /broken}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: all}}]\n  - name: sleep\n    match: [{uri: {exact: /sleep}}]\n    route: [{destination: {host: reviews, subset: v1-limited}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n";
+const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: mesh}\nspec:\n  hosts: [reviews]\n  http:\n  - name: jason\n    match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: abort\n    match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 25}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: delay\n    match: [{uri: {exact: /delay}}]\n    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-retried\n    match: [{uri: {exact: /flaky}}]\n    retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: flaky-bare\n    match: [{uri: {exact: /flaky-bare}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: slow\n    match: [{uri: {exact: /slow}}]\n    timeout: 300ms\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: rewrite\n    match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    headers: {response: {set: {x-route: rewrite}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: mirror\n    match: [{uri: {exact: /mirror}}]\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: cors\n    match: [{uri: {prefix: /cors}}]\n    corsPolicy: {allowOrigins: [{exact: 'https://shop.example'}], allowMethods: [GET, POST], maxAge: 1h}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - name: broken\n    match: [{uri: {exact: /broken}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: all}}]\n  - name: sleep\n    match: [{uri: {exact: /sleep}}]\n    route: [{destination: {host: reviews, subset: v1-limited}}]\n  - name: split\n    route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 20}]\n  tcp:\n  - match: [{port: 7000}]\n    route: [{destination: {host: reviews, subset: v2}}]\n";
 
 const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: mesh}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin*], methods: [GET, POST]}}]}]\n";
 
@@ -195,7 +196,8 @@ fn world(extra: &[(&str, &str)]) -> World {
         namespace: "mesh".into(),
         name: "reviews".into(),
         vips: vec![VIP.parse().expect("vip")],
-        ports: vec![(80, 8080), (9090, 9090)],
+        ports: vec![(80, 8080), (9090, 9090), (7000, 7000)],
+        port_names: vec![(7000, "tcp-echo".into())],
         selector: vec![("app".into(), "reviews".into())],
     })
     .expect("service");
@@ -203,6 +205,9 @@ fn world(extra: &[(&str, &str)]) -> World {
     start_http(&c, &v2, "v2");
     let grpc = c.scratch().join("grpc_server.py");
     std::fs::write(&grpc, GRPC_SERVER).expect("script");
+    for pod in [&v1, &v2] {
+        Probe::new(env!("CARGO_BIN_EXE_sl-probe")).serve(&c, pod, &[7000]).expect("echo server");
+    }
     for (pod, name) in [(&v1, "v1"), (&v2, "v2")] {
         let mut cmd = c.pod_command(pod, "/usr/bin/python3").expect("cmd");
         cmd.arg(&grpc).arg(name).stdout(Stdio::null()).stderr(Stdio::null());
@@ -568,6 +573,18 @@ fn waypoint_carries_grpc_with_trailers_and_http_upgrades() {
     assert!(stream.iter().enumerate().all(|(i, m)| m.ends_with(&format!(":{i}"))), "{v}");
     assert_eq!(v["fail"], "PERMISSION_DENIED", "{v}");
     assert!(w.waypoint_metric(&[("request_protocol", "grpc"), ("reporter", "waypoint")]) >= 3.0);
+
+    // Opaque TCP (a Service port named tcp-*) through the waypoint, routed by the VirtualService's
+    // tcp route to v2 only; the app sees the waypoint as its client (the waypoint's own HBONE leg).
+    let probe = Probe::new(env!("CARGO_BIN_EXE_sl-probe"));
+    for i in 0..6 {
+        let r = probe
+            .client(&w.c, &w.client, format!("{VIP}:7000").parse().expect("addr"), 64 * 1024, 0)
+            .expect("probe");
+        assert!(r.ok, "tcp {i}: {}\n{}", r.error, w.logs());
+        assert_eq!(r.server_name, "reviews-v2", "tcp {i}: the tcp route sends everything to v2");
+        assert!(r.server_saw.starts_with(&w.waypoint.ipv4.to_string()), "tcp {i}: {}", r.server_saw);
+    }
 
     // An HTTP/1.1 Upgrade (the WebSocket handshake) through the waypoint, then raw bytes both ways.
     let script = w.c.scratch().join("upgrade_client.py");

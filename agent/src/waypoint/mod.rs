@@ -217,17 +217,68 @@ impl Waypoint {
         }
     }
 
-    /// Opaque TCP through the waypoint: the Service's next endpoint, bytes copied both ways.
+    /// Opaque TCP through the waypoint: the VirtualService's `tcp` route (weighted destinations and
+    /// subsets) or else the Service itself; the next endpoint; bytes copied both ways.
     async fn tcp(self: Arc<Self>, conn: Arc<handler::Conn>, mut io: StreamIo<()>) {
         let snap = self.store.load();
+        let v6 = conn.target.is_ipv6();
         let ep = match snap.service_by_vip(conn.target) {
             Some((svc, port)) => {
-                let key = format!("{}/{}/tcp", svc.namespace, svc.name);
-                let v6 = conn.target.is_ipv6();
-                let same: Vec<_> = svc.endpoints.iter().copied().filter(|ip| ip.is_ipv6() == v6).collect();
-                let eps = if same.is_empty() { svc.endpoints.clone() } else { same };
-                match self.upstreams.choose(&key, &eps, port.target_port, None, None) {
-                    Some(ip) => self.upstreams.endpoint(&snap, ip, port.target_port),
+                let source = snap.workload_by_ip(conn.peer_addr.ip());
+                let (host, vs_ns, dport, subset) = match routes::select_tcp(
+                    &snap,
+                    svc,
+                    conn.target,
+                    source,
+                    &conn.peer.namespace,
+                ) {
+                    Some((r, ns)) => {
+                        match routes::pick_by_weight(&r.route, |d| d.weight, |n| fastrand::u64(..n)) {
+                            Some(d) => (
+                                d.destination.host.clone(),
+                                ns.to_string(),
+                                d.destination
+                                    .port
+                                    .as_ref()
+                                    .and_then(|p| p.number)
+                                    .and_then(|n| u16::try_from(n).ok()),
+                                d.destination.subset.clone(),
+                            ),
+                            None => {
+                                return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "TCP route without a destination");
+                            }
+                        }
+                    }
+                    None => (svc.hostname(), svc.namespace.clone(), None, None),
+                };
+                let target = match routes::resolve_target(
+                    &snap,
+                    &host,
+                    &vs_ns,
+                    dport,
+                    port.port,
+                    subset.as_deref(),
+                    v6,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return warn!(target: "sluice::access", reporter = "waypoint", error = %e, "no TCP upstream");
+                    }
+                };
+                let key = format!(
+                    "{}/{}/{}/tcp",
+                    target.service.namespace,
+                    target.service.name,
+                    subset.as_deref().unwrap_or("")
+                );
+                match self.upstreams.choose(
+                    &key,
+                    &target.endpoints,
+                    target.target_port,
+                    target.load_balancer(),
+                    None,
+                ) {
+                    Some(ip) => self.upstreams.endpoint(&snap, ip, target.target_port),
                     None => {
                         return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "no endpoints for TCP");
                     }

@@ -13,8 +13,8 @@ use crate::config::{
     Snapshot,
     model::{Labels, Object, PodEntry, Service},
     networking::{
-        DestinationRuleSpec, HttpMatchRequest, HttpRoute, HttpRouteDestination, LoadBalancerSettings,
-        StringMatch, StringMatcher, Subset, VirtualServiceSpec,
+        DestinationRuleSpec, HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes,
+        LoadBalancerSettings, StringMatch, StringMatcher, Subset, TcpRoute, VirtualServiceSpec,
     },
     references::{host_matches, resolve},
 };
@@ -175,17 +175,26 @@ pub fn pick_weighted(
     dests: &[HttpRouteDestination],
     roll: impl FnOnce(u64) -> u64,
 ) -> Option<&HttpRouteDestination> {
-    let weight = |d: &HttpRouteDestination| match d.weight {
+    pick_by_weight(dests, |d| d.weight, roll)
+}
+
+/// [`pick_weighted`] over any destinations with an optional weight.
+pub fn pick_by_weight<T>(
+    items: &[T],
+    weight_of: impl Fn(&T) -> Option<i32>,
+    roll: impl FnOnce(u64) -> u64,
+) -> Option<&T> {
+    let weight = |d: &T| match weight_of(d) {
         Some(w) => u64::try_from(w).unwrap_or(0),
-        None if dests.len() == 1 => 100,
+        None if items.len() == 1 => 100,
         None => 0,
     };
-    let total: u64 = dests.iter().map(weight).sum();
+    let total: u64 = items.iter().map(weight).sum();
     if total == 0 {
         return None;
     }
     let mut n = roll(total);
-    for d in dests {
+    for d in items {
         let w = weight(d);
         if n < w {
             return Some(d);
@@ -193,6 +202,44 @@ pub fn pick_weighted(
         n -= w;
     }
     None
+}
+
+/// The first `tcp` route of the VirtualService for `svc` that accepts a connection to `port` from
+/// `source` (opaque TCP through the waypoint): `port`, `sourceLabels`, `sourceNamespace`,
+/// `destinationSubnets` (the Service VIP) are checked. The route and its VirtualService's namespace.
+pub fn select_tcp<'a>(
+    snap: &'a Snapshot,
+    svc: &Service,
+    vip: std::net::SocketAddr,
+    source: Option<&PodEntry>,
+    source_namespace: &str,
+) -> Option<(&'a TcpRoute, &'a str)> {
+    let mut candidates: Vec<&Object<VirtualServiceSpec>> = snap
+        .virtual_services
+        .iter()
+        .filter(|vs| {
+            !vs.spec.tcp.is_empty() && vs.spec.gateways.iter().all(|g| g == "mesh") && covers(snap, vs, svc)
+        })
+        .collect();
+    candidates.sort_by_key(|vs| (vs.namespace != svc.namespace, vs.namespace.clone(), vs.name.clone()));
+    let vs = candidates.first()?;
+    let accepts = |m: &L4MatchAttributes| {
+        m.port.is_none_or(|p| p == u32::from(vip.port()))
+            && m.source_namespace.as_deref().is_none_or(|ns| ns == source_namespace)
+            && (m.source_labels.is_empty()
+                || source.is_some_and(|s| m.source_labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))))
+            && (m.destination_subnets.is_empty()
+                || m.destination_subnets.iter().any(|n| {
+                    n.parse::<ipnet::IpNet>()
+                        .or_else(|_| n.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .is_ok_and(|net| net.contains(&vip.ip()))
+                }))
+    };
+    vs.spec
+        .tcp
+        .iter()
+        .find(|r| r.matches.is_empty() || r.matches.iter().any(accepts))
+        .map(|r| (r, vs.namespace.as_str()))
 }
 
 /// The DestinationRule for `svc`: one in the Service's namespace first, then any other, then the
@@ -489,6 +536,22 @@ mod tests {
         assert_eq!(counts.get("v2"), Some(&20));
         let single = &s.virtual_services[0].spec.http[0].route;
         assert!(pick_weighted(single, |t| t - 1).is_some(), "one destination without weight takes all");
+    }
+
+    #[test]
+    fn tcp_routes_match_ports_and_sources_and_split_by_weight() {
+        let s = snap(&format!(
+            "{BASE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: shop}}\nspec:\n  hosts: [reviews]\n  tcp:\n  - match: [{{port: 81, sourceNamespace: ops}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}, weight: 75}}, {{destination: {{host: reviews, subset: v2}}, weight: 25}}]\n"
+        ));
+        let svc = svc(&s);
+        let vip = |p: u16| std::net::SocketAddr::new("10.96.0.10".parse().expect("ip"), p);
+        let (r, ns) = select_tcp(&s, &svc, vip(81), None, "ops").expect("route");
+        assert_eq!((r.route[0].destination.subset.as_deref(), ns), (Some("v2"), "shop"));
+        let (r, _) = select_tcp(&s, &svc, vip(81), None, "shop").expect("route");
+        assert_eq!(r.route.len(), 2, "another namespace falls through to the split");
+        let picks: Vec<_> = (0..100).filter_map(|n| pick_by_weight(&r.route, |d| d.weight, |_| n)).collect();
+        assert_eq!(picks.iter().filter(|d| d.destination.subset.as_deref() == Some("v1")).count(), 75);
+        assert!(select_tcp(&snap(BASE), &svc, vip(80), None, "shop").is_none(), "no VirtualService");
     }
 
     #[test]

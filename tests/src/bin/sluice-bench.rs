@@ -401,6 +401,7 @@ fn http_group(
         name: "web".into(),
         vips: vec![WAYPOINT_VIP.into()],
         ports: vec![(HTTP_PORT, HTTP_PORT)],
+        port_names: vec![],
         selector: vec![("app".into(), "web".into())],
     })?;
     let wp_pid = c.start_waypoint(&gw, "wp")?;

@@ -89,6 +89,7 @@ fn run() -> anyhow::Result<()> {
         name: "backend".into(),
         vips: vec!["10.96.0.20".parse()?],
         ports: vec![(80, 8080)],
+        port_names: vec![],
         selector: vec![("app".into(), "backend".into())],
     })?;
     println!("   Service shop/backend: VIP 10.96.0.20:80 -> pods labelled app=backend, port 8080");
