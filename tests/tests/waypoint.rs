@@ -676,7 +676,10 @@ fn a_workload_bound_to_its_waypoint_accepts_hbone_only_from_the_waypoint() {
         return;
     }
     // waypoint-for: all: traffic to the pods' own addresses goes through the waypoint too.
-    let base = BASE.replace("metadata: {name: wp, namespace: mesh}", "metadata: {name: wp, namespace: mesh, labels: {istio.io/waypoint-for: all}}");
+    let base = BASE.replace(
+        "metadata: {name: wp, namespace: mesh}",
+        "metadata: {name: wp, namespace: mesh, labels: {istio.io/waypoint-for: all}}",
+    );
     assert_ne!(base, BASE);
     let w = world(&[("base.yaml", &base)]);
     let before = w.waypoint_metric(&[("destination_workload", "reviews-v1"), ("response_code", "200")]);
@@ -705,13 +708,22 @@ fn a_workload_bound_to_its_waypoint_accepts_hbone_only_from_the_waypoint() {
     let hbone = format!("{}:15008", w.v1.ipv4);
     let target = format!("{}:8080", w.v1.ipv4);
     let rows = [
-        ("a mesh workload that is not the waypoint", issue("spiffe://cluster.local/ns/mesh/sa/client", "client"), 401),
-        ("the waypoint's identity", issue(&format!("spiffe://cluster.local/ns/mesh/sa/{}", w.waypoint.service_account), "wp"), 200),
+        (
+            "a mesh workload that is not the waypoint",
+            issue("spiffe://cluster.local/ns/mesh/sa/client", "client"),
+            401,
+        ),
+        (
+            "the waypoint's identity",
+            issue(&format!("spiffe://cluster.local/ns/mesh/sa/{}", w.waypoint.service_account), "wp"),
+            200,
+        ),
     ];
     for (name, cert, want) in rows {
         let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
         args.extend([hbone.as_str(), target.as_str()]);
-        let out = w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
+        let out =
+            w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
         assert_eq!(report["status"], want, "{name}: {report}");

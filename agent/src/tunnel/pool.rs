@@ -61,13 +61,21 @@ impl Drop for StreamGuard {
 pub struct Pool {
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<PoolKey, Vec<Conn>>>,
+    /// One dial at a time per key (async, held across the dial).
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Pool {
     pub fn new(certs: Arc<CertManager>, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
-        Pool { certs, conns: Mutex::new(HashMap::new()), connect_timeout, idle_timeout }
+        Pool {
+            certs,
+            conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::default(),
+            connect_timeout,
+            idle_timeout,
+        }
     }
 
     /// Opens a CONNECT stream to `target` through the pooled connection for `key`, dialling it
@@ -80,52 +88,19 @@ impl Pool {
         netns: Option<&Arc<NetNs>>,
         target: SocketAddr,
     ) -> Result<(SendStream<Bytes>, RecvStream, StreamGuard), TunnelError> {
-        // Reserve a slot on the least-loaded connection with room, under the lock.
-        let pooled = {
-            let mut conns = self.conns.lock();
-            conns.get_mut(key).and_then(|list| {
-                let c = list
-                    .iter_mut()
-                    .filter(|c| c.active.load(Ordering::SeqCst) < settings::MAX_CONCURRENT_STREAMS as usize)
-                    .min_by_key(|c| c.active.load(Ordering::SeqCst))?;
-                c.last_used = Instant::now();
-                c.active.fetch_add(1, Ordering::SeqCst);
-                Some((c.send.clone(), c.active.clone()))
-            })
-        };
-        let ready = match pooled {
-            Some((send, active)) => {
-                let guard = StreamGuard(active.clone());
-                match tokio::time::timeout(self.connect_timeout, send.ready()).await {
-                    Ok(Ok(s)) => Some((s, guard)),
-                    Ok(Err(_)) => {
-                        // Broken: forget it (its guard releases nothing anyone counts any more).
-                        if let Some(list) = self.conns.lock().get_mut(key) {
-                            list.retain(|c| !Arc::ptr_eq(&c.active, &active));
-                        }
-                        None
-                    }
-                    Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
-                }
-            }
-            None => None,
-        };
-        let (mut send, guard) = match ready {
+        // A slot on a pooled connection; else dial, one dial per key at a time, so a burst of
+        // first connections shares one new connection instead of each opening its own.
+        let (mut send, guard) = match self.pooled(key).await? {
             Some(x) => x,
             None => {
-                let send = self.dial(key, netns).await?;
-                let active = Arc::new(AtomicUsize::new(1)); // this stream's slot
-                let guard = StreamGuard(active.clone());
-                self.conns.lock().entry(key.clone()).or_default().push(Conn {
-                    send: send.clone(),
-                    active,
-                    last_used: Instant::now(),
-                });
-                let send = match tokio::time::timeout(self.connect_timeout, send.ready()).await {
-                    Ok(r) => r.map_err(|e| TunnelError::H2(key.dst, e))?,
-                    Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
-                };
-                (send, guard)
+                let gate = self.dialing.lock().entry(key.clone()).or_default().clone();
+                let _turn = tokio::time::timeout(self.connect_timeout, gate.lock())
+                    .await
+                    .map_err(|_| TunnelError::ConnectTimeout(key.dst))?;
+                match self.pooled(key).await? {
+                    Some(x) => x, // dialled by whoever held the gate before us
+                    None => self.dial_new(key, netns).await?,
+                }
             }
         };
         let req = Request::builder()
@@ -142,6 +117,60 @@ impl Pool {
             return Err(TunnelError::Refused(key.dst, resp.status()));
         }
         Ok((send_stream, resp.into_body(), guard))
+    }
+
+    /// Reserves a stream slot on the least-loaded pooled connection with room (under the lock)
+    /// and waits until it can send; None when there is none (or it turned out broken).
+    async fn pooled(&self, key: &PoolKey) -> Result<Option<(SendRequest<Bytes>, StreamGuard)>, TunnelError> {
+        let pooled = {
+            let mut conns = self.conns.lock();
+            conns.get_mut(key).and_then(|list| {
+                let c = list
+                    .iter_mut()
+                    .filter(|c| c.active.load(Ordering::SeqCst) < settings::MAX_CONCURRENT_STREAMS as usize)
+                    .min_by_key(|c| c.active.load(Ordering::SeqCst))?;
+                c.last_used = Instant::now();
+                c.active.fetch_add(1, Ordering::SeqCst);
+                Some((c.send.clone(), c.active.clone()))
+            })
+        };
+        let Some((send, active)) = pooled else {
+            return Ok(None);
+        };
+        let guard = StreamGuard(active.clone());
+        match tokio::time::timeout(self.connect_timeout, send.ready()).await {
+            Ok(Ok(s)) => Ok(Some((s, guard))),
+            Ok(Err(_)) => {
+                // Broken: forget it (its guard releases nothing anyone counts any more).
+                if let Some(list) = self.conns.lock().get_mut(key) {
+                    list.retain(|c| !Arc::ptr_eq(&c.active, &active));
+                }
+                Ok(None)
+            }
+            Err(_) => Err(TunnelError::ConnectTimeout(key.dst)),
+        }
+    }
+
+    /// Dials a new connection for `key`, pools it with this stream's slot taken, and waits until it
+    /// can send.
+    async fn dial_new(
+        &self,
+        key: &PoolKey,
+        netns: Option<&Arc<NetNs>>,
+    ) -> Result<(SendRequest<Bytes>, StreamGuard), TunnelError> {
+        let send = self.dial(key, netns).await?;
+        let active = Arc::new(AtomicUsize::new(1)); // this stream's slot
+        let guard = StreamGuard(active.clone());
+        self.conns.lock().entry(key.clone()).or_default().push(Conn {
+            send: send.clone(),
+            active,
+            last_used: Instant::now(),
+        });
+        let send = match tokio::time::timeout(self.connect_timeout, send.ready()).await {
+            Ok(r) => r.map_err(|e| TunnelError::H2(key.dst, e))?,
+            Err(_) => return Err(TunnelError::ConnectTimeout(key.dst)),
+        };
+        Ok((send, guard))
     }
 
     async fn dial(
@@ -205,6 +234,8 @@ impl Pool {
             closed += before - list.len();
         }
         conns.retain(|_, list| !list.is_empty());
+        // Dial gates of keys with no connection left and no dial in progress.
+        self.dialing.lock().retain(|k, gate| conns.contains_key(k) || Arc::strong_count(gate) > 1);
         closed
     }
 
@@ -220,6 +251,7 @@ impl Pool {
             }
             keep
         });
+        self.dialing.lock().retain(|k, _| k.src_pod != src_pod);
         dropped
     }
 
@@ -429,5 +461,25 @@ mod tests {
         drop(held);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(pool.reap_idle(), 3, "all three close once idle");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_first_streams_shares_one_dial() {
+        if !root_or_skip() {
+            return;
+        }
+        let (_ca, pool, key, netns, echo) = frontend_to_backend().await;
+        let pool = Arc::new(pool);
+        // 40 streams asked for at once on an empty pool: one connection is dialled and shared.
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let (pool, key, netns) = (pool.clone(), key.clone(), netns.clone());
+                tokio::spawn(async move { pool.connect(&key, Some(&netns), echo).await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("stream");
+        }
+        assert_eq!(pool.len(), 1, "concurrent first connects share one dial");
     }
 }

@@ -184,8 +184,27 @@ impl Waypoint {
         snap.service_by_vip(target).is_some_and(|(_, p)| p.name == "tcp" || p.name.starts_with("tcp-"))
     }
 
+    /// Whether `target` is bound to this waypoint: a Service VIP whose Service uses it, or the
+    /// address of a workload that uses it for its own traffic. Anything else is refused, so the
+    /// waypoint is never an open relay into the network.
+    fn serves(&self, target: SocketAddr) -> bool {
+        let snap = self.store.load();
+        let me = |wp: crate::config::waypoints::WaypointRef| {
+            wp.name == self.name && wp.namespace == self.namespace
+        };
+        match snap.service_by_vip(target) {
+            Some((svc, _)) => snap.service_waypoint(svc).is_some_and(me),
+            None => snap.workload_by_ip(target.ip()).and_then(|w| snap.workload_waypoint(w)).is_some_and(me),
+        }
+    }
+
     /// One CONNECT stream from an agent: HTTP (L7 pipeline) or opaque TCP to an endpoint.
     async fn stream(self: Arc<Self>, stream: server::Stream) {
+        if !self.serves(stream.target) {
+            warn!(target: "sluice::access", reporter = "waypoint", src = %stream.peer, target = %stream.target,
+                  "CONNECT to a destination not bound to this waypoint refused");
+            return stream.refuse(http::StatusCode::UNAUTHORIZED);
+        }
         let conn = Arc::new(handler::Conn {
             peer: stream.peer.clone(),
             peer_addr: stream.peer_addr,
