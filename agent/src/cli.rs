@@ -177,6 +177,9 @@ pub struct WaypointArgs {
     /// Timeout for connecting to an endpoint.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
+    /// PEM file of CA certificates trusted (besides the system's) for fetching `jwksUri`.
+    #[arg(long, env = "SLUICE_JWKS_CA")]
+    pub jwks_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -787,6 +787,11 @@ impl Cluster {
     /// `pod`, which carries `gateway.networking.k8s.io/gateway-name: <gateway>` and opts out of
     /// capture, and waits until it is ready. Logs go to [`Cluster::waypoint_log`]. Returns its pid.
     pub fn start_waypoint(&self, pod: &Pod, gateway: &str) -> anyhow::Result<u32> {
+        self.start_waypoint_with(pod, gateway, &[])
+    }
+
+    /// [`Cluster::start_waypoint`] with extra `sluice waypoint` arguments.
+    pub fn start_waypoint_with(&self, pod: &Pod, gateway: &str, extra: &[String]) -> anyhow::Result<u32> {
         let log = fs::File::create(self.tmp.join(format!("waypoint-{}.log", pod.name)))?;
         let mut cmd = self.pod_command(pod, &self.sluice)?;
         cmd.args([
@@ -802,6 +807,7 @@ impl Cluster {
         .arg(&self.mesh_dir)
         .arg("--ca-dir")
         .arg(self.ca_dir())
+        .args(extra)
         .stdout(log.try_clone()?)
         .stderr(log);
         let pid = self.spawn_in_pod(pod, cmd)?;

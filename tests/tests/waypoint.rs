@@ -168,6 +168,11 @@ fn wait_local(c: &Cluster, pod: &Pod, url: &str) {
 }
 
 fn world(extra: &[(&str, &str)]) -> World {
+    world_with(extra, |_| Vec::new())
+}
+
+/// [`world`] with extra `sluice waypoint` arguments, made from the cluster (for paths in it).
+fn world_with(extra: &[(&str, &str)], waypoint_args: impl FnOnce(&Cluster) -> Vec<String>) -> World {
     let c = Cluster::new(2).expect("cluster");
     c.write_config("base.yaml", BASE).expect("config");
     c.write_config("routes.yaml", ROUTES).expect("config");
@@ -214,7 +219,8 @@ fn world(extra: &[(&str, &str)]) -> World {
         c.spawn_in_pod(pod, cmd).expect("grpc server");
     }
 
-    c.start_waypoint(&waypoint, "wp").expect("waypoint");
+    let args = waypoint_args(&c);
+    c.start_waypoint_with(&waypoint, "wp", &args).expect("waypoint");
     World { c, client, waypoint, v1, v2 }
 }
 
@@ -728,4 +734,110 @@ fn a_workload_bound_to_its_waypoint_accepts_hbone_only_from_the_waypoint() {
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
         assert_eq!(report["status"], want, "{name}: {report}");
     }
+}
+
+/// An HTTPS file server (the JWKS endpoint of an identity provider inside the mesh).
+const HTTPS_SERVER: &str = r#"
+import sys, ssl, functools, http.server
+cert, key, root = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), handler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn waypoint_fetches_jwks_over_https_from_a_mesh_service() {
+    if !require_root("waypoint_fetches_jwks_over_https_from_a_mesh_service") {
+        return;
+    }
+    let w = world_with(&[], |c| {
+        vec!["--jwks-ca".into(), c.scratch().join("idp/ca.pem").to_string_lossy().into_owned()]
+    });
+    // A CA and a server certificate for the identity provider's Service name, made with openssl.
+    let dir = w.c.scratch().join("idp");
+    std::fs::create_dir_all(dir.join("www")).expect("dir");
+    let host = "jwks.mesh.svc.cluster.local";
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n"))
+        .expect("ext");
+    let openssl = |args: &[&str]| {
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=idp-test-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"][..], &ec, &["-subj", "/CN=jwks", "-keyout", "key.pem", "-out", "req.csr"]].concat());
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let issuer = Issuer::new();
+    std::fs::write(dir.join("www/jwks.json"), &issuer.jwks).expect("jwks");
+
+    let idp = w.c.add_pod_spec(2, PodSpec::new("mesh", "idp-0").label("app", "idp")).expect("idp pod");
+    w.c.add_service(ServiceSpec {
+        namespace: "mesh".into(),
+        name: "jwks".into(),
+        vips: vec!["10.96.7.9".parse().expect("vip")],
+        ports: vec![(443, 8443)],
+        port_names: vec![],
+        selector: vec![("app".into(), "idp".into())],
+    })
+    .expect("service");
+    let script = dir.join("https.py");
+    std::fs::write(&script, HTTPS_SERVER).expect("script");
+    let mut cmd = w.c.pod_command(&idp, "/usr/bin/python3").expect("cmd");
+    cmd.arg(&script).arg(dir.join("cert.pem")).arg(dir.join("key.pem")).arg(dir.join("www"));
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    w.c.spawn_in_pod(&idp, cmd).expect("https server");
+
+    let ra = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: mesh}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: wp}}]\n  jwtRules:\n  - issuer: https://issuer.example\n    jwksUri: https://{host}/jwks.json\n    timeout: 3s\n"
+    );
+    w.c.write_config("jwt.yaml", &ra).expect("config");
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+    let claims = serde_json::json!({"iss": "https://issuer.example", "sub": "ann", "exp": exp});
+    let good = format!("authorization: Bearer {}", issuer.sign(claims.clone()));
+    let forged = format!("authorization: Bearer {}", Issuer::new().sign(claims));
+    let until = |headers: &[&str], want: u16, what: &str| {
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
+        loop {
+            let rows = w.many("/jwks-check", 1, headers);
+            if rows[0].1 == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {rows:?}\n{}", w.logs());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // First the waypoint loads the RequestAuthentication (any token is then checked), then, once
+    // the identity provider answers, the valid token is accepted (each try fetches while none was).
+    until(&[&forged], 401, "the RequestAuthentication never took effect");
+    until(&[&good], 200, "the valid token was never accepted (JWKS never fetched)");
+    assert_eq!(w.many("/jwks-check", 1, &[&forged])[0].1, 401, "a token signed by another key");
+    assert_eq!(w.many("/jwks-check", 1, &[])[0].1, 200, "no token: unauthenticated but allowed");
 }

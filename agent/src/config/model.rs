@@ -473,15 +473,6 @@ impl Snapshot {
                                 "attach it to the waypoint Gateway or a Service with spec.targetRefs",
                             );
                         }
-                        for (i, r) in spec.jwt_rules.iter().enumerate() {
-                            if r.jwks.is_none() && r.jwks_uri.is_some() {
-                                cx.warning(
-                                    &format!("spec.jwtRules[{i}].jwksUri"),
-                                    "fetching JWKS from jwksUri is not supported yet: tokens of this issuer are refused (401)".into(),
-                                    "inline the keys with jwks",
-                                );
-                            }
-                        }
                         snap.request_authentications.push(Object { namespace, name, spec });
                     }
                 }

@@ -311,11 +311,15 @@ impl Waypoint {
 
         // 1. Authentication (RequestAuthentication): an invalid token is 401, a missing one passes.
         let rules = jwt_rules(snap, self, service);
+        let query = req.uri().query().unwrap_or("").to_string();
+        if !rules.is_empty() && super::jwt::token_present(&rules, req.headers(), &query) {
+            self.fetch_jwks(snap, &rules).await;
+        }
+        let remote = |uri: &str| self.remote_jwks.get(uri);
         let auth = if rules.is_empty() {
             None
         } else {
-            match super::jwt::authenticate(&rules, req.headers(), req.uri().query().unwrap_or(""), &self.jwks)
-            {
+            match super::jwt::authenticate(&rules, req.headers(), &query, &self.jwks, &remote) {
                 Ok(a) => a,
                 Err(e) => {
                     warn!(target: "sluice::access", src = %conn.peer, path = %req.uri().path(), error = %e, "request with an invalid JWT refused");
@@ -621,6 +625,33 @@ impl Waypoint {
             resp.headers_mut().extend(h);
         }
         Ok(resp)
+    }
+
+    /// Makes sure the `jwksUri` documents of `rules` are there: fetched now (bounded by the rule's
+    /// timeout) when never fetched, refreshed in the background when stale.
+    async fn fetch_jwks(self: &Arc<Self>, snap: &Snapshot, rules: &[&crate::config::authn::JwtRule]) {
+        use super::jwks::{DEFAULT_TIMEOUT, Fetch};
+        for r in rules.iter().filter(|r| r.jwks.is_none()) {
+            let Some(uri) = &r.jwks_uri else { continue };
+            let timeout =
+                r.timeout.as_ref().map(|d| d.as_std()).filter(|d| !d.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
+            match self.remote_jwks.needs_fetch(uri) {
+                Fetch::Now => {
+                    if let Err(e) = self.remote_jwks.fetch(snap, &self.upstreams, uri, timeout).await {
+                        warn!(error = %e, "JWKS fetch failed; tokens of this issuer are refused until it succeeds");
+                    }
+                }
+                Fetch::Background => {
+                    let (me, uri, snap) = (self.clone(), uri.clone(), self.store.load());
+                    tokio::spawn(async move {
+                        if let Err(e) = me.remote_jwks.fetch(&snap, &me.upstreams, &uri, timeout).await {
+                            warn!(error = %e, "JWKS refresh failed; the cached keys stay in use");
+                        }
+                    });
+                }
+                Fetch::No => {}
+            }
+        }
     }
 
     /// Sends to the endpoints in turn (one per attempt), retrying as `retry` allows.

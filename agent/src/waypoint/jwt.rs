@@ -5,8 +5,8 @@
 //!
 //! Istio's semantics: a request without a token passes unauthenticated (a policy may then require
 //! a principal); a request with an invalid token is refused with 401, whatever the policies say.
-//! Keys come from inline `jwks`; a rule with only `jwksUri` rejects its tokens (fail closed) until
-//! remote JWKS fetching lands, and says so in the 401 body and the log.
+//! Keys come from inline `jwks` or from the document fetched from `jwksUri` ([`super::jwks`]); a
+//! rule whose keys could not be fetched refuses its tokens (fail closed).
 use std::{collections::HashMap, sync::Arc};
 
 use http::{HeaderMap, HeaderName};
@@ -51,7 +51,7 @@ pub enum JwtError {
     Malformed,
     #[error("Jwks doesn't have key to match kid or alg from Jwt")]
     NoKey,
-    #[error("Jwks remote fetch is not supported yet (use inline jwks)")]
+    #[error("Jwks remote fetch is failed")]
     RemoteJwks,
 }
 
@@ -120,10 +120,19 @@ fn claimed_issuer(token: &str) -> Option<String> {
     v.get("iss")?.as_str().map(str::to_string)
 }
 
-fn verify(token: &str, rule: &JwtRule, keys: &KeyCache) -> Result<Value, JwtError> {
+/// The JWKS documents fetched from `jwksUri`s, by URI.
+pub type Remote<'a> = &'a dyn Fn(&str) -> Option<Arc<String>>;
+
+fn verify(token: &str, rule: &JwtRule, keys: &KeyCache, remote: Remote<'_>) -> Result<Value, JwtError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
-    let Some(jwks) = &rule.jwks else {
-        return Err(if rule.jwks_uri.is_some() { JwtError::RemoteJwks } else { JwtError::NoKey });
+    let fetched;
+    let jwks: &str = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(inline), _) => inline,
+        (None, Some(uri)) => {
+            fetched = remote(uri).ok_or(JwtError::RemoteJwks)?;
+            &fetched
+        }
+        (None, None) => return Err(JwtError::NoKey),
     };
     let set = keys.get(jwks).ok_or(JwtError::NoKey)?;
     let jwk = match &header.kid {
@@ -166,6 +175,7 @@ pub fn authenticate(
     headers: &HeaderMap,
     query: &str,
     keys: &KeyCache,
+    remote: Remote<'_>,
 ) -> Result<Option<Authenticated>, JwtError> {
     let mut found = Vec::new();
     for r in rules {
@@ -184,9 +194,14 @@ pub fn authenticate(
         .enumerate()
         .find(|(_, r)| r.issuer.as_deref() == Some(iss.as_str()))
         .ok_or(JwtError::UnknownIssuer)?;
-    let claims = verify(&token, r, keys)?;
+    let claims = verify(&token, r, keys, remote)?;
     let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
     Ok(Some(Authenticated { principal: format!("{iss}/{sub}"), claims, rule, from }))
+}
+
+/// Whether the request carries a token where any of `rules` looks.
+pub fn token_present(rules: &[&JwtRule], headers: &HeaderMap, query: &str) -> bool {
+    rules.iter().any(|r| !tokens(r, headers, query).is_empty())
 }
 
 /// Applies a verified token's rule to the request headers: removes the token unless
@@ -309,13 +324,14 @@ pub(crate) mod tests {
             ("garbage", "not-a-jwt".to_string(), Err(JwtError::Malformed)),
         ];
         for (name, token, want) in rows {
-            let got = authenticate(&[&r], &bearer(&token), "", &keys).map(|a| a.map(|a| a.principal));
+            let got =
+                authenticate(&[&r], &bearer(&token), "", &keys, &|_| None).map(|a| a.map(|a| a.principal));
             assert_eq!(got.as_ref().map(|p| p.as_deref()), want.as_ref().map(|p| *p), "{name}");
         }
         // No token: unauthenticated, not refused. A token in the default query parameter counts.
-        assert_eq!(authenticate(&[&r], &HeaderMap::new(), "", &keys), Ok(None));
+        assert_eq!(authenticate(&[&r], &HeaderMap::new(), "", &keys, &|_| None), Ok(None));
         let q = format!("x=1&access_token={}", s.sign("k1", &ok));
-        let a = authenticate(&[&r], &HeaderMap::new(), &q, &keys).expect("valid").expect("token");
+        let a = authenticate(&[&r], &HeaderMap::new(), &q, &keys, &|_| None).expect("valid").expect("token");
         assert_eq!(claim_values(&a.claims, &["groups"]), ["dev", "ops"]);
         assert_eq!(a.from, TokenSource::Param("access_token".into()));
     }
@@ -327,12 +343,18 @@ pub(crate) mod tests {
         r.output_payload_to_header = Some("x-jwt-payload".into());
         let claims = serde_json::json!({"iss": "https://issuer.example", "sub": "ann", "aud": "shop"});
         let mut h = bearer(&s.sign("k1", &claims));
-        let a = authenticate(&[&r], &h, "", &KeyCache::default()).expect("ok").expect("token");
+        let a = authenticate(&[&r], &h, "", &KeyCache::default(), &|_| None).expect("ok").expect("token");
         apply_outputs(&r, &a, &mut h);
         assert!(h.get("authorization").is_none(), "the token is not forwarded by default");
         assert!(h.get("x-jwt-payload").is_some());
         let remote = JwtRule { jwks: None, jwks_uri: Some("https://issuer.example/jwks".into()), ..rule("") };
-        let e = authenticate(&[&remote], &bearer(&s.sign("k1", &claims)), "", &KeyCache::default());
-        assert_eq!(e, Err(JwtError::RemoteJwks), "fails closed without keys");
+        let token = bearer(&s.sign("k1", &claims));
+        let e = authenticate(&[&remote], &token, "", &KeyCache::default(), &|_| None);
+        assert_eq!(e, Err(JwtError::RemoteJwks), "fails closed without fetched keys");
+        let jwks = Arc::new(s.jwks.clone());
+        let fetched = |uri: &str| (uri == "https://issuer.example/jwks").then(|| jwks.clone());
+        let ok = authenticate(&[&remote], &token, "", &KeyCache::default(), &fetched)
+            .expect("fetched keys verify");
+        assert_eq!(ok.map(|a| a.principal).as_deref(), Some("https://issuer.example/ann"));
     }
 }

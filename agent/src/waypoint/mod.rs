@@ -11,7 +11,7 @@
 //! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
 //! - [`handler`]: the request pipeline.
 //! - [`cors`]: a route's `corsPolicy`.
-//! - [`jwt`]: RequestAuthentication (JWT verification against inline JWKS).
+//! - [`jwt`]: RequestAuthentication (JWT verification); [`jwks`]: JWKS fetched from `jwksUri`.
 //! - [`resilience`]: outlier detection and connection-pool limits (DestinationRule).
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
 //! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
@@ -20,6 +20,7 @@
 //! reads the same config source as the agents and owns no kernel state.
 pub mod cors;
 pub mod handler;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod resilience;
@@ -57,6 +58,7 @@ pub struct Waypoint {
     pub metrics: metrics::HttpMetrics,
     pub regexes: routes::RegexCache,
     pub jwks: jwt::KeyCache,
+    pub remote_jwks: jwks::RemoteJwks,
     pub outliers: resilience::Outliers,
     pub pools: resilience::Pools,
 }
@@ -119,6 +121,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         metrics: metrics::HttpMetrics::new(),
         regexes: routes::RegexCache::default(),
         jwks: jwt::KeyCache::default(),
+        remote_jwks: jwks::RemoteJwks::new(args.jwks_ca.clone()),
         outliers: resilience::Outliers::default(),
         pools: resilience::Pools::default(),
     });
