@@ -118,24 +118,14 @@ pub struct AgentArgs {
     /// Admin listener (/debug/pods, /debug/config_dump); keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
-    /// SPIFFE trust domain of this mesh.
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// Certificate authority mode; `local` reads a CA from --ca-dir (shared by the cluster).
     #[arg(long, value_enum, default_value_t = CaMode::Local)]
     pub ca: CaMode,
-    /// Directory of the local CA (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`); see `sluice ca init`.
-    #[arg(long, env = "SLUICE_CA_DIR", default_value = "/etc/sluice/ca")]
-    pub ca_dir: PathBuf,
-    /// Lifetime of the workload certificates the agent mints.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub cert_lifetime: std::time::Duration,
-    /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
-    #[arg(long, default_value_t = 0.5)]
-    pub cert_rotate_after: f64,
     /// Pooled HBONE connections without streams are closed after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub pool_idle_timeout: std::time::Duration,
@@ -162,24 +152,31 @@ pub struct WaypointArgs {
     /// Metrics and readiness listener (/stats/prometheus, /healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
-    /// SPIFFE trust domain of this mesh.
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
-    /// Directory of the local CA (see `sluice ca init`).
-    #[arg(long, env = "SLUICE_CA_DIR", default_value = "/etc/sluice/ca")]
-    pub ca_dir: PathBuf,
-    /// Lifetime of the waypoint's certificate.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub cert_lifetime: std::time::Duration,
-    /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
-    #[arg(long, default_value_t = 0.5)]
-    pub cert_rotate_after: f64,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Timeout for connecting to an endpoint.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// PEM file of CA certificates trusted (besides the system's) for fetching `jwksUri`.
     #[arg(long, env = "SLUICE_JWKS_CA")]
     pub jwks_ca: Option<PathBuf>,
+}
+
+/// Identity and certificates, shared by the processes that mint their own (agent, waypoint).
+#[derive(Args, Debug, Clone)]
+pub struct IdentityArgs {
+    /// SPIFFE trust domain of this mesh.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Directory of the local CA (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`); see `sluice ca init`.
+    #[arg(long, env = "SLUICE_CA_DIR", default_value = "/etc/sluice/ca")]
+    pub ca_dir: PathBuf,
+    /// Lifetime of the certificates minted from the CA.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: std::time::Duration,
+    /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
+    #[arg(long, default_value_t = 0.5)]
+    pub cert_rotate_after: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

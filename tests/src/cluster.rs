@@ -316,6 +316,17 @@ impl Cluster {
         self.tmp.clone()
     }
 
+    /// Issues a leaf certificate with URI SAN `uri` from the CA in `ca` (`sluice ca issue`) into
+    /// the scratch directory as `name.crt`/`name.key`; returns the `--cert C --key K` arguments of
+    /// `sl-hbone`.
+    pub fn issue_cert(&self, ca: &Path, uri: &str, name: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.tmp.join(name);
+        let utf8 = |p: &Path| p.to_str().map(str::to_string).context("path is not UTF-8");
+        self.sluice(&["ca", "issue", "--dir", &utf8(ca)?, "--uri", uri, "--out", &utf8(&out)?])?;
+        let with = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
+        Ok(vec!["--cert".into(), with("crt"), "--key".into(), with("key")])
+    }
+
     /// Runs the sluice binary under test with `args`; its stdout, or an error with stderr.
     pub fn sluice(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.sluice).args(args).stdin(Stdio::null()).output()?;

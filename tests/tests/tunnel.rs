@@ -297,20 +297,7 @@ fn hbone_refuses_peers_without_a_valid_identity_from_the_mesh_ca() {
     let other_ca = scratch.join("other-ca");
     c.sluice(&["ca", "init", "--dir", other_ca.to_str().expect("utf8")]).expect("other CA");
     let issue = |ca: &std::path::Path, uri: &str, out: &str| -> Vec<String> {
-        let out = scratch.join(out);
-        c.sluice(&[
-            "ca",
-            "issue",
-            "--dir",
-            ca.to_str().expect("utf8"),
-            "--uri",
-            uri,
-            "--out",
-            out.to_str().expect("utf8"),
-        ])
-        .expect("issue");
-        let with = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
-        vec!["--cert".into(), with("crt"), "--key".into(), with("key")]
+        c.issue_cert(ca, uri, out).expect("issue")
     };
     let rows: Vec<(&str, Vec<String>, Option<&str>)> = vec![
         (

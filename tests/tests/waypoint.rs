@@ -646,19 +646,8 @@ fn waypoint_is_no_open_relay_it_serves_only_what_is_bound_to_it() {
         return;
     }
     let w = world(&[]);
-    let out = w.c.scratch().join("tester");
-    let cert = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
-    w.c.sluice(&[
-        "ca",
-        "issue",
-        "--dir",
-        w.c.ca_dir().to_str().expect("utf8"),
-        "--uri",
-        "spiffe://cluster.local/ns/mesh/sa/tester",
-        "--out",
-        out.to_str().expect("utf8"),
-    ])
-    .expect("issue");
+    let cert =
+        w.c.issue_cert(&w.c.ca_dir(), "spiffe://cluster.local/ns/mesh/sa/tester", "tester").expect("issue");
     let hbone = format!("{}:15008", w.waypoint.ipv4);
     // (row, CONNECT target, status the waypoint answers)
     let rows = [
@@ -667,7 +656,8 @@ fn waypoint_is_no_open_relay_it_serves_only_what_is_bound_to_it() {
         ("an address outside the mesh", format!("{}:15020", w.waypoint.ipv4), 401),
     ];
     for (name, target, want) in rows {
-        let args = ["--cert", &cert("crt"), "--key", &cert("key"), &hbone, &target];
+        let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
+        args.extend([hbone.as_str(), target.as_str()]);
         let out =
             w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
         let report: serde_json::Value =
@@ -695,22 +685,7 @@ fn a_workload_bound_to_its_waypoint_accepts_hbone_only_from_the_waypoint() {
     assert_eq!(after, before + 1.0, "the pod-addressed request went through the waypoint");
 
     // An independent HBONE client dialling the pod's 15008 directly: refused unless it is the waypoint.
-    let issue = |uri: &str, name: &str| -> Vec<String> {
-        let out = w.c.scratch().join(name);
-        w.c.sluice(&[
-            "ca",
-            "issue",
-            "--dir",
-            w.c.ca_dir().to_str().expect("utf8"),
-            "--uri",
-            uri,
-            "--out",
-            out.to_str().expect("utf8"),
-        ])
-        .expect("issue");
-        let with = |ext: &str| out.with_extension(ext).to_string_lossy().into_owned();
-        vec!["--cert".into(), with("crt"), "--key".into(), with("key")]
-    };
+    let issue = |uri: &str, name: &str| w.c.issue_cert(&w.c.ca_dir(), uri, name).expect("issue");
     let hbone = format!("{}:15008", w.v1.ipv4);
     let target = format!("{}:8080", w.v1.ipv4);
     let rows = [

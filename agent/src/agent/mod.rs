@@ -37,21 +37,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
-    let (snap, kubernetes) = if config::kubernetes::selected_by(&args.config) {
-        // Warnings of the first snapshot are logged by the source.
-        let client = config::kubernetes::client_from_env().await?;
-        let synced = config::kubernetes::sync(client, config::kubernetes::Options::default()).await?;
-        (synced.snapshot, Some(synced.follower))
-    } else {
-        let (snap, warnings) = match config::files::load_dir(&args.config) {
-            Ok(x) => x,
-            Err(e) => anyhow::bail!("{e}"),
-        };
-        for w in warnings.warnings() {
-            tracing::warn!(target: "sluice::config", "{w}");
-        }
-        (snap, None)
-    };
+    let (snap, source) = config::source::load(&args.config).await?;
     let store = SnapshotStore::new(snap);
 
     let cgroup = match &args.cgroup {
@@ -63,9 +49,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
 
     let crate::cli::CaMode::Local = args.ca;
-    let ca = LocalCa::load(&args.ca_dir)?;
-    let certs =
-        Arc::new(CertManager::new(ca, &args.trust_domain, args.cert_lifetime, args.cert_rotate_after));
+    let ca = LocalCa::load(&args.identity.ca_dir)?;
+    let certs = Arc::new(CertManager::new(
+        ca,
+        &args.identity.trust_domain,
+        args.identity.cert_lifetime,
+        args.identity.cert_rotate_after,
+    ));
     let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(
@@ -93,20 +83,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         proxy,
         store.clone(),
         registry::Registry::new(&args.state_dir),
-        args.trust_domain.clone(),
+        args.identity.trust_domain.clone(),
     ));
     pods.readopt().await?;
 
-    let _watch = match kubernetes {
-        Some(follower) => (None, Some(follower.follow(store.clone()))),
-        None => (
-            Some(
-                config::files::watch(args.config.clone(), store.clone())
-                    .with_context(|| format!("cannot watch {}", args.config.display()))?,
-            ),
-            None,
-        ),
-    };
+    let _watch = source.follow(store.clone())?;
     let reconciler = {
         let pods = pods.clone();
         let mut rx = store.subscribe();

@@ -15,6 +15,7 @@ pub mod networking;
 pub mod references;
 pub mod security;
 pub mod select;
+pub mod source;
 pub mod telemetry_kind;
 pub mod waypoints;
 pub mod yaml;
@@ -101,6 +102,20 @@ impl SnapshotStore {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
+}
+
+/// Compiles YAML text (as `t.yaml`) into a snapshot for unit tests; panics on any error.
+#[cfg(test)]
+pub(crate) fn compile_for_test(text: &str) -> Snapshot {
+    let docs: Vec<_> = yaml::parse(text)
+        .expect("yaml")
+        .into_iter()
+        .map(|d| (std::path::PathBuf::from("t.yaml"), d))
+        .collect();
+    let mut d = Diagnostics::default();
+    let s = Snapshot::compile(&docs, &mut d);
+    assert!(!d.has_errors(), "{d}");
+    s
 }
 
 #[cfg(test)]

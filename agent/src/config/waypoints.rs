@@ -127,19 +127,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Diagnostics, yaml};
-
-    fn snap(text: &str) -> Snapshot {
-        let docs: Vec<_> = yaml::parse(text)
-            .expect("yaml")
-            .into_iter()
-            .map(|d| (std::path::PathBuf::from("w.yaml"), d))
-            .collect();
-        let mut d = Diagnostics::default();
-        let s = Snapshot::compile(&docs, &mut d);
-        assert!(!d.has_errors(), "{d}");
-        s
-    }
+    use crate::config::compile_for_test as snap;
 
     const GW: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: WHAT}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: wp-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp, istio.io/dataplane-mode: none}}\nspec: {serviceAccountName: wp}\nstatus: {podIP: 10.0.9.9}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: shop}\nspec: {clusterIP: 10.96.0.1, selector: {app: a}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: shop, labels: {istio.io/use-waypoint: none}}\nspec: {clusterIP: 10.96.0.2, selector: {app: b}, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a-1, namespace: shop, labels: {app: a}}\nspec: {serviceAccountName: a}\nstatus: {podIP: 10.0.1.1}\n---\n";
 

@@ -46,6 +46,8 @@ pub struct ConnLabels {
     pub response_flags: String,
     /// `mutual_tls` for HBONE, `unknown` for plain TCP (as ztunnel reports it).
     pub connection_security_policy: &'static str,
+    /// `tcp` for the node proxy; `http` or `grpc` for the waypoint's requests.
+    pub request_protocol: &'static str,
 }
 
 /// The `app` and `version` of a workload's labels, as Istio derives them.
@@ -76,33 +78,48 @@ impl ConnLabels {
             destination_service_namespace: u(),
             response_flags: "-".into(),
             connection_security_policy: "unknown",
+            request_protocol: "tcp",
         }
     }
 
     pub fn source(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
-        (self.source_app, self.source_version) = app_version(&w.labels);
-        self.source_workload = w.name.clone();
-        self.source_workload_namespace = w.namespace.clone();
-        self.source_principal = principal;
+        self.set_source(w, principal);
         self
     }
 
     pub fn destination(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
-        (self.destination_app, self.destination_version) = app_version(&w.labels);
-        self.destination_workload = w.name.clone();
-        self.destination_workload_namespace = w.namespace.clone();
-        self.destination_principal = principal;
+        self.set_destination(w, principal);
         self
     }
 
     pub fn service(mut self, svc: &crate::config::Service) -> ConnLabels {
-        self.destination_service = svc.hostname();
-        self.destination_service_name = svc.name.clone();
-        self.destination_service_namespace = svc.namespace.clone();
+        self.set_service(svc);
         self
     }
 
-    fn values(&self) -> [&str; 17] {
+    /// The source workload's labels (metadata; the principal is the verified identity's).
+    pub fn set_source(&mut self, w: &crate::config::model::PodEntry, principal: String) {
+        (self.source_app, self.source_version) = app_version(&w.labels);
+        self.source_workload = w.name.clone();
+        self.source_workload_namespace = w.namespace.clone();
+        self.source_principal = principal;
+    }
+
+    pub fn set_destination(&mut self, w: &crate::config::model::PodEntry, principal: String) {
+        (self.destination_app, self.destination_version) = app_version(&w.labels);
+        self.destination_workload = w.name.clone();
+        self.destination_workload_namespace = w.namespace.clone();
+        self.destination_principal = principal;
+    }
+
+    pub fn set_service(&mut self, svc: &crate::config::Service) {
+        self.destination_service = svc.hostname();
+        self.destination_service_name = svc.name.clone();
+        self.destination_service_namespace = svc.namespace.clone();
+    }
+
+    /// The values in [`TCP_LABELS`] order.
+    pub fn values(&self) -> [&str; 17] {
         [
             self.reporter,
             &self.source_workload,
@@ -118,7 +135,7 @@ impl ConnLabels {
             &self.destination_service,
             &self.destination_service_name,
             &self.destination_service_namespace,
-            "tcp",
+            self.request_protocol,
             &self.response_flags,
             self.connection_security_policy,
         ]

@@ -62,29 +62,12 @@ fn local(status: StatusCode, flag: &'static str, body: impl Into<Bytes>) -> Loca
 }
 
 fn workload_labels(l: &mut RequestLabels, w: &PodEntry, trust_domain: &str, source: bool) {
-    let app = w.labels.get("app.kubernetes.io/name").or_else(|| w.labels.get("app")).cloned();
-    let ver = w.labels.get("app.kubernetes.io/version").or_else(|| w.labels.get("version")).cloned();
     let principal = Identity::new(trust_domain, &w.namespace, &w.service_account).to_string();
-    let u = || "unknown".to_string();
-    if source {
-        l.source_workload = w.name.clone();
-        l.source_workload_namespace = w.namespace.clone();
-        l.source_principal = principal;
-        l.source_app = app.unwrap_or_else(u);
-        l.source_version = ver.unwrap_or_else(u);
-    } else {
-        l.destination_workload = w.name.clone();
-        l.destination_workload_namespace = w.namespace.clone();
-        l.destination_principal = principal;
-        l.destination_app = app.unwrap_or_else(u);
-        l.destination_version = ver.unwrap_or_else(u);
-    }
+    if source { l.conn.set_source(w, principal) } else { l.conn.set_destination(w, principal) }
 }
 
 fn service_labels(l: &mut RequestLabels, s: &Service) {
-    l.destination_service = s.hostname();
-    l.destination_service_name = s.name.clone();
-    l.destination_service_namespace = s.namespace.clone();
+    l.conn.set_service(s);
 }
 
 /// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
@@ -242,12 +225,12 @@ impl Waypoint {
     pub async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let snap = self.store.load();
-        let mut labels = RequestLabels::default();
+        let mut labels = RequestLabels::new(conn.target);
         if let Some(w) = snap.workload_by_ip(conn.peer_addr.ip()) {
             workload_labels(&mut labels, w, &self.trust_domain, true);
         } else {
-            labels.source_principal = conn.peer.to_string();
-            labels.source_workload_namespace = conn.peer.namespace.clone();
+            labels.conn.source_principal = conn.peer.to_string();
+            labels.conn.source_workload_namespace = conn.peer.namespace.clone();
         }
         let grpc = req
             .headers()
@@ -255,7 +238,7 @@ impl Waypoint {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         if grpc {
-            labels.request_protocol = "grpc";
+            labels.conn.request_protocol = "grpc";
         }
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
@@ -266,7 +249,7 @@ impl Waypoint {
         let resp = match result {
             Ok(r) => r,
             Err(l) => {
-                labels.response_flags = l.flag;
+                labels.conn.response_flags = l.flag.into();
                 l.resp
             }
         };
@@ -278,8 +261,8 @@ impl Waypoint {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         self.metrics.request(&labels, ms, (req_bytes, content_length(resp.headers())));
         info!(target: "sluice::access", reporter = "waypoint", %method, %path, status = labels.response_code,
-              flags = labels.response_flags, src = %labels.source_principal, dst = %labels.destination_service,
-              dst_workload = %labels.destination_workload, duration_ms = ms, "request");
+              flags = %labels.conn.response_flags, src = %labels.conn.source_principal, dst = %labels.conn.destination_service,
+              dst_workload = %labels.conn.destination_workload, duration_ms = ms, "request");
         resp
     }
 
@@ -295,7 +278,7 @@ impl Waypoint {
         if let Some(s) = service {
             service_labels(labels, s);
         } else {
-            labels.destination_service = conn.target.to_string();
+            labels.conn.destination_service = conn.target.to_string();
         }
         // WebSocket and other HTTP/1.1 upgrades: the client side of the upgrade, joined to the
         // endpoint's once it answers 101.
@@ -442,7 +425,7 @@ impl Waypoint {
                     && fires(d.percentage.as_ref().map(|p| p.get()).or(d.percent.map(f64::from)))
                 {
                     tokio::time::sleep(fixed.as_std()).await;
-                    labels.response_flags = "DI";
+                    labels.conn.response_flags = "DI".into();
                 }
                 if let Some(a) = &f.abort
                     && let Some(code) = a.http_status

@@ -4,101 +4,38 @@
 //! existing Istio dashboards read them unchanged.
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
-/// Istio's HTTP metric labels, in the order every HTTP metric carries them.
-pub const HTTP_LABELS: &[&str] = &[
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
+use crate::telemetry::metrics::{ConnLabels, TCP_LABELS};
 
-/// Label values of one request; `unknown` where nothing is known, as Istio reports it.
-#[derive(Clone, Debug)]
-pub struct RequestLabels {
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    /// `http` or `grpc`.
-    pub request_protocol: &'static str,
-    pub response_code: u16,
-    pub grpc_response_status: String,
-    /// `-`, or Envoy's flag for why the waypoint answered itself (NR, UH, UF, FI, UT, ...).
-    pub response_flags: &'static str,
+/// Istio's HTTP metric labels: the TCP ones (the same peers and flags) plus the response's.
+const RESPONSE_LABELS: [&str; 2] = ["response_code", "grpc_response_status"];
+
+fn http_labels() -> Vec<&'static str> {
+    TCP_LABELS.iter().copied().chain(RESPONSE_LABELS).collect()
 }
 
-impl Default for RequestLabels {
-    fn default() -> Self {
-        let u = || String::from("unknown");
-        RequestLabels {
-            source_workload: u(),
-            source_workload_namespace: u(),
-            source_principal: u(),
-            source_app: u(),
-            source_version: u(),
-            destination_workload: u(),
-            destination_workload_namespace: u(),
-            destination_principal: u(),
-            destination_app: u(),
-            destination_version: u(),
-            destination_service: u(),
-            destination_service_name: u(),
-            destination_service_namespace: u(),
-            request_protocol: "http",
-            response_code: 0,
-            grpc_response_status: String::new(),
-            response_flags: "-",
-        }
-    }
+/// Label values of one request: the connection-level labels the node proxy also reports
+/// (`reporter="waypoint"`, `connection_security_policy="mutual_tls"`) plus the response's.
+#[derive(Clone, Debug)]
+pub struct RequestLabels {
+    pub conn: ConnLabels,
+    pub response_code: u16,
+    pub grpc_response_status: String,
 }
 
 impl RequestLabels {
-    fn values(&self) -> [String; 19] {
-        [
-            "waypoint".into(),
-            self.source_workload.clone(),
-            self.source_workload_namespace.clone(),
-            self.source_principal.clone(),
-            self.source_app.clone(),
-            self.source_version.clone(),
-            self.destination_workload.clone(),
-            self.destination_workload_namespace.clone(),
-            self.destination_principal.clone(),
-            self.destination_app.clone(),
-            self.destination_version.clone(),
-            self.destination_service.clone(),
-            self.destination_service_name.clone(),
-            self.destination_service_namespace.clone(),
-            self.request_protocol.into(),
-            self.response_code.to_string(),
-            self.grpc_response_status.clone(),
-            self.response_flags.into(),
-            "mutual_tls".into(),
-        ]
+    /// Everything `unknown` for a request to `target`, over mutual TLS, protocol `http`.
+    pub fn new(target: std::net::SocketAddr) -> RequestLabels {
+        let mut conn = ConnLabels::new("waypoint", target);
+        conn.connection_security_policy = "mutual_tls";
+        conn.request_protocol = "http";
+        RequestLabels { conn, response_code: 0, grpc_response_status: String::new() }
+    }
+
+    fn values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.conn.values().iter().map(|s| s.to_string()).collect();
+        v.push(self.response_code.to_string());
+        v.push(self.grpc_response_status.clone());
+        v
     }
 }
 
@@ -121,7 +58,7 @@ impl HttpMetrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("istio_requests_total", "Requests handled by the waypoint"),
-            HTTP_LABELS,
+            &http_labels(),
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         // Istio's default buckets for request durations (milliseconds).
@@ -135,13 +72,13 @@ impl HttpMetrics {
                 "Time to the response, in milliseconds",
             )
             .buckets(buckets),
-            HTTP_LABELS,
+            &http_labels(),
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         // Istio's size buckets: powers of ten from 1 byte to 100 MB.
         let sizes: Vec<f64> = (0..9).map(|e| 10f64.powi(e)).collect();
         let bytes = |name: &str, help: &str| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(sizes.clone()), HTTP_LABELS)
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(sizes.clone()), &http_labels())
                 .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
         };
         let request_bytes = bytes("istio_request_bytes", "Request sizes (headers' Content-Length), in bytes");
@@ -187,7 +124,9 @@ mod tests {
     #[test]
     fn requests_are_counted_with_istio_names_and_labels() {
         let m = HttpMetrics::new();
-        let l = RequestLabels { response_code: 503, response_flags: "UH", ..Default::default() };
+        let mut l = RequestLabels::new("10.0.0.1:80".parse().expect("addr"));
+        l.response_code = 503;
+        l.conn.response_flags = "UH".into();
         m.request(&l, 3.0, (Some(10), Some(2000)));
         m.request(&l, 7.0, (None, None));
         let text = m.render();

@@ -75,17 +75,7 @@ pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     // The same two config sources as the agent: a watched directory, or the Kubernetes API.
-    let (snap, kubernetes) = if config::kubernetes::selected_by(&args.config) {
-        let client = config::kubernetes::client_from_env().await?;
-        let synced = config::kubernetes::sync(client, config::kubernetes::Options::default()).await?;
-        (synced.snapshot, Some(synced.follower))
-    } else {
-        let (snap, warnings) = config::files::load_dir(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for w in warnings.warnings() {
-            warn!(target: "sluice::config", "{w}");
-        }
-        (snap, None)
-    };
+    let (snap, source) = config::source::load(&args.config).await?;
     if !snap
         .k8s_gateways
         .iter()
@@ -95,27 +85,22 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
               "no Gateway of class istio-waypoint with this name in the config yet; serving anyway (agents send traffic here only once it exists)");
     }
     let store = SnapshotStore::new(snap);
-    let _watch = match kubernetes {
-        Some(follower) => (None, Some(follower.follow(store.clone()))),
-        None => (
-            Some(
-                config::files::watch(args.config.clone(), store.clone())
-                    .with_context(|| format!("cannot watch {}", args.config.display()))?,
-            ),
-            None,
-        ),
-    };
+    let _watch = source.follow(store.clone())?;
 
-    let ca = LocalCa::load(&args.ca_dir)?;
-    let certs =
-        Arc::new(CertManager::new(ca, &args.trust_domain, args.cert_lifetime, args.cert_rotate_after));
-    let me = Identity::new(&args.trust_domain, &args.namespace, &args.service_account);
+    let ca = LocalCa::load(&args.identity.ca_dir)?;
+    let certs = Arc::new(CertManager::new(
+        ca,
+        &args.identity.trust_domain,
+        args.identity.cert_lifetime,
+        args.identity.cert_rotate_after,
+    ));
+    let me = Identity::new(&args.identity.trust_domain, &args.namespace, &args.service_account);
     let tls = server_config(&certs, &me).context("cannot build the waypoint's TLS configuration")?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, Duration::from_secs(300));
     let wp = Arc::new(Waypoint {
         name: args.name.clone(),
         namespace: args.namespace.clone(),
-        trust_domain: args.trust_domain.clone(),
+        trust_domain: args.identity.trust_domain.clone(),
         store,
         upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
         metrics: metrics::HttpMetrics::new(),

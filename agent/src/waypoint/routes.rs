@@ -430,19 +430,7 @@ pub fn rewrite_path(path: &str, matched: Option<&HttpMatchRequest>, new: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Diagnostics, yaml};
-
-    pub(crate) fn snap(text: &str) -> Snapshot {
-        let docs: Vec<_> = yaml::parse(text)
-            .expect("yaml")
-            .into_iter()
-            .map(|d| (std::path::PathBuf::from("t.yaml"), d))
-            .collect();
-        let mut d = Diagnostics::default();
-        let s = Snapshot::compile(&docs, &mut d);
-        assert!(!d.has_errors(), "{d}");
-        s
-    }
+    use crate::config::compile_for_test as snap;
 
     const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: reviews}, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: r1, namespace: shop, labels: {app: reviews, version: v1}}\nspec: {serviceAccountName: reviews}\nstatus: {podIP: 10.0.1.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: r2, namespace: shop, labels: {app: reviews, version: v2}}\nspec: {serviceAccountName: reviews}\nstatus: {podIP: 10.0.1.2}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, {name: v3, labels: {version: v3}}]\n";
 
