@@ -144,8 +144,10 @@ pub struct WaypointArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
     /// The waypoint's service account: its identity is spiffe://<trust-domain>/ns/<namespace>/sa/<this>.
+    /// Agents expect a waypoint to run as the service account named after its Gateway (Istio's
+    /// convention), which is the default.
     #[arg(long, env = "SERVICE_ACCOUNT")]
-    pub service_account: String,
+    pub service_account: Option<String>,
     /// HBONE listener.
     #[arg(long, default_value = "[::]:15008")]
     pub listen: SocketAddr,

@@ -60,6 +60,11 @@ impl PodSpec {
         self.labels.push((k.into(), v.into()));
         self
     }
+
+    pub fn service_account(mut self, sa: &str) -> PodSpec {
+        self.service_account = Some(sa.into());
+        self
+    }
 }
 
 /// A Service (the API server's object): VIP, ports, selector.

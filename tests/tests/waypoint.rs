@@ -187,7 +187,8 @@ fn world_with(extra: &[(&str, &str)], waypoint_args: impl FnOnce(&Cluster) -> Ve
             1,
             PodSpec::new("mesh", "wp-0")
                 .label("gateway.networking.k8s.io/gateway-name", "wp")
-                .label("istio.io/dataplane-mode", "none"),
+                .label("istio.io/dataplane-mode", "none")
+                .service_account("wp"),
         )
         .expect("waypoint pod");
     let v1 = c
@@ -580,9 +581,24 @@ fn waypoint_carries_grpc_with_trailers_and_http_upgrades() {
     assert_eq!(v["fail"], "PERMISSION_DENIED", "{v}");
     assert!(w.waypoint_metric(&[("request_protocol", "grpc"), ("reporter", "waypoint")]) >= 3.0);
 
-    // Opaque TCP (a Service port named tcp-*) through the waypoint, routed by the VirtualService's
-    // tcp route to v2 only; the app sees the waypoint as its client (the waypoint's own HBONE leg).
+    // Opaque TCP (a Service port named tcp-*) through the waypoint. The world's DENY policy has
+    // HTTP-only fields (paths, methods): at L4 it fails closed and denies the TCP connection.
     let probe = Probe::new(env!("CARGO_BIN_EXE_sl-probe"));
+    let tcp = format!("{VIP}:7000").parse().expect("addr");
+    let r = probe.client(&w.c, &w.client, tcp, 1024, 0).expect("probe");
+    assert!(!r.ok, "an HTTP-only DENY must deny opaque TCP: {r:?}");
+    // Without it, TCP is routed by the VirtualService's tcp route to v2 only; the app sees the
+    // waypoint as its client (the waypoint's own HBONE leg).
+    w.c.write_config("authz.yaml", "").expect("config");
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while !probe.client(&w.c, &w.client, tcp, 1024, 0).expect("probe").ok {
+        assert!(
+            Instant::now() < deadline,
+            "TCP still refused after the DENY policy was removed\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for i in 0..6 {
         let r = probe
             .client(&w.c, &w.client, format!("{VIP}:7000").parse().expect("addr"), 64 * 1024, 0)

@@ -379,6 +379,13 @@ impl Snapshot {
                             // behind one), never by the node proxy.
                             let refs = spec.target_ref.iter().chain(spec.target_refs.iter().flatten());
                             for (i, r) in refs.enumerate() {
+                                if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+                                    cx.error(
+                                        &format!("spec.targetRefs[{i}].namespace"),
+                                        format!("a policy in namespace {namespace} cannot attach to objects of namespace {}", r.namespace.as_deref().unwrap_or("")),
+                                        "create the policy in the target's namespace (Istio does not support cross-namespace targetRefs)",
+                                    );
+                                }
                                 if r.kind != "Gateway" && r.kind != "Service" {
                                     cx.warning(
                                         &format!("spec.targetRefs[{i}].kind"),

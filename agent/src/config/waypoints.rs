@@ -61,6 +61,15 @@ pub struct WaypointRef {
     pub name: String,
 }
 
+impl WaypointRef {
+    /// The one identity a waypoint's instances present: the service account named after the
+    /// Gateway in its namespace (as Istio deploys waypoints). Pod labels only say where its
+    /// instances are; a pod that merely carries the label cannot present this identity.
+    pub fn identity(&self, trust_domain: &str) -> crate::identity::Identity {
+        crate::identity::Identity::new(trust_domain, &self.namespace, &self.name)
+    }
+}
+
 /// One running waypoint instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaypointAddr {

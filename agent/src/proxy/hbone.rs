@@ -62,15 +62,9 @@ impl Proxy {
         // A workload bound to a waypoint for its own traffic accepts it only from that waypoint,
         // so L7 policy cannot be bypassed by dialling the pod directly.
         let verdict = match snap.workload_waypoint(&workload) {
-            Some(wp)
-                if !snap.waypoint_addrs(&wp).iter().any(|a| {
-                    stream.peer.namespace == wp.namespace && stream.peer.service_account == a.service_account
-                }) =>
-            {
-                Verdict::Deny {
-                    by: format!("waypoint {}/{} (traffic must come through it)", wp.namespace, wp.name),
-                }
-            }
+            Some(wp) if stream.peer != wp.identity(&pod.trust_domain) => Verdict::Deny {
+                by: format!("waypoint {}/{} (traffic must come through it)", wp.namespace, wp.name),
+            },
             _ => policy::authorize(&snap, &workload, &facts),
         };
         if let Verdict::Deny { by } = &verdict {

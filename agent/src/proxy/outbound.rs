@@ -128,7 +128,9 @@ impl Proxy {
             i
         };
         let a = &addrs[n % addrs.len()];
-        let expected = Identity::new(&pod.trust_domain, &wp.namespace, &a.service_account);
+        // A waypoint's identity is its Gateway's service account (named after the Gateway, as
+        // Istio deploys it), never whatever a pod carrying the gateway-name label runs as.
+        let expected = wp.identity(&pod.trust_domain);
         labels.connection_security_policy = "mutual_tls";
         labels.destination_principal = expected.to_string();
         let key = PoolKey {

@@ -72,19 +72,41 @@ fn service_labels(l: &mut RequestLabels, s: &Service) {
 
 /// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
 /// those attached to the Service.
-fn policies<'a>(snap: &'a Snapshot, wp: &Waypoint, svc: Option<&Service>) -> Vec<&'a AuthorizationPolicy> {
+/// Whether a policy of `namespace` attached with `r` applies to this waypoint or to `svc`. A
+/// reference is read in the policy's own namespace only: Istio does not support attaching a
+/// policy to another namespace's objects (the compiler reports such a reference as an error),
+/// so a policy in one namespace can never loosen or tighten another's.
+pub(crate) fn attached(
+    r: &crate::config::networking::PolicyTargetReference,
+    namespace: &str,
+    wp: &Waypoint,
+    svc: Option<&Service>,
+) -> bool {
+    if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+        return false;
+    }
+    match r.kind.as_str() {
+        "Gateway" => r.name == wp.name && namespace == wp.namespace,
+        "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == namespace),
+        _ => false,
+    }
+}
+
+/// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
+/// those attached to the Service.
+pub(crate) fn policies<'a>(
+    snap: &'a Snapshot,
+    wp: &Waypoint,
+    svc: Option<&Service>,
+) -> Vec<&'a AuthorizationPolicy> {
     snap.waypoint_policies
         .iter()
         .filter(|p| {
-            let refs = p.spec.target_ref.iter().chain(p.spec.target_refs.iter().flatten());
-            refs.clone().any(|r| {
-                let ns = r.namespace.as_deref().unwrap_or(&p.namespace);
-                match r.kind.as_str() {
-                    "Gateway" => r.name == wp.name && ns == wp.namespace,
-                    "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == ns),
-                    _ => false,
-                }
-            })
+            p.spec
+                .target_ref
+                .iter()
+                .chain(p.spec.target_refs.iter().flatten())
+                .any(|r| attached(r, &p.namespace, wp, svc))
         })
         .collect()
 }
@@ -98,14 +120,11 @@ fn jwt_rules<'a>(
     snap.request_authentications
         .iter()
         .filter(|ra| {
-            ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter()).any(|r| {
-                let ns = r.namespace.as_deref().unwrap_or(&ra.namespace);
-                match r.kind.as_str() {
-                    "Gateway" => r.name == wp.name && ns == wp.namespace,
-                    "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == ns),
-                    _ => false,
-                }
-            })
+            ra.spec
+                .target_ref
+                .iter()
+                .chain(ra.spec.target_refs.iter())
+                .any(|r| attached(r, &ra.namespace, wp, svc))
         })
         .flat_map(|ra| ra.spec.jwt_rules.iter())
         .collect()
@@ -125,6 +144,40 @@ fn apply_ops(h: &mut HeaderMap, ops: Option<&HeaderOperations>) {
     }
     for k in &ops.remove {
         h.remove(k.as_str());
+    }
+}
+
+/// Removes hop-by-hop headers (and those `Connection` names) before a message crosses the
+/// waypoint; `Connection: upgrade` and `Upgrade: websocket` stay for a WebSocket handshake.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, websocket: bool) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !(websocket && t == "upgrade"))
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "http2-settings",
+        "trailer",
+    ] {
+        h.remove(n);
+    }
+    if !websocket {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    // `te: trailers` is the one TE value HTTP/2 (and gRPC) allows; anything else is hop-by-hop.
+    if h.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
+        h.remove(header::TE);
     }
 }
 
@@ -282,8 +335,16 @@ impl Waypoint {
         }
         // WebSocket and other HTTP/1.1 upgrades: the client side of the upgrade, joined to the
         // endpoint's once it answers 101.
-        let upgrade = (req.version() < Version::HTTP_2 && req.headers().contains_key(header::UPGRADE))
-            .then(|| hyper::upgrade::on(&mut req));
+        // Only WebSocket is joined end to end: any other upgrade (h2c among them) would turn the
+        // connection into a tunnel that later requests cross without L7 policy.
+        let websocket = req.version() < Version::HTTP_2
+            && req
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        strip_hop_by_hop(req.headers_mut(), websocket);
         let authority = req
             .uri()
             .authority()
@@ -744,7 +805,8 @@ impl Waypoint {
                         }
                         return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
                     }
-                    let (rparts, rbody) = resp.into_parts();
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers, false);
                     // Keep the endpoint counted while the body streams.
                     let rbody = InFlightBody { inner: rbody, _flight: flight, _slot: slot.take() };
                     return Ok(Response::from_parts(rparts, BoxBody::new(rbody)));

@@ -94,7 +94,12 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         args.identity.cert_lifetime,
         args.identity.cert_rotate_after,
     ));
-    let me = Identity::new(&args.identity.trust_domain, &args.namespace, &args.service_account);
+    let sa = args.service_account.clone().unwrap_or_else(|| args.name.clone());
+    if sa != args.name {
+        warn!(service_account = %sa, gateway = %args.name,
+              "agents expect a waypoint to present its Gateway's service account; they will refuse this identity");
+    }
+    let me = Identity::new(&args.identity.trust_domain, &args.namespace, &sa);
     let tls = server_config(&certs, &me).context("cannot build the waypoint's TLS configuration")?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, Duration::from_secs(300));
     let wp = Arc::new(Waypoint {
@@ -198,12 +203,16 @@ impl Waypoint {
             peer_addr: stream.peer_addr,
             target: stream.target,
         });
+        let opaque = self.opaque(conn.target);
+        if opaque && !self.tcp_allowed(&conn) {
+            return stream.refuse(http::StatusCode::UNAUTHORIZED);
+        }
         let (send, recv) = match stream.accept() {
             Ok(x) => x,
             Err(e) => return debug!(error = %e, "CONNECT stream ended before it was answered"),
         };
         let io = StreamIo::new(send, recv, ());
-        if self.opaque(conn.target) {
+        if opaque {
             return self.tcp(conn, io).await;
         }
         let me = self.clone();
@@ -222,6 +231,30 @@ impl Waypoint {
         if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
             debug!(error = %e, "HTTP connection ended");
         }
+    }
+
+    /// Whether the policies attached to this waypoint or the Service allow opaque TCP from the
+    /// peer, with what is known at L4 (rules with HTTP-only fields never match an ALLOW and always
+    /// match a DENY).
+    fn tcp_allowed(&self, conn: &handler::Conn) -> bool {
+        let snap = self.store.load();
+        let service = snap.service_by_vip(conn.target).map(|(s, _)| s);
+        let applicable = handler::policies(&snap, self, service);
+        if applicable.is_empty() {
+            return true;
+        }
+        let facts = crate::policy::Facts {
+            identity: Some(&conn.peer),
+            src_ip: conn.peer_addr.ip(),
+            dst: conn.target,
+            http: None,
+        };
+        let verdict = crate::policy::decide(&applicable, &facts);
+        if !verdict.allowed() {
+            warn!(target: "sluice::access", reporter = "waypoint", src = %conn.peer, dst = %conn.target,
+                  policy = %verdict.policy(), "TCP connection denied");
+        }
+        verdict.allowed()
     }
 
     /// Opaque TCP through the waypoint: the VirtualService's `tcp` route (weighted destinations and

@@ -394,7 +394,8 @@ fn http_group(
         1,
         PodSpec::new("wp", "wp-0")
             .label("gateway.networking.k8s.io/gateway-name", "wp")
-            .label("istio.io/dataplane-mode", "none"),
+            .label("istio.io/dataplane-mode", "none")
+            .service_account("wp"),
     )?;
     c.add_service(ServiceSpec {
         namespace: "wp".into(),
