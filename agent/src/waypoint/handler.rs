@@ -156,7 +156,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, websocket: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && !(websocket && t == "upgrade"))
+        .filter(|t| !(t.is_empty() || websocket && t == "upgrade"))
         .collect();
     for n in named {
         h.remove(n.as_str());
