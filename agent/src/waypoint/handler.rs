@@ -32,6 +32,9 @@ use crate::{
 /// Largest request body kept in memory so it can be retried or mirrored; larger or unsized bodies
 /// stream through once (no retry, no mirror).
 const REPLAY_LIMIT: u64 = 64 * 1024;
+/// Mirrored copies in flight at once, and how long one may take.
+pub(crate) const MIRRORS_IN_FLIGHT: usize = 256;
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The HBONE stream a request arrived on.
 #[derive(Debug)]
@@ -181,6 +184,73 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, websocket: bool) {
     }
 }
 
+/// The request's authority: the URI's (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target)
+/// else its one `Host` header. Several `Host` headers, none at all, or one that differs from the
+/// URI's authority are refused (400): policy and routing must see what the upstream will see.
+fn authority_of<B>(req: &Request<B>) -> Result<String, &'static str> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err("more than one Host header");
+    }
+    let host = hosts.first().map(|h| h.to_str().map_err(|_| "the Host header is not text")).transpose()?;
+    match (req.uri().authority().map(|a| a.as_str()), host) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
+            Err("the Host header differs from the request's authority")
+        }
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(h)) if !h.is_empty() => Ok(h.to_string()),
+        _ => Err("the request has no authority (Host header)"),
+    }
+}
+
+/// Normalizes a request path as Istio's default (RFC 3986: percent-encoded unreserved characters
+/// decoded, `.` and `..` segments removed) and merges repeated slashes, so `/a/../admin`,
+/// `//admin` and `/%61dmin` are all `/admin` to policy and routing. None for a path that encodes
+/// a slash or backslash, a control character or invalid percent-encoding.
+pub(crate) fn normalize_path(p: &str) -> Option<String> {
+    let mut decoded = String::with_capacity(p.len());
+    let bytes = p.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = p.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(hex, 16).ok()?;
+            match v {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    decoded.push(v as char)
+                }
+                b'/' | b'\\' | 0..=0x1f | 0x7f => return None,
+                _ => decoded.push_str(&p[i..i + 3].to_ascii_uppercase()),
+            }
+            i += 3;
+        } else {
+            let c = p[i..].chars().next()?;
+            if c == '\\' || c.is_control() {
+                return None;
+            }
+            decoded.push(c);
+            i += c.len_utf8();
+        }
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing =
+        (decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..")) && !out.is_empty();
+    let mut norm = format!("/{}", out.join("/"));
+    if trailing {
+        norm.push('/');
+    }
+    Some(norm)
+}
+
 /// Whether `percent` (Istio's Percent, unset = 100) fires this time.
 fn fires(percent: Option<f64>) -> bool {
     let p = percent.unwrap_or(100.0);
@@ -260,9 +330,12 @@ impl ReqBody {
 async fn read_body(parts: &http::request::Parts, body: Incoming) -> Result<ReqBody, Local> {
     let len = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let small = match len {
+    // HTTP/2 has no Content-Length requirement: a stream that already ended (a GET, most gRPC
+    // calls' headers-only frames aside) or announces an exact small size is kept too.
+    let exact = hyper::body::Body::size_hint(&body).exact();
+    let small = match len.or(exact) {
         Some(n) => n <= REPLAY_LIMIT,
-        None => !chunked && parts.version < Version::HTTP_2,
+        None => hyper::body::Body::is_end_stream(&body) || (!chunked && parts.version < Version::HTTP_2),
     };
     if !small {
         return Ok(ReqBody::Stream(Some(body)));
@@ -308,8 +381,14 @@ impl Waypoint {
         };
         labels.response_code = resp.status().as_u16();
         if grpc {
-            labels.grpc_response_status =
-                resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            // Only gRPC's status codes (0-16) become a label value: an upstream cannot mint series.
+            labels.grpc_response_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.parse::<u8>().is_ok_and(|n| n <= 16))
+                .unwrap_or("")
+                .to_string();
         }
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         self.metrics.request(&labels, ms, (req_bytes, content_length(resp.headers())));
@@ -345,16 +424,30 @@ impl Waypoint {
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         strip_hop_by_hop(req.headers_mut(), websocket);
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-            .unwrap_or_default();
+        // One authority and one normalized path for policy, routing and the upstream alike.
+        let authority =
+            authority_of(&req).map_err(|why| local(StatusCode::BAD_REQUEST, "-", format!("{why}\n")))?;
+        if let Ok(v) = HeaderValue::try_from(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let path = normalize_path(req.uri().path())
+            .ok_or_else(|| local(StatusCode::BAD_REQUEST, "-", "the request path cannot be normalized\n"))?;
+        if path != req.uri().path() {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = pq.parse().ok();
+            if let Ok(u) = Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
         let source = snap.workload_by_ip(conn.peer_addr.ip());
 
         // 1. Authentication (RequestAuthentication): an invalid token is 401, a missing one passes.
         let rules = jwt_rules(snap, self, service);
+        super::jwt::strip_outputs(&rules, req.headers_mut());
         let query = req.uri().query().unwrap_or("").to_string();
         if !rules.is_empty() && super::jwt::token_present(&rules, req.headers(), &query) {
             self.fetch_jwks(snap, &rules).await;
@@ -637,10 +730,16 @@ impl Waypoint {
                     }
                     let up = self.clone();
                     let b = b.clone();
+                    // Bounded: a slow mirror never holds more than MIRRORS_IN_FLIGHT copies
+                    // (extra ones are dropped) and each lives at most MIRROR_TIMEOUT.
+                    let Ok(permit) = self.mirrors.clone().try_acquire_owned() else { continue };
                     tokio::spawn(async move {
                         let mut mb = ReqBody::Kept(b);
                         let none = RetryPolicy { attempts: 0, per_try: None, on: vec![] };
-                        let _ = up.send(mparts, &mut mb, &[ep], &none, None, None, "", None, None).await;
+                        let eps = [ep];
+                        let send = up.send(mparts, &mut mb, &eps, &none, None, None, "", None, None);
+                        let _ = tokio::time::timeout(MIRROR_TIMEOUT, send).await;
+                        drop(permit);
                     });
                 }
             }
@@ -759,6 +858,8 @@ impl Waypoint {
                 {
                     *req.uri_mut() = u;
                 }
+                // The authority travels as :authority alone.
+                req.headers_mut().remove(header::HOST);
             } else {
                 *req.version_mut() = Version::HTTP_11;
             }
@@ -778,7 +879,11 @@ impl Waypoint {
                     Ok(r) => r,
                     Err(_) => {
                         last = Some(local(StatusCode::GATEWAY_TIMEOUT, "UT", "upstream request timeout"));
-                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        // A per-try timeout counts as a 504 for retries (as in Envoy): retried only
+                        // when retryOn covers it, since the upstream may have acted on the request.
+                        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                            || !retry.on_status(StatusCode::GATEWAY_TIMEOUT)
+                        {
                             break;
                         }
                         continue;
@@ -880,5 +985,72 @@ impl hyper::body::Body for InFlightBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_as_istio_does_and_tricks_refused() {
+        let rows = [
+            ("/admin", Some("/admin")),
+            ("/a/../admin", Some("/admin")),
+            ("/./admin", Some("/admin")),
+            ("//admin//x", Some("/admin/x")),
+            ("/%61dmin", Some("/admin")),
+            ("/x/%2e%2e/admin", Some("/admin")),
+            ("/../../etc", Some("/etc")),
+            ("/dir/", Some("/dir/")),
+            ("/a%20b", Some("/a%20b")),
+            ("/", Some("/")),
+            ("/a%2Fb", None),
+            ("/a%5cb", None),
+            ("/a%zz", None),
+            ("/a%2", None),
+        ];
+        for (input, want) in rows {
+            assert_eq!(normalize_path(input).as_deref(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn one_authority_or_a_refusal() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            b.body(()).expect("request")
+        };
+        assert_eq!(authority_of(&req("/x", &["shop"])).ok().as_deref(), Some("shop"));
+        assert_eq!(authority_of(&req("http://shop/x", &["SHOP"])).ok().as_deref(), Some("shop"));
+        for (uri, hosts) in [("/x", vec![]), ("/x", vec!["a", "b"]), ("http://public/x", vec!["admin"])] {
+            assert!(authority_of(&req(uri, &hosts)).is_err(), "{uri} {hosts:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross_and_only_websocket_upgrades() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-app", "ok"),
+        ] {
+            h.append(k, v.parse().expect("value"));
+        }
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-app"]);
+        let mut ws = HeaderMap::new();
+        ws.insert(header::CONNECTION, "Upgrade".parse().expect("v"));
+        ws.insert(header::UPGRADE, "websocket".parse().expect("v"));
+        strip_hop_by_hop(&mut ws, true);
+        assert!(ws.contains_key(header::UPGRADE) && ws.contains_key(header::CONNECTION));
     }
 }

@@ -177,26 +177,44 @@ pub fn authenticate(
     keys: &KeyCache,
     remote: Remote<'_>,
 ) -> Result<Option<Authenticated>, JwtError> {
-    let mut found = Vec::new();
-    for r in rules {
-        for t in tokens(r, headers, query) {
-            if !found.iter().any(|(tok, _): &(String, TokenSource)| tok == &t.0) {
-                found.push(t);
+    // Every token found anywhere a rule looks must verify, with a rule that looks there and names
+    // its issuer: none may reach the application unverified. The first one is the principal.
+    let mut found: Vec<(String, TokenSource, Vec<usize>)> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        for (tok, from) in tokens(r, headers, query) {
+            match found.iter_mut().find(|(t, ..)| *t == tok) {
+                Some((_, _, by)) => by.push(i),
+                None => found.push((tok, from, vec![i])),
             }
         }
     }
-    let Some((token, from)) = found.into_iter().next() else {
-        return Ok(None);
-    };
-    let iss = claimed_issuer(&token).ok_or(JwtError::Malformed)?;
-    let (rule, r) = rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.issuer.as_deref() == Some(iss.as_str()))
-        .ok_or(JwtError::UnknownIssuer)?;
-    let claims = verify(&token, r, keys, remote)?;
-    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
-    Ok(Some(Authenticated { principal: format!("{iss}/{sub}"), claims, rule, from }))
+    let mut first = None;
+    for (token, from, by) in found {
+        let iss = claimed_issuer(&token).ok_or(JwtError::Malformed)?;
+        let rule = by
+            .into_iter()
+            .find(|i| rules.get(*i).is_some_and(|r| r.issuer.as_deref() == Some(iss.as_str())))
+            .ok_or(JwtError::UnknownIssuer)?;
+        let claims = verify(&token, rules[rule], keys, remote)?;
+        if first.is_none() {
+            let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+            first = Some(Authenticated { principal: format!("{iss}/{sub}"), claims, rule, from });
+        }
+    }
+    Ok(first)
+}
+
+/// Removes what only a verified token may put into a request (`outputPayloadToHeader`,
+/// `outputClaimToHeaders`), so a client cannot forge them; call before authenticating.
+pub fn strip_outputs(rules: &[&JwtRule], headers: &mut HeaderMap) {
+    for r in rules {
+        if let Some(h) = &r.output_payload_to_header {
+            headers.remove(h.as_str());
+        }
+        for c in &r.output_claim_to_headers {
+            headers.remove(c.header.as_str());
+        }
+    }
 }
 
 /// Whether the request carries a token where any of `rules` looks.
@@ -334,6 +352,31 @@ pub(crate) mod tests {
         let a = authenticate(&[&r], &HeaderMap::new(), &q, &keys, &|_| None).expect("valid").expect("token");
         assert_eq!(claim_values(&a.claims, &["groups"]), ["dev", "ops"]);
         assert_eq!(a.from, TokenSource::Param("access_token".into()));
+    }
+
+    #[test]
+    fn every_token_must_verify_and_output_headers_cannot_be_forged() {
+        let s = Signer::new("k1");
+        let r = rule(&s.jwks);
+        let good =
+            s.sign("k1", &serde_json::json!({"iss": "https://issuer.example", "sub": "ann", "aud": "shop"}));
+        let forged = Signer::new("k1")
+            .sign("k1", &serde_json::json!({"iss": "https://issuer.example", "sub": "eve", "aud": "shop"}));
+        // A valid header token does not carry an invalid one in the query string along.
+        let e = authenticate(
+            &[&r],
+            &bearer(&good),
+            &format!("access_token={forged}"),
+            &KeyCache::default(),
+            &|_| None,
+        );
+        assert_eq!(e, Err(JwtError::Signature));
+        let mut out = r.clone();
+        out.output_payload_to_header = Some("x-jwt-payload".into());
+        let mut h = HeaderMap::new();
+        h.insert("x-jwt-payload", "forged".parse().expect("value"));
+        strip_outputs(&[&out], &mut h);
+        assert!(h.get("x-jwt-payload").is_none());
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct Waypoint {
     pub remote_jwks: jwks::RemoteJwks,
     pub outliers: resilience::Outliers,
     pub pools: resilience::Pools,
+    /// Bounds the mirrored copies in flight.
+    pub mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs a waypoint until SIGTERM/SIGINT.
@@ -114,6 +116,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         remote_jwks: jwks::RemoteJwks::new(args.jwks_ca.clone()),
         outliers: resilience::Outliers::default(),
         pools: resilience::Pools::default(),
+        mirrors: Arc::new(tokio::sync::Semaphore::new(handler::MIRRORS_IN_FLIGHT)),
     });
 
     let listener =

@@ -50,6 +50,8 @@ pub struct Outliers(Mutex<HashMap<(String, SocketAddr), Health>>);
 const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
 const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// Envoy's default `max_ejection_time`.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 impl Outliers {
     /// Records an attempt's outcome; returns true when it ejected the endpoint.
@@ -100,7 +102,9 @@ impl Outliers {
         }
         h.times_ejected += 1;
         let base = od.base_ejection_time.as_ref().map_or(DEFAULT_BASE_EJECTION, |d| d.as_std());
-        h.ejected_until = Some(now + base * h.times_ejected);
+        // Envoy's cap: an endpoint is never out for longer than max(base, 300 s) at once.
+        let cap = base.max(MAX_EJECTION);
+        h.ejected_until = Some(now + (base * h.times_ejected).min(cap));
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
         true
