@@ -61,15 +61,30 @@ struct Entry {
     refreshing: bool,
 }
 
+/// After a failed first fetch, how long requests are refused without fetching again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Fetched JWKS documents, by URI.
 pub struct RemoteJwks {
     entries: Mutex<HashMap<String, Entry>>,
+    /// One fetch at a time per URI (async lock held across the fetch).
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When a URI without a document last failed.
+    failed: Mutex<HashMap<String, Instant>>,
+    /// The TLS configuration, built once it could be (the `--jwks-ca` file may appear later).
+    tls: Mutex<Option<Arc<ClientConfig>>>,
     extra_ca: Option<PathBuf>,
 }
 
 impl RemoteJwks {
     pub fn new(extra_ca: Option<PathBuf>) -> RemoteJwks {
-        RemoteJwks { entries: Mutex::default(), extra_ca }
+        RemoteJwks {
+            entries: Mutex::default(),
+            inflight: Mutex::default(),
+            failed: Mutex::default(),
+            tls: Mutex::default(),
+            extra_ca,
+        }
     }
 
     /// The cached document for `uri`, if any (possibly stale: see [`RemoteJwks::needs_fetch`]).
@@ -82,6 +97,8 @@ impl RemoteJwks {
     pub fn needs_fetch(&self, uri: &str) -> Fetch {
         let mut m = self.entries.lock();
         match m.get_mut(uri) {
+            // Recently failed: refuse its tokens at once rather than make every request wait.
+            None if self.failed.lock().get(uri).is_some_and(|t| t.elapsed() < RETRY_AFTER) => Fetch::No,
             None => Fetch::Now,
             Some(e) if !e.refreshing && e.fetched.elapsed() > REFRESH => {
                 e.refreshing = true;
@@ -95,15 +112,32 @@ impl RemoteJwks {
         self.entries
             .lock()
             .insert(uri.to_string(), Entry { text, fetched: Instant::now(), refreshing: false });
+        self.failed.lock().remove(uri);
     }
 
     fn refresh_failed(&self, uri: &str) {
-        if let Some(e) = self.entries.lock().get_mut(uri) {
-            e.refreshing = false;
+        match self.entries.lock().get_mut(uri) {
+            Some(e) => e.refreshing = false,
+            None => {
+                let mut f = self.failed.lock();
+                if f.len() > 1024 {
+                    f.clear();
+                }
+                f.insert(uri.to_string(), Instant::now());
+            }
         }
     }
 
     fn tls(&self) -> Result<Arc<ClientConfig>, String> {
+        if let Some(c) = self.tls.lock().as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.build_tls()?;
+        *self.tls.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    fn build_tls(&self) -> Result<Arc<ClientConfig>, String> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for c in native.certs {
@@ -135,6 +169,12 @@ impl RemoteJwks {
         uri: &str,
         timeout: Duration,
     ) -> Result<Arc<String>, JwksError> {
+        let gate = self.inflight.lock().entry(uri.to_string()).or_default().clone();
+        let _turn = gate.lock().await;
+        // Whoever held the gate before may have fetched it meanwhile.
+        if let Some(e) = self.entries.lock().get(uri).filter(|e| e.fetched.elapsed() < RETRY_AFTER) {
+            return Ok(e.text.clone());
+        }
         let r = tokio::time::timeout(timeout, self.fetch_inner(snap, upstreams, uri)).await;
         match r {
             Ok(Ok(text)) => {
@@ -253,6 +293,11 @@ mod tests {
         r.refresh_failed("https://idp/jwks");
         assert_eq!(r.needs_fetch("https://idp/jwks"), Fetch::Background, "a failed refresh is retried");
         assert!(r.get("https://idp/jwks").is_some(), "the stale document keeps serving");
+        // A URI whose first fetch failed is not fetched again by every request.
+        r.refresh_failed("https://down/jwks");
+        assert_eq!(r.needs_fetch("https://down/jwks"), Fetch::No);
+        r.failed.lock().insert("https://down/jwks".into(), Instant::now() - RETRY_AFTER * 2);
+        assert_eq!(r.needs_fetch("https://down/jwks"), Fetch::Now, "retried after a pause");
     }
 
     #[tokio::test]
