@@ -60,7 +60,7 @@ class H(BaseHTTPRequestHandler):
                 import time; time.sleep(2)
             if path == "/sleep":
                 import time; time.sleep(0.5)
-            body = "%s %s %s host=%s auth=%s\n" % (name, self.command, self.path, self.headers.get("host"), self.headers.get("authorization"))
+            body = "%s %s %s host=%s auth=%s tp=%s\n" % (name, self.command, self.path, self.headers.get("host"), self.headers.get("authorization"), self.headers.get("traceparent"))
             code = 200
         b = body.encode()
         self.send_response(code)
@@ -326,8 +326,8 @@ fn waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies() {
     let rows = w.many("/", 40, &["end-user: jason"]);
     assert_eq!(count(&rows, "v2", 200), 40, "{rows:?}\n{}", w.logs());
 
-    // The 80/20 split over 1,000 requests lands within a binomial 99.9% interval.
-    let n = 1000;
+    // The 80/20 split over 2,000 requests lands within a binomial 99.9% interval.
+    let n = 2000;
     let rows = w.many("/split", n, &[]);
     let v1 = count(&rows, "v1", 200);
     assert_eq!(v1 + count(&rows, "v2", 200), n, "every request answered 200: {rows:?}");
@@ -359,6 +359,18 @@ fn waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies() {
     assert_eq!(rows[0].1, 504, "{rows:?}");
     assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     assert!(w.waypoint_metric(&[("response_code", "504"), ("response_flags", "UT")]) >= 1.0);
+
+    // W3C trace context: the app sees the caller's trace with the waypoint's span as parent.
+    let out = w.curl(&[
+        "-H",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        &format!("http://{VIP}/traced"),
+    ]);
+    let tp = out.split("tp=").nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or("");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !tp.contains("00f067aa0ba902b7"),
+        "{out}"
+    );
 
     // Rewrite and response headers.
     let out = w.curl(&["-i", &format!("http://{VIP}/old/thing?q=1")]);
@@ -426,7 +438,7 @@ fn waypoint_routes_splits_faults_retries_times_out_mirrors_and_denies() {
         ("destination_service", "reviews.mesh.svc.cluster.local"),
         ("destination_workload", "reviews-v1"),
     ]);
-    assert!(ok >= 800.0, "waypoint counted {ok} requests to reviews-v1");
+    assert!(ok >= 1500.0, "waypoint counted {ok} requests to reviews-v1");
     let _: IpAddr = w.waypoint.ipv4;
 }
 

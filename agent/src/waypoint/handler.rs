@@ -371,7 +371,13 @@ impl Waypoint {
         let content_length =
             |h: &HeaderMap| h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let req_bytes = content_length(req.headers()).or((req.method() == http::Method::GET).then_some(0));
-        let result = self.pipeline(&snap, &conn, req, &mut labels).await;
+        let trace = super::trace::TraceContext::from_headers(req.headers());
+        let mut req = req;
+        trace.propagate(req.headers_mut());
+        let span = tracing::info_span!("request", trace_id = %trace.trace_id, span_id = %trace.span_id,
+                                       parent_span_id = trace.parent_id.as_deref().unwrap_or("-"));
+        let result =
+            tracing::Instrument::instrument(self.pipeline(&snap, &conn, req, &mut labels), span).await;
         let resp = match result {
             Ok(r) => r,
             Err(l) => {
@@ -394,7 +400,7 @@ impl Waypoint {
         self.metrics.request(&labels, ms, (req_bytes, content_length(resp.headers())));
         info!(target: "sluice::access", reporter = "waypoint", %method, %path, status = labels.response_code,
               flags = %labels.conn.response_flags, src = %labels.conn.source_principal, dst = %labels.conn.destination_service,
-              dst_workload = %labels.conn.destination_workload, duration_ms = ms, "request");
+              dst_workload = %labels.conn.destination_workload, trace_id = %trace.trace_id, span_id = %trace.span_id, duration_ms = ms, "request");
         resp
     }
 

@@ -14,6 +14,7 @@
 //! - [`jwt`]: RequestAuthentication (JWT verification); [`jwks`]: JWKS fetched from `jwksUri`.
 //! - [`resilience`]: outlier detection and connection-pool limits (DestinationRule).
 //! - [`upstream`]: endpoint choice, HBONE/TCP connections and HTTP connection reuse.
+//! - [`trace`]: W3C trace context, a span per request.
 //! - [`metrics`]: Istio's HTTP metrics with `reporter="waypoint"`.
 //!
 //! Which traffic is bound to a waypoint is decided in [`crate::config::waypoints`]. The waypoint
@@ -25,6 +26,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod resilience;
 pub mod routes;
+pub mod trace;
 pub mod upstream;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
