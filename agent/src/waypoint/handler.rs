@@ -251,6 +251,44 @@ pub(crate) fn normalize_path(p: &str) -> Option<String> {
     Some(norm)
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+        |kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        },
+    )
+}
+
+/// A gRPC status by Istio's name (`UNAVAILABLE`) or number, as its numeric code.
+fn grpc_code(s: &str) -> Option<u16> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| *n == s)
+        .map(|i| i as u16)
+        .or_else(|| s.parse::<u16>().ok().filter(|n| *n <= 16))
+}
+
 /// Whether `percent` (Istio's Percent, unset = 100) fires this time.
 fn fires(percent: Option<f64>) -> bool {
     let p = percent.unwrap_or(100.0);
@@ -588,11 +626,22 @@ impl Waypoint {
                     labels.conn.response_flags = "DI".into();
                 }
                 if let Some(a) = &f.abort
-                    && let Some(code) = a.http_status
                     && fires(a.percentage.as_ref().map(|p| p.get()))
                 {
-                    let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                    return Err(local(status, "FI", "fault filter abort"));
+                    if let Some(code) = a.http_status {
+                        let status =
+                            StatusCode::from_u16(code as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return Err(local(status, "FI", "fault filter abort"));
+                    }
+                    if let Some(g) = a.grpc_status.as_deref().and_then(grpc_code) {
+                        // A gRPC trailers-only response: 200 with the status in the headers.
+                        let mut resp = full(StatusCode::OK, "");
+                        let h = resp.headers_mut();
+                        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                        h.insert("grpc-status", HeaderValue::from(g));
+                        h.insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+                        return Err(Local { resp, flag: "FI" });
+                    }
                 }
             }
         }
@@ -665,6 +714,10 @@ impl Waypoint {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             if let Some(name) = &ch.http_header_name {
                 parts.headers.get(name.as_str())?.as_bytes().hash(&mut h);
+            } else if let Some(c) = &ch.http_cookie {
+                cookie(&parts.headers, &c.name)?.hash(&mut h);
+            } else if let Some(q) = &ch.http_query_parameter_name {
+                routes::query_param(parts.uri.query().unwrap_or(""), q)?.hash(&mut h);
             } else if ch.use_source_ip == Some(true) {
                 conn.peer_addr.ip().hash(&mut h);
             } else {
@@ -1019,6 +1072,18 @@ mod tests {
         for (input, want) in rows {
             assert_eq!(normalize_path(input).as_deref(), want, "{input}");
         }
+    }
+
+    #[test]
+    fn cookies_and_grpc_codes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; session=abc; b=2".parse().expect("v"));
+        assert_eq!(cookie(&h, "session"), Some("abc"));
+        assert_eq!(cookie(&h, "none"), None);
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(grpc_code("7"), Some(7));
+        assert_eq!(grpc_code("BOGUS"), None);
+        assert_eq!(grpc_code("99"), None);
     }
 
     #[test]
