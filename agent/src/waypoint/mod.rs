@@ -132,6 +132,16 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 wp.upstreams.pool().reap_idle();
+                // Endpoints that left the config take their per-endpoint state with them.
+                let snap = wp.store.load();
+                let live: std::collections::HashSet<std::net::IpAddr> = snap
+                    .services
+                    .values()
+                    .flat_map(|s| s.endpoints.iter().copied())
+                    .chain(snap.pods_by_ip.keys().copied())
+                    .collect();
+                wp.upstreams.prune(&live);
+                wp.outliers.prune(&live);
             }
         })
     };

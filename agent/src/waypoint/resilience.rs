@@ -110,6 +110,11 @@ impl Outliers {
         true
     }
 
+    /// Forgets the state of endpoints no longer in `live`.
+    pub fn prune(&self, live: &std::collections::HashSet<std::net::IpAddr>) {
+        self.0.lock().retain(|(_, ep), _| live.contains(&ep.ip()));
+    }
+
     /// Whether `ep` of `cluster` is ejected now.
     pub fn is_ejected(&self, cluster: &str, ep: SocketAddr, now: Instant) -> bool {
         self.0
@@ -219,6 +224,12 @@ mod tests {
         // 50% of two endpoints: b cannot be ejected while a is out.
         assert!(!o.record("c", b, Outcome::ConnectFailure, &d, 2, t0));
         assert!(!o.record("c", b, Outcome::ConnectFailure, &d, 2, t0), "max ejection percent");
+        // State of an endpoint that left the config is forgotten.
+        let live: std::collections::HashSet<std::net::IpAddr> = [b.ip()].into_iter().collect();
+        o.prune(&live);
+        assert!(!o.is_ejected("c", a, t0 + Duration::from_secs(1)), "a's state was pruned");
+        o.record("c", a, Outcome::Status(500), &d, 2, t0);
+        assert!(o.record("c", a, Outcome::Status(503), &d, 2, t0), "a starts afresh");
         // The second ejection of a lasts twice as long.
         let t1 = t0 + Duration::from_secs(11);
         o.record("c", a, Outcome::Status(500), &d, 2, t1);

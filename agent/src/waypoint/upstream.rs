@@ -122,6 +122,14 @@ impl Upstreams {
         &self.hbone
     }
 
+    /// Forgets per-endpoint state (idle connections, in-flight counters) of addresses that are no
+    /// longer in `live`, so endpoints that come and go do not accumulate.
+    pub fn prune(&self, live: &std::collections::HashSet<IpAddr>) {
+        self.http1.lock().retain(|ep, _| live.contains(&ep.addr.ip()));
+        self.http2.lock().retain(|ep, _| live.contains(&ep.addr.ip()));
+        self.active.lock().retain(|a, n| live.contains(&a.ip()) || n.load(Ordering::Relaxed) > 0);
+    }
+
     fn in_flight(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
         self.active.lock().entry(addr).or_default().clone()
     }
