@@ -271,6 +271,18 @@ impl World {
         rows
     }
 
+    /// An independent HBONE client (sl-hbone, from the router) with `cert`: CONNECT `target` through
+    /// `server`; its JSON report.
+    fn hbone(&self, cert: &[String], server: &str, target: &str) -> serde_json::Value {
+        let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
+        args.extend([server, target]);
+        let out = self
+            .c
+            .run_in_netns(&self.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args)
+            .expect("sl-hbone");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sl-hbone {args:?}: {e}: {out:?}"))
+    }
+
     fn stats(&self, pod: &Pod) -> HashMap<String, u64> {
         let out = self
             .c
@@ -690,12 +702,7 @@ fn waypoint_is_no_open_relay_it_serves_only_what_is_bound_to_it() {
         ("an address outside the mesh", format!("{}:15020", w.waypoint.ipv4), 401),
     ];
     for (name, target, want) in rows {
-        let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
-        args.extend([hbone.as_str(), target.as_str()]);
-        let out =
-            w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
+        let report = w.hbone(&cert, &hbone, &target);
         assert_eq!(report["status"], want, "{name}: {report}");
     }
 }
@@ -735,12 +742,7 @@ fn a_workload_bound_to_its_waypoint_accepts_hbone_only_from_the_waypoint() {
         ),
     ];
     for (name, cert, want) in rows {
-        let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
-        args.extend([hbone.as_str(), target.as_str()]);
-        let out =
-            w.c.run_in_netns(&w.c.router_netns(), env!("CARGO_BIN_EXE_sl-hbone"), &args).expect("sl-hbone");
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out:?}"));
+        let report = w.hbone(&cert, &hbone, &target);
         assert_eq!(report["status"], want, "{name}: {report}");
     }
 }

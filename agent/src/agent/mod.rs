@@ -13,7 +13,6 @@ use crate::{
     admin,
     cli::AgentArgs,
     config::{self, SnapshotStore},
-    identity::{ca::LocalCa, certs::CertManager},
     proxy::Proxy,
     redirect::{self, Kernel},
     telemetry::metrics::Metrics,
@@ -49,13 +48,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
 
     let crate::cli::CaMode::Local = args.ca;
-    let ca = LocalCa::load(&args.identity.ca_dir)?;
-    let certs = Arc::new(CertManager::new(
-        ca,
-        &args.identity.trust_domain,
-        args.identity.cert_lifetime,
-        args.identity.cert_rotate_after,
-    ));
+    let certs = crate::identity::cert_manager(&args.identity)?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(

@@ -43,6 +43,20 @@ impl Identity {
     }
 }
 
+/// The certificate manager the identity flags describe: the local CA in `--ca-dir`, minting for
+/// `--trust-domain` with the configured lifetime and rotation point (agent and waypoint alike).
+pub fn cert_manager(
+    args: &crate::cli::IdentityArgs,
+) -> Result<std::sync::Arc<certs::CertManager>, ca::CaError> {
+    let ca = ca::LocalCa::load(&args.ca_dir)?;
+    Ok(std::sync::Arc::new(certs::CertManager::new(
+        ca,
+        &args.trust_domain,
+        args.cert_lifetime,
+        args.cert_rotate_after,
+    )))
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)

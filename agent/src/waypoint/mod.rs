@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cli::WaypointArgs,
     config::{self, SnapshotStore},
-    identity::{Identity, ca::LocalCa, certs::CertManager, tls::server_config},
+    identity::{Identity, tls::server_config},
     tunnel::{
         io::StreamIo,
         pool::Pool,
@@ -91,13 +91,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     let store = SnapshotStore::new(snap);
     let _watch = source.follow(store.clone())?;
 
-    let ca = LocalCa::load(&args.identity.ca_dir)?;
-    let certs = Arc::new(CertManager::new(
-        ca,
-        &args.identity.trust_domain,
-        args.identity.cert_lifetime,
-        args.identity.cert_rotate_after,
-    ));
+    let certs = crate::identity::cert_manager(&args.identity)?;
     let sa = args.service_account.clone().unwrap_or_else(|| args.name.clone());
     if sa != args.name {
         warn!(service_account = %sa, gateway = %args.name,

@@ -144,18 +144,28 @@ fn covers(snap: &Snapshot, vs: &Object<VirtualServiceSpec>, svc: &Service) -> bo
     })
 }
 
-/// Picks the route for `r` to `svc`. Among several VirtualServices for one host, those in the
-/// Service's own namespace come first, then by namespace and name (a stable order).
-pub fn select<'a>(snap: &'a Snapshot, svc: &Service, r: &Req<'_>, re: &RegexCache) -> Selected<'a> {
-    let mut candidates: Vec<&Object<VirtualServiceSpec>> = snap
-        .virtual_services
+/// The VirtualService for `svc` (bound to the mesh, with routes `has` asks for). Among several for
+/// one host, those in the Service's own namespace come first, then by namespace and name (a stable
+/// order).
+fn virtual_service_for<'a>(
+    snap: &'a Snapshot,
+    svc: &Service,
+    has: impl Fn(&VirtualServiceSpec) -> bool,
+) -> Option<&'a Object<VirtualServiceSpec>> {
+    snap.virtual_services
         .iter()
-        .filter(|vs| {
-            !vs.spec.http.is_empty() && vs.spec.gateways.iter().all(|g| g == "mesh") && covers(snap, vs, svc)
+        .filter(|vs| has(&vs.spec) && vs.spec.gateways.iter().all(|g| g == "mesh") && covers(snap, vs, svc))
+        .min_by(|a, b| {
+            let key = |vs: &'a Object<VirtualServiceSpec>| {
+                (vs.namespace != svc.namespace, vs.namespace.as_str(), vs.name.as_str())
+            };
+            key(a).cmp(&key(b))
         })
-        .collect();
-    candidates.sort_by_key(|vs| (vs.namespace != svc.namespace, vs.namespace.clone(), vs.name.clone()));
-    let Some(vs) = candidates.first() else {
+}
+
+/// Picks the route for `r` to `svc` (see [`virtual_service_for`] for which VirtualService).
+pub fn select<'a>(snap: &'a Snapshot, svc: &Service, r: &Req<'_>, re: &RegexCache) -> Selected<'a> {
+    let Some(vs) = virtual_service_for(snap, svc, |spec| !spec.http.is_empty()) else {
         return Selected::Default;
     };
     for (index, route) in vs.spec.http.iter().enumerate() {
@@ -214,15 +224,7 @@ pub fn select_tcp<'a>(
     source: Option<&PodEntry>,
     source_namespace: &str,
 ) -> Option<(&'a TcpRoute, &'a str)> {
-    let mut candidates: Vec<&Object<VirtualServiceSpec>> = snap
-        .virtual_services
-        .iter()
-        .filter(|vs| {
-            !vs.spec.tcp.is_empty() && vs.spec.gateways.iter().all(|g| g == "mesh") && covers(snap, vs, svc)
-        })
-        .collect();
-    candidates.sort_by_key(|vs| (vs.namespace != svc.namespace, vs.namespace.clone(), vs.name.clone()));
-    let vs = candidates.first()?;
+    let vs = virtual_service_for(snap, svc, |spec| !spec.tcp.is_empty())?;
     let accepts = |m: &L4MatchAttributes| {
         m.port.is_none_or(|p| p == u32::from(vip.port()))
             && m.source_namespace.as_deref().is_none_or(|ns| ns == source_namespace)
