@@ -110,6 +110,11 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             }))
         }
         "/debug/certs" | "/certs" => json(&s.certs.status()),
+        "/debug/agent" => json(&serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "layout": sluice_common::LAYOUT_VERSION,
+        })),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/config_dump\n".into(),

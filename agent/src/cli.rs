@@ -129,6 +129,15 @@ pub struct AgentArgs {
     /// Pooled HBONE connections without streams are closed after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub pool_idle_timeout: std::time::Duration,
+    /// After handing its pods to a newer agent (an upgrade), how long a terminated agent keeps
+    /// carrying the connections it had before it exits (keep it below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Testing only: pause this long in the middle of taking over from a running agent (after
+    /// enrolling its pods, before telling it so), to kill an agent mid-handover.
+    #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]
+    pub handover_pause: std::time::Duration,
 }
 
 #[derive(Args, Debug, Clone)]

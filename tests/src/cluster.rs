@@ -95,6 +95,48 @@ struct Node {
     agent: Mutex<Option<Child>>,
 }
 
+/// An agent process outside the cluster's bookkeeping (the previous agent of an upgrade, or one
+/// started to be killed mid-handover); killed when dropped, so a failing test leaves none behind.
+pub struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl AgentProcess {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL: nothing runs in the agent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+
+    /// Terminates the agent as the kubelet does (SIGTERM) and waits up to `within` for it to exit;
+    /// returns its exit status and how long it took. Kills it if it does not exit in time.
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let start = Instant::now();
+        sys::terminate(self.0.id())?;
+        loop {
+            if let Some(st) = self.0.try_wait()? {
+                return Ok((st, start.elapsed()));
+            }
+            if start.elapsed() > within {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                bail!("agent {} did not exit within {within:?} of SIGTERM", self.0.id());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A running packet capture.
 pub struct Capture {
     child: Child,
@@ -411,8 +453,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts (or restarts) node `n`'s agent and waits until it is ready.
-    pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
+    /// Spawns an agent process for node `n` (in the node's netns and the node's agent cgroup), with
+    /// `extra` arguments after the cluster's own; does not wait for it.
+    pub fn spawn_agent(&self, n: usize, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+        self.spawn_agent_child(n, extra).map(AgentProcess)
+    }
+
+    fn spawn_agent_child(&self, n: usize, extra: &[&str]) -> anyhow::Result<Child> {
         let node = self.node(n);
         let log = fs::OpenOptions::new().create(true).append(true).open(node.state.join("agent.log"))?;
         let mut cmd = Command::new(&self.sluice);
@@ -430,28 +477,53 @@ impl Cluster {
             .arg("--ca-dir")
             .arg(self.tmp.join("ca"))
             .args(self.agent_args.lock().map(|a| a.clone()).unwrap_or_default())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&node.cgroup.join("agent")))?;
-        let mut child = cmd.spawn().context("spawning the agent")?;
+        cmd.spawn().context("spawning the agent")
+    }
+
+    /// Waits until `child` serves node `n`'s admin port (its pid answers on /debug/agent).
+    fn wait_serving(&self, n: usize, child: &mut Child) -> anyhow::Result<()> {
         let ready_within = scaled(Duration::from_secs(20));
         let deadline = Instant::now() + ready_within;
+        let pid = format!("\"pid\": {}", child.id());
         loop {
             if let Some(st) = child.try_wait()? {
-                bail!("agent on {} exited during start-up ({st}):\n{}", node.name, self.agent_log(n));
+                bail!("agent on node{n} exited during start-up ({st}):\n{}", self.agent_log(n));
             }
-            if self.agent_get(n, "/healthz/ready").map(|b| b.starts_with("ready")).unwrap_or(false) {
-                break;
+            let ready = self.agent_get(n, "/healthz/ready").map(|b| b.starts_with("ready")).unwrap_or(false);
+            if ready && self.agent_get(n, "/debug/agent").map(|b| b.contains(&pid)).unwrap_or(false) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("agent on {} not ready in {ready_within:?}:\n{}", node.name, self.agent_log(n));
+                bail!("agent on node{n} not ready in {ready_within:?}:\n{}", self.agent_log(n));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        *node.agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
+    }
+
+    /// Starts (or restarts) node `n`'s agent and waits until it is ready.
+    pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
+        let mut child = self.spawn_agent_child(n, &[])?;
+        self.wait_serving(n, &mut child)?;
+        *self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
         Ok(())
+    }
+
+    /// Upgrades node `n`'s agent the way the DaemonSet does (maxSurge 1): starts a second agent
+    /// beside the running one, waits until it has taken the pods over and serves, and returns the
+    /// previous agent's process (still running, draining; terminate it).
+    pub fn upgrade_agent(&self, n: usize, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+        let mut child = self.spawn_agent_child(n, extra)?;
+        self.wait_serving(n, &mut child)?;
+        let mut slot = self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        slot.replace(child)
+            .map(AgentProcess)
+            .ok_or_else(|| anyhow::anyhow!("node{n} had no agent to upgrade"))
     }
 
     /// The process id of node `n`'s agent, if it runs.

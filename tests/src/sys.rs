@@ -75,6 +75,16 @@ pub fn run_ok(cmd: &mut Command) -> io::Result<()> {
 }
 
 /// Sends SIGINT to a process.
+/// Sends SIGTERM to `pid` (what the kubelet sends a pod's containers).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub fn interrupt(pid: u32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) } == 0 {

@@ -1,13 +1,15 @@
-//! The agent process: loads config and eBPF, re-adopts pods, serves the CNI socket and the admin
-//! endpoints, and reconciles enrollment whenever the config changes.
+//! The agent process: takes over from a running agent (upgrade) or re-adopts pods, loads config and
+//! eBPF, serves the CNI socket and the admin endpoints, reconciles enrollment whenever the config
+//! changes, and hands everything to the next agent when one asks.
 mod cni_server;
+pub mod handover;
 pub mod pods;
 pub mod registry;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     admin,
@@ -38,14 +40,25 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let (snap, source) = config::source::load(&args.config).await?;
     let store = SnapshotStore::new(snap);
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+
+    // An agent already running on this node (an upgrade or a rollback): take its pods over, with
+    // their listening sockets, before anything is attached.
+    let handover_path = args.state_dir.join(handover::SOCKET_NAME);
+    let mut takeover = {
+        let p = handover_path.clone();
+        tokio::task::spawn_blocking(move || handover::take(&p)).await.context("handover task")??
+    };
+    if let Some(t) = &takeover {
+        info!(from = %t.peer_version, pods = t.pods.len(), "a running agent handed its pods over");
+    }
 
     let cgroup = match &args.cgroup {
         Some(c) => c.clone(),
         None => redirect::kernel::cgroup2_root()?,
     };
     let kernel = Arc::new(Kernel::load(&args.bpffs, &cgroup)?);
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
 
     let crate::cli::CaMode::Local = args.ca;
     let certs = crate::identity::cert_manager(&args.identity)?;
@@ -73,11 +86,15 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         })
     };
     let pods = Arc::new(pods::Pods::new(
-        proxy,
+        proxy.clone(),
         store.clone(),
         registry::Registry::new(&args.state_dir),
         args.identity.trust_domain.clone(),
     ));
+    if let Some(t) = &mut takeover {
+        let adopted = pods.adopt(std::mem::take(&mut t.pods)).await?;
+        info!(adopted, "enrolled the handed-over pods with their sockets");
+    }
     pods.readopt().await?;
 
     let _watch = source.follow(store.clone())?;
@@ -100,30 +117,113 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let sock = args.state_dir.join("cni.sock");
     let cni = cni_server::serve(&sock, pods.clone())
         .with_context(|| format!("cannot listen on {}", sock.display()))?;
-    let state = admin::State { metrics, kernel, pods: pods.clone(), store, certs };
-    let metrics_srv = admin::serve(args.metrics_addr, state.clone(), admin::Surface::Metrics)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    let ready_srv = admin::serve(args.ready_addr, state.clone(), admin::Surface::Ready)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.ready_addr))?;
-    let admin_srv = admin::serve(args.admin_addr, state, admin::Surface::Admin)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+
+    if let Some(t) = takeover {
+        if !args.handover_pause.is_zero() {
+            info!(pause = ?args.handover_pause, "pausing in the middle of the handover (--handover-pause)");
+            tokio::time::sleep(args.handover_pause).await;
+        }
+        tokio::task::spawn_blocking(move || t.channel.send(&handover::Msg::Taken, &[]))
+            .await
+            .context("handover task")??;
+        info!(from = %t.peer_version, "took over from the running agent; it drains its connections");
+    }
+    let foreign = kernel.remove_foreign_pins();
+    if foreign > 0 {
+        info!(removed = foreign, "removed pinned state of another eBPF layout version");
+    }
+    let handover_listener = handover::Listener::bind(&handover_path)
+        .with_context(|| format!("cannot listen on {}", handover_path.display()))?;
+    let taken = Arc::new(tokio::sync::Notify::new());
+    serve_handover(handover_listener, pods.clone(), taken.clone())?;
+
+    let state = admin::State { metrics, kernel: kernel.clone(), pods: pods.clone(), store, certs };
+    // After a handover the previous agent lets go of these ports a moment after `Taken`.
+    let metrics_srv = serve_admin(args.metrics_addr, &state, admin::Surface::Metrics).await?;
+    let ready_srv = serve_admin(args.ready_addr, &state, admin::Surface::Ready).await?;
+    let admin_srv = serve_admin(args.admin_addr, &state, admin::Surface::Admin).await?;
     info!(node = %args.node_name, cni_socket = %sock.display(), metrics = %args.metrics_addr,
           admin = %args.admin_addr, "agent ready");
 
-    shutdown_signal().await;
-    // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next agent
-    // re-adopts them.
-    info!("shutting down; enrollment stays pinned for the next agent");
+    let handed_over = tokio::select! {
+        () = shutdown_signal() => false,
+        () = taken.notified() => true,
+    };
     cni.abort();
     metrics_srv.abort();
     admin_srv.abort();
     ready_srv.abort();
     reconciler.abort();
+    if handed_over {
+        // The new agent's links are pinned in place of ours; ours detach now.
+        let links = kernel.release_links();
+        proxy.begin_drain();
+        info!(links, carried = proxy.active(), "handed over: not accepting; draining until terminated");
+        shutdown_signal().await;
+        let left = proxy.drained(args.drain_timeout).await;
+        info!(left, deadline = ?args.drain_timeout, "drained; exiting");
+    } else {
+        // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next
+        // agent re-adopts them.
+        info!("shutting down; enrollment stays pinned for the next agent");
+    }
     reaper.abort();
     Ok(())
+}
+
+/// Serves handover requests on a thread of its own (the exchange is blocking socket I/O); notifies
+/// `taken` once a newer agent has taken the pods.
+fn serve_handover(
+    listener: handover::Listener,
+    pods: Arc<pods::Pods>,
+    taken: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("sluice-handover".into())
+        .spawn(move || {
+            loop {
+                let ch = match listener.accept() {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        warn!(error = %e, "handover socket: accept failed");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                match rt.block_on(pods.hand_over(&ch)) {
+                    Ok(_) => {
+                        taken.notify_one();
+                        return;
+                    }
+                    Err(e) => warn!(error = %e, "handover aborted; this agent keeps serving its pods"),
+                }
+            }
+        })
+        .context("cannot start the handover thread")?;
+    Ok(())
+}
+
+/// Binds an admin surface, retrying for a while when the address is taken (by the agent this
+/// one is taking over from, which releases it right after the handover).
+async fn serve_admin(
+    addr: std::net::SocketAddr,
+    state: &admin::State,
+    surface: admin::Surface,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut tries = 0;
+    loop {
+        match admin::serve(addr, state.clone(), surface).await {
+            Ok(h) => return Ok(h),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on {addr} (another agent holds it?)"));
+            }
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     sync::Arc,
 };
 
@@ -15,7 +15,10 @@ use serde::Serialize;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::registry::{Registry, RegistryError};
+use super::{
+    handover::{self, Channel, HandoverError, InheritedPod, Msg},
+    registry::{Registry, RegistryError},
+};
 use crate::{
     cni::protocol::PodRef,
     config::{EnrollDecision, SnapshotStore},
@@ -44,6 +47,8 @@ pub enum PodError {
     Tls { pod: String, detail: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("this agent handed its pods to a newer agent on the node; the runtime retries and reaches it")]
+    HandedOver,
 }
 
 struct Enrolled {
@@ -51,12 +56,16 @@ struct Enrolled {
     service_account: String,
     ips: Vec<IpAddr>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// Duplicates of the pod's listening sockets, to hand to the next agent on an upgrade.
+    sockets: Vec<(Role, OwnedFd)>,
 }
 
 #[derive(Default)]
 struct State {
     known: BTreeMap<String, PodRef>,
     enrolled: HashMap<String, Enrolled>,
+    /// Set once a newer agent took the pods over: this one no longer changes any kernel state.
+    handed_over: bool,
 }
 
 /// One pod's status for the admin API.
@@ -100,6 +109,10 @@ impl Pods {
         let persisted = self.registry.load()?;
         let mut st = self.state.lock().await;
         for (key, info) in persisted {
+            if st.known.contains_key(&key) {
+                // Received in a handover already.
+                continue;
+            }
             if info.netns.exists() {
                 st.known.insert(key, info);
             } else {
@@ -127,6 +140,9 @@ impl Pods {
         let info = pod;
         let key = info.key();
         let mut st = self.state.lock().await;
+        if st.handed_over {
+            return Err(PodError::HandedOver);
+        }
         // A re-ADD (sandbox recreated) replaces the old registration.
         if let Some(old) = st.enrolled.remove(&key) {
             self.release(&key, old);
@@ -143,7 +159,7 @@ impl Pods {
                 Err(PodError::NotInConfig { pod: pod_name(&info) })
             }
             EnrollDecision::Enrolled => {
-                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await?;
+                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name), None).await?;
                 st.enrolled.insert(key, e);
                 self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
                 Ok(true)
@@ -160,6 +176,9 @@ impl Pods {
     pub async fn del(&self, pod: &PodRef) -> Result<(), PodError> {
         let key = &pod.key();
         let mut st = self.state.lock().await;
+        if st.handed_over {
+            return Err(PodError::HandedOver);
+        }
         if st.known.get(key).is_some_and(|k| k.container_id != pod.container_id) {
             info!(pod = %pod_name(pod), container = %pod.container_id, "DEL for an older sandbox ignored");
             return Ok(());
@@ -190,6 +209,9 @@ impl Pods {
     pub async fn reconcile(&self) {
         let snap = self.store.load();
         let mut st = self.state.lock().await;
+        if st.handed_over {
+            return;
+        }
         let known: Vec<PodRef> = st.known.values().cloned().collect();
         for info in known {
             let decision = snap.enrollment(&info.namespace, &info.name);
@@ -209,7 +231,7 @@ impl Pods {
             }
             let have = st.enrolled.contains_key(&info.key());
             if want && !have {
-                match self.enroll(&info, &snap.service_account(&info.namespace, &info.name)).await {
+                match self.enroll(&info, &snap.service_account(&info.namespace, &info.name), None).await {
                     Ok(e) => {
                         st.enrolled.insert(info.key(), e);
                     }
@@ -225,15 +247,34 @@ impl Pods {
         self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
     }
 
-    async fn enroll(&self, info: &PodRef, service_account: &str) -> Result<Enrolled, PodError> {
+    /// Enrolls one pod: with fresh listeners, or with `inherited` ones a previous agent opened.
+    async fn enroll(
+        &self,
+        info: &PodRef,
+        service_account: &str,
+        inherited: Option<Vec<(Role, OwnedFd)>>,
+    ) -> Result<Enrolled, PodError> {
         let pod = pod_name(info);
         let netns = Arc::new(NetNs::open(&info.netns).map_err(|source| PodError::Netns {
             pod: pod.clone(),
             netns: info.netns.display().to_string(),
             source,
         })?);
-        let pl =
-            inpod::open_listeners(&netns).map_err(|source| PodError::InPod { pod: pod.clone(), source })?;
+        let pl = match inherited {
+            Some(fds) => inpod::adopt_listeners(&netns, fds),
+            None => inpod::open_listeners(&netns),
+        }
+        .map_err(|source| PodError::InPod { pod: pod.clone(), source })?;
+        let sockets = pl
+            .listeners
+            .iter()
+            .map(|(r, l)| l.as_fd().try_clone_to_owned().map(|fd| (*r, fd)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| PodError::Netns {
+                pod: pod.clone(),
+                netns: info.netns.display().to_string(),
+                source,
+            })?;
         let has_v6 = info.ips.iter().any(IpAddr::is_ipv6);
         let transparent = match routing::ensure_delivery_routing(&netns, has_v6).await {
             Ok(()) => true,
@@ -263,14 +304,15 @@ impl Pods {
             k.attach_sk_lookup(&info.key(), &netns).map_err(kerr)?;
             k.enroll_outbound(pl.netns_cookie).map_err(kerr)
         })();
-        let enrolled = |accept_loops| Enrolled {
+        let enrolled = |accept_loops, sockets| Enrolled {
             netns_cookie: pl.netns_cookie,
             service_account: service_account.to_string(),
             ips: info.ips.clone(),
             accept_loops,
+            sockets,
         };
         if let Err(e) = result {
-            self.release(&info.key(), enrolled(vec![]));
+            self.release(&info.key(), enrolled(vec![], vec![]));
             return Err(e);
         }
         let ctx = Arc::new(PodCtx {
@@ -287,7 +329,68 @@ impl Pods {
         self.proxy.register_local(&ctx);
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
-        Ok(enrolled(accept_loops))
+        Ok(enrolled(accept_loops, sockets))
+    }
+
+    /// The new agent's side of a handover: registers every pod the old agent knew and enrolls the
+    /// enrolled ones with the sockets received (then [`Pods::readopt`] brings everything to what
+    /// the config says and re-adopts what the handover did not carry).
+    pub async fn adopt(&self, inherited: Vec<InheritedPod>) -> Result<usize, PodError> {
+        let snap = self.store.load();
+        let mut st = self.state.lock().await;
+        let mut adopted = 0;
+        for InheritedPod { pod, listeners } in inherited {
+            let key = pod.key();
+            if !listeners.is_empty() {
+                let sa = snap.service_account(&pod.namespace, &pod.name);
+                match self.enroll(&pod, &sa, Some(listeners)).await {
+                    Ok(e) => {
+                        st.enrolled.insert(key.clone(), e);
+                        adopted += 1;
+                    }
+                    // Its sockets close with the old agent; the pod fails closed until the
+                    // reconciler opens new ones.
+                    Err(e) => warn!(error = %e, "cannot adopt a handed-over pod; it is enrolled afresh"),
+                }
+            }
+            st.known.insert(key, pod);
+        }
+        self.registry.save(&st.known)?;
+        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+        Ok(adopted)
+    }
+
+    /// The old agent's side of a handover, on an accepted channel: sends every pod with its
+    /// sockets and, once the new agent has taken them, stops acting on them (no kernel state is
+    /// released: it is the new agent's now). CNI calls wait meanwhile. Returns the pod count.
+    pub async fn hand_over(&self, ch: &Channel) -> Result<usize, HandoverError> {
+        let theirs = handover::greet(ch)?;
+        let mut st = self.state.lock().await;
+        if st.handed_over {
+            return Err(HandoverError::Protocol("this agent has handed over already".into()));
+        }
+        info!(to = %theirs, pods = st.known.len(), "handing pods over to a new agent");
+        for (key, pod) in &st.known {
+            let (roles, fds): (Vec<Role>, Vec<_>) = st
+                .enrolled
+                .get(key)
+                .map(|e| e.sockets.iter().map(|(r, fd)| (*r, fd.as_raw_fd())).unzip())
+                .unwrap_or_default();
+            ch.send(&Msg::Pod { pod: pod.clone(), roles }, &fds)?;
+        }
+        ch.send(&Msg::Done { pods: st.known.len() }, &[])?;
+        match ch.recv()? {
+            (Msg::Taken, _) => {}
+            (other, _) => return Err(HandoverError::Protocol(format!("expected taken, got {other:?}"))),
+        }
+        st.handed_over = true;
+        for (_, e) in st.enrolled.drain() {
+            for t in e.accept_loops {
+                t.abort();
+            }
+        }
+        info!(pods = st.known.len(), "pods handed over; no longer accepting");
+        Ok(st.known.len())
     }
 
     fn release(&self, key: &str, e: Enrolled) {

@@ -24,10 +24,15 @@ impl Proxy {
             pod.tls.clone(),
             &pod.trust_domain,
             server::Targets::OwnAddress,
+            self.draining(),
             move |stream| {
                 let me = me.clone();
                 let pod = pod2.clone();
-                tokio::spawn(async move { me.hbone_stream(stream, pod).await });
+                let guard = me.track();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    me.hbone_stream(stream, pod).await
+                });
             },
         )
         .await;

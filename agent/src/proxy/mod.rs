@@ -95,6 +95,19 @@ pub struct Proxy {
     rr: Mutex<std::collections::HashMap<(String, String), usize>>,
     /// Pods enrolled on this node by address: the same-node fast path ([`local`]).
     local: parking_lot::RwLock<std::collections::HashMap<std::net::IpAddr, Arc<PodCtx>>>,
+    /// Connections (and HBONE streams) being carried now; an agent that handed over drains them.
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the agent drains: HBONE connections get a GOAWAY so peers open new ones elsewhere.
+    drain: tokio::sync::watch::Sender<bool>,
+}
+
+/// Counts one carried connection while it lives.
+pub(crate) struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The far side of a captured connection once it is connected.
@@ -189,7 +202,43 @@ impl Proxy {
             connect_timeout,
             rr: Mutex::new(Default::default()),
             local: Default::default(),
+            active: Default::default(),
+            drain: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    pub(crate) fn track(&self) -> ActiveGuard {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActiveGuard(self.active.clone())
+    }
+
+    /// Connections and HBONE streams being carried now.
+    pub fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts draining: HBONE connections are told (GOAWAY) to take no new streams; streams and
+    /// connections already carried go on.
+    pub fn begin_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Resolves once [`Proxy::begin_drain`] was called.
+    pub(crate) fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.drain.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Waits until every carried connection has ended or `deadline` passed; returns how many were
+    /// still open.
+    pub async fn drained(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.active() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.active()
     }
 
     /// Picks the next endpoint of `svc` round robin, preferring the VIP's address family.
@@ -277,7 +326,9 @@ impl Proxy {
                     }
                     let me = self.clone();
                     let pod = pod.clone();
+                    let guard = self.track();
                     tokio::spawn(async move {
+                        let _guard = guard;
                         match role {
                             Role::Outbound => me.outbound(stream, peer, pod).await,
                             Role::Inbound => me.inbound(stream, peer, pod).await,

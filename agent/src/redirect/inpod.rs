@@ -18,7 +18,8 @@ use super::sys::{self, NetNs};
 const BACKLOG: u32 = 1024;
 
 /// What a listener is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// 15001: redirected outbound connects land here.
     Outbound,
@@ -26,6 +27,17 @@ pub enum Role {
     Inbound,
     /// 15008: HBONE (mutual TLS) from other agents; reachable on the pod's addresses.
     Hbone,
+}
+
+impl Role {
+    /// The in-pod port a listener of this role is bound to.
+    pub fn port(self) -> u16 {
+        match self {
+            Role::Outbound => OUTBOUND_CAPTURE_PORT,
+            Role::Inbound => INBOUND_CAPTURE_PORT,
+            Role::Hbone => INBOUND_HBONE_PORT,
+        }
+    }
 }
 
 /// The capture listeners of one enrolled pod.
@@ -42,6 +54,8 @@ pub enum InPodError {
     Enter { netns: String, source: io::Error },
     #[error("cannot listen on {addr} in network namespace {netns}: {source} (is the port taken by the app?)")]
     Listen { netns: String, addr: SocketAddr, source: io::Error },
+    #[error("sockets handed over for network namespace {netns} are unusable: {detail}")]
+    Adopt { netns: String, detail: String },
     #[error("cannot read the netns cookie of {netns}: {source} (needs Linux 5.14+)")]
     Cookie { netns: String, source: io::Error },
 }
@@ -103,6 +117,42 @@ pub fn open_listeners(netns: &NetNs) -> Result<PodListeners, InPodError> {
         netns: name.clone(),
         source: io::Error::other("no listener opened"),
     })?;
+    Ok(PodListeners { netns_cookie, listeners })
+}
+
+/// Takes over listeners another agent opened in a pod (received in a handover): checks that each
+/// is a listening TCP socket on its role's port and that all are in one network namespace, whose
+/// cookie is returned with them. The sockets are the very ones the kernel maps already point at,
+/// so nothing a client can see changes.
+pub fn adopt_listeners(
+    netns: &NetNs,
+    fds: Vec<(Role, std::os::fd::OwnedFd)>,
+) -> Result<PodListeners, InPodError> {
+    let name = netns.path().display().to_string();
+    let bad = |detail: String| InPodError::Adopt { netns: name.clone(), detail };
+    let mut cookie = None;
+    let mut listeners = Vec::with_capacity(fds.len());
+    for (role, fd) in fds {
+        let c = sys::netns_cookie(fd.as_fd())
+            .map_err(|source| InPodError::Cookie { netns: name.clone(), source })?;
+        if *cookie.get_or_insert(c) != c {
+            return Err(bad("the sockets are in different network namespaces".into()));
+        }
+        let std_listener = std::net::TcpListener::from(fd);
+        let local = std_listener.local_addr().map_err(|e| bad(format!("not a TCP socket: {e}")))?;
+        if local.port() != role.port() {
+            return Err(bad(format!("{role:?} socket is bound to {local}, not port {}", role.port())));
+        }
+        std_listener.set_nonblocking(true).map_err(|e| bad(e.to_string()))?;
+        let l = TcpListener::from_std(std_listener).map_err(|e| bad(e.to_string()))?;
+        listeners.push((role, l));
+    }
+    if !listeners.iter().any(|(r, _)| *r == Role::Hbone)
+        || !listeners.iter().any(|(r, _)| *r == Role::Outbound)
+    {
+        return Err(bad("the outbound or HBONE listener is missing".into()));
+    }
+    let netns_cookie = cookie.ok_or_else(|| bad("no sockets".into()))?;
     Ok(PodListeners { netns_cookie, listeners })
 }
 

@@ -104,8 +104,9 @@ pub struct Kernel {
     bpf: Mutex<Ebpf>,
     dir: PathBuf,
     maps: Mutex<Maps>,
-    /// Cgroup links kept open (also pinned).
-    _links: Vec<PinnedLink>,
+    /// Cgroup links kept open (also pinned); dropped after a handover, when the next agent's
+    /// links are pinned in their place.
+    links: Mutex<Vec<PinnedLink>>,
 }
 
 fn pin_name(stem: &str) -> String {
@@ -174,7 +175,61 @@ impl Kernel {
             delivering: take_map(&mut bpf, "DELIVERING")?,
         };
         info!(dir = %dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
-        Ok(Kernel { bpf: Mutex::new(bpf), dir: dir.to_path_buf(), maps: Mutex::new(maps), _links: links })
+        let k = Kernel {
+            bpf: Mutex::new(bpf),
+            dir: dir.to_path_buf(),
+            maps: Mutex::new(maps),
+            links: Mutex::new(links),
+        };
+        for p in k.foreign_pins() {
+            warn!(pin = %p.display(), layout = LAYOUT_VERSION,
+                  "pinned state of another eBPF layout version (another sluice release): not read; removed once the pods are re-enrolled");
+        }
+        Ok(k)
+    }
+
+    /// Lets go of this agent's program links after a handover (the next agent pinned its own in
+    /// their place, so they detach now).
+    pub fn release_links(&self) -> usize {
+        let mut links = self.links.lock();
+        let n = links.len();
+        links.clear();
+        n
+    }
+
+    /// Pins in the agent's directory written by an agent of another layout version.
+    pub fn foreign_pins(&self) -> Vec<PathBuf> {
+        let ours = format!("_v{LAYOUT_VERSION}");
+        let mut found = Vec::new();
+        for dir in [self.dir.clone(), self.dir.join("pods")] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if is_foreign_pin(&name, &ours) {
+                    found.push(e.path());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Removes the pins of another layout version (their links detach, their maps are freed once no
+    /// process holds them). Call once the pods are enrolled in this agent's maps.
+    pub fn remove_foreign_pins(&self) -> usize {
+        let mut removed = 0;
+        for p in self.foreign_pins() {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let ok = if name.contains("_link_") || name.starts_with("sluice_sk_lookup_") {
+                unpin_link(&p).is_ok()
+            } else {
+                std::fs::remove_file(&p).is_ok()
+            };
+            if ok {
+                info!(pin = %p.display(), "removed the pin of another eBPF layout version");
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Starts capturing outbound connects from the pod whose netns has this cookie.
@@ -368,6 +423,14 @@ fn unpin_link(path: &Path) -> Result<(), KernelError> {
     }
 }
 
+/// A pin of ours (`sluice_<stem>_v<N>`) whose version is not `ours` (`_v<LAYOUT_VERSION>`).
+fn is_foreign_pin(name: &str, ours: &str) -> bool {
+    let Some(rest) = name.strip_prefix("sluice_") else { return false };
+    let versioned =
+        rest.rsplit_once("_v").is_some_and(|(_, v)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    versioned && !rest.ends_with(ours)
+}
+
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -447,6 +510,18 @@ mod tests {
         let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
         assert_eq!(parse_cgroup2_root(pure), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(parse_cgroup2_root("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn pins_of_other_layout_versions_are_told_apart() {
+        let ours = format!("_v{LAYOUT_VERSION}");
+        assert!(!is_foreign_pin(&pin_name("enrolled"), &ours));
+        assert!(!is_foreign_pin(&pin_name("sk_lookup_uid-1"), &ours));
+        let other = LAYOUT_VERSION + 1;
+        assert!(is_foreign_pin(&format!("sluice_enrolled_v{other}"), &ours));
+        assert!(is_foreign_pin(&format!("sluice_link_connect4_v{other}"), &ours));
+        assert!(!is_foreign_pin("pods", &ours));
+        assert!(!is_foreign_pin("sluice_notes", &ours));
     }
 
     #[test]

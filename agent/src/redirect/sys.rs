@@ -1,4 +1,5 @@
-//! The agent's only raw syscalls: entering a pod's network namespace to create sockets there, and the
+//! The agent's only raw syscalls: entering a pod's network namespace to create sockets there, receiving
+//! descriptors passed over a Unix socket (the upgrade handover), and the
 //! socket options the data path needs (SO_MARK, SO_NETNS_COOKIE). Everything unsafe lives here,
 //! each call wrapped in a safe function that checks its result.
 #![allow(unsafe_code, reason = "setns/setsockopt/getsockopt have no safe std equivalent")]
@@ -156,6 +157,51 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(s.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Accepts a connection on a Unix listening socket (close-on-exec), owned.
+pub fn accept_unix(listener: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let raw = nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}
+
+/// One message received on a Unix seqpacket socket with the descriptors attached to it.
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+    /// The message or its descriptors did not fit (the rest is lost).
+    pub truncated: bool,
+}
+
+/// Receives one message into `buf` and up to `MAX_FDS` descriptors (close-on-exec, owned).
+pub fn recv_with_fds<const MAX_FDS: usize>(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd as _;
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let r = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let mut fds = Vec::new();
+    for c in r.cmsgs().map_err(|e| io::Error::from_raw_os_error(e as i32))? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors in this process for this
+            // message; nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(Received {
+        len: r.bytes,
+        fds,
+        truncated: r.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+    })
 }
 
 #[cfg(test)]

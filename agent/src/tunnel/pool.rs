@@ -324,6 +324,7 @@ mod tests {
                         cfg,
                         "cluster.local",
                         server::Targets::OwnAddress,
+                        std::future::pending(),
                         |stream| {
                             tokio::spawn(async move {
                                 if stream.target.port() == 1 {

@@ -79,12 +79,14 @@ pub enum Targets {
 }
 
 /// Serves one accepted TCP connection until the peer closes it; `on_stream` is called (and must
-/// not block) for each valid CONNECT stream.
+/// not block) for each valid CONNECT stream. Once `drain` resolves the peer gets a GOAWAY: streams
+/// already open go on, new ones go to a new connection.
 pub async fn serve_connection(
     tcp: TcpStream,
     tls: Arc<ServerConfig>,
     trust_domain: &str,
     targets: Targets,
+    drain: impl std::future::Future<Output = ()>,
     on_stream: impl Fn(Stream),
 ) -> Result<(), ServerError> {
     let peer_addr = tcp.peer_addr().map_err(|e| ServerError::Tls(unspecified(), e))?;
@@ -117,7 +119,18 @@ pub async fn serve_connection(
             ));
         }
     };
-    while let Some(next) = conn.accept().await {
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            () = &mut drain, if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         let (req, mut respond) = match next {
             Ok(x) => x,
             Err(e) if e.is_go_away() || e.reason() == Some(h2::Reason::NO_ERROR) => break,

@@ -159,9 +159,16 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let td = wp.trust_domain.clone();
                     let w2 = wp.clone();
-                    let r = server::serve_connection(tcp, tls, &td, Targets::Any, move |stream| {
-                        tokio::spawn(w2.clone().stream(stream));
-                    })
+                    let r = server::serve_connection(
+                        tcp,
+                        tls,
+                        &td,
+                        Targets::Any,
+                        std::future::pending(),
+                        move |stream| {
+                            tokio::spawn(w2.clone().stream(stream));
+                        },
+                    )
                     .await;
                     if let Err(e) = r {
                         warn!(target: "sluice::access", reporter = "waypoint", reason = e.response_flag(), error = %e, "HBONE connection refused");
