@@ -134,10 +134,37 @@ pub struct AgentArgs {
     /// terminationGracePeriodSeconds).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Host directory to install the CNI plugin binary into (`sluice-cni`); with --cni-conf-dir the
+    /// agent installs and keeps the plugin in the node's primary conflist (docs/install.md).
+    #[arg(long, requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// Host directory of the node's CNI network configs (the primary conflist is the first by name).
+    #[arg(long, requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The agent's CNI socket as the plugin, run by the container runtime on the host, sees it
+    /// (default: <state-dir>/cni.sock, right when the state directory is mounted at the same path).
+    #[arg(long)]
+    pub cni_agent_socket: Option<PathBuf>,
+    /// When an agent that did not hand over is terminated, remove the plugin from the node's CNI
+    /// config: `auto` only when its DaemonSet is being deleted (kubernetes config) and never with
+    /// a file config; `always`; `never`. Pods created while no agent runs fail to start (fail
+    /// closed) as long as the plugin stays.
+    #[arg(long, value_enum, default_value_t = CniCleanup::Auto)]
+    pub cni_cleanup: CniCleanup,
+    /// The agent's DaemonSet (namespace from POD_NAMESPACE), checked by `--cni-cleanup auto`.
+    #[arg(long, default_value = "sluice-agent")]
+    pub daemonset: String,
     /// Testing only: pause this long in the middle of taking over from a running agent (after
     /// enrolling its pods, before telling it so), to kill an agent mid-handover.
     #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]
     pub handover_pause: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CniCleanup {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -353,6 +353,13 @@ impl Cluster {
         PathBuf::from("/var/run/netns").join(&self.node(n).netns)
     }
 
+    /// A directory of this run's own (created, removed with the cluster), for a test's files.
+    pub fn scratch_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let d = self.tmp.join("scratch").join(name);
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
     /// This cluster's CA directory (shared by its agents).
     pub fn ca_dir(&self) -> PathBuf {
         self.tmp.join("ca")
@@ -529,6 +536,13 @@ impl Cluster {
     /// The process id of node `n`'s agent, if it runs.
     pub fn agent_pid(&self, n: usize) -> Option<u32> {
         self.node(n).agent.lock().ok().and_then(|a| a.as_ref().map(Child::id))
+    }
+
+    /// SIGTERMs node `n`'s agent (as the kubelet does) and waits up to `within` for it to exit.
+    pub fn terminate_agent(&self, n: usize, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take();
+        let mut agent = AgentProcess(child.ok_or_else(|| anyhow::anyhow!("node{n} runs no agent"))?);
+        Ok(agent.terminate(within)?.0)
     }
 
     /// SIGKILLs node `n`'s agent (no cleanup runs in it).
@@ -795,6 +809,11 @@ impl Cluster {
                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
             }
         })
+    }
+
+    /// Node `n`'s agent CNI socket.
+    pub fn agent_socket(&self, n: usize) -> PathBuf {
+        self.node(n).state.join("run/cni.sock")
     }
 
     fn sluice_conf(&self, n: usize) -> Value {

@@ -128,6 +128,24 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             .context("handover task")??;
         info!(from = %t.peer_version, "took over from the running agent; it drains its connections");
     }
+    // The plugin in the node's CNI config (after the handover: the old agent's copy stays put).
+    let installer = args.cni_bin_dir.clone().zip(args.cni_conf_dir.clone()).map(|(bin_dir, conf_dir)| {
+        crate::cni::install::Installer {
+            bin_dir,
+            conf_dir,
+            agent_socket: args.cni_agent_socket.clone().unwrap_or_else(|| sock.clone()),
+        }
+    });
+    let keeper = match &installer {
+        Some(i) => {
+            i.install_binary(std::path::Path::new("/proc/self/exe"))?;
+            Some(
+                crate::cni::install::keep_installed(i.clone(), std::time::Duration::from_secs(30))
+                    .with_context(|| format!("cannot watch {}", i.conf_dir.display()))?,
+            )
+        }
+        None => None,
+    };
     let foreign = kernel.remove_foreign_pins();
     if foreign > 0 {
         info!(removed = foreign, "removed pinned state of another eBPF layout version");
@@ -166,9 +184,56 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next
         // agent re-adopts them.
         info!("shutting down; enrollment stays pinned for the next agent");
+        drop(keeper);
+        if let Some(i) = &installer {
+            if uninstalling(&args).await {
+                let changed = i.uninstall()?;
+                info!(files = changed.len(), "uninstalled: removed the CNI plugin from the node");
+            } else {
+                info!(
+                    "the CNI plugin stays in the node's CNI config: pods started while no agent runs fail to start until one does (fail closed)"
+                );
+            }
+        }
     }
     reaper.abort();
     Ok(())
+}
+
+/// Whether a terminated agent (that handed nothing over) is being uninstalled, per --cni-cleanup.
+async fn uninstalling(args: &AgentArgs) -> bool {
+    use crate::cli::CniCleanup;
+    match args.cni_cleanup {
+        CniCleanup::Always => true,
+        CniCleanup::Never => false,
+        CniCleanup::Auto if !config::kubernetes::selected_by(&args.config) => false,
+        CniCleanup::Auto => match daemonset_going(&args.daemonset).await {
+            Ok(going) => going,
+            Err(e) => {
+                warn!(error = %e, daemonset = %args.daemonset,
+                      "cannot tell whether the DaemonSet is being deleted; keeping the CNI plugin (fail closed)");
+                false
+            }
+        },
+    }
+}
+
+/// True when the agent's DaemonSet is gone or being deleted (an uninstall, not an upgrade).
+async fn daemonset_going(name: &str) -> anyhow::Result<bool> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let ns = std::env::var("POD_NAMESPACE").context("POD_NAMESPACE is not set (downward API)")?;
+    let client = config::kubernetes::client_from_env().await?;
+    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client, &ns);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), api.get_opt(name))
+        .await
+        .context("the API server did not answer in 5 s")?;
+    match got {
+        Ok(ds) => Ok(ds.is_none_or(|d| d.metadata.deletion_timestamp.is_some())),
+        // `helm uninstall` / `kubectl delete -f` remove the agent's RBAC and service account
+        // together with the DaemonSet: losing them is an uninstall too.
+        Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Serves handover requests on a thread of its own (the exchange is blocking socket I/O); notifies

@@ -1,10 +1,11 @@
-//! The CNI plugin (`sluice cni`, or the binary installed as `sluice-cni`) and the small protocol it
-//! speaks with the local agent over a Unix socket.
+//! The CNI plugin (`sluice cni`, or the binary installed as `sluice-cni`), the small protocol it
+//! speaks with the local agent over a Unix socket, and its installation on the node ([`install`]).
 //!
 //! The plugin runs chained after the cluster's own CNI: it passes the previous result through
 //! unchanged and tells the agent the pod's network namespace and identity. The agent decides
 //! whether the pod is enrolled; if the agent cannot be reached, ADD fails so the pod never starts
 //! unprotected.
+pub mod install;
 pub mod plugin;
 pub mod protocol;
 

@@ -1,0 +1,99 @@
+//! The CNI installer end to end: a real agent process installs the plugin binary and appends
+//! itself to a real conflist (kindnet's, as a kind node has it), restores itself when the primary
+//! CNI rewrites the file, keeps it through an upgrade and a restart, and on uninstall leaves the
+//! file byte-identical to what the primary CNI wrote.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sluice_e2e::{Cluster, cluster::scaled, require_root};
+
+const CONFLIST: &str = "10-kindnet.conflist";
+
+fn fixture() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/cni").join(CONFLIST);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn plugins(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("conflist");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the agent wrote valid JSON");
+    v["plugins"].as_array().expect("plugins").clone()
+}
+
+fn ends_with_sluice(path: &Path) -> bool {
+    plugins(path).last().is_some_and(|p| p["type"] == "sluice-cni")
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_agent_installs_keeps_and_uninstalls_its_cni_plugin() {
+    if !require_root("the_agent_installs_keeps_and_uninstalls_its_cni_plugin") {
+        return;
+    }
+    let c = Cluster::new(1).expect("cluster");
+    c.write_config("namespaces.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n")
+        .expect("config");
+    let bin: PathBuf = c.scratch_dir("cni-bin").expect("bin dir");
+    let conf: PathBuf = c.scratch_dir("net.d").expect("conf dir");
+    let conflist = conf.join(CONFLIST);
+    let original = fixture();
+    std::fs::write(&conflist, &original).expect("write conflist");
+    c.agent_args.lock().expect("args").extend(
+        ["--cni-bin-dir", bin.to_str().expect("utf-8"), "--cni-conf-dir", conf.to_str().expect("utf-8")]
+            .map(String::from),
+    );
+    c.start_agent(1).expect("agent");
+
+    // Installed: the binary answers as a CNI plugin; the conflist ends with it, pointing at this
+    // agent's socket, and the primary's plugins are untouched.
+    let plugin = bin.join("sluice-cni");
+    let out = Command::new(&plugin).env("CNI_COMMAND", "VERSION").output().expect("run the installed plugin");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && version.contains("supportedVersions"), "{version}");
+    let list = plugins(&conflist);
+    assert_eq!(
+        list.iter().map(|p| p["type"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        ["ptp", "portmap", "sluice-cni"]
+    );
+    assert_eq!(list[2]["agentSocket"], c.agent_socket(1).to_str().expect("utf-8"));
+
+    // The primary CNI rewrites its file (as kindnet does on restart): sluice is back at once.
+    std::fs::write(&conflist, &original).expect("rewrite");
+    wait_for("sluice-cni is appended again", || ends_with_sluice(&conflist));
+    let installed = std::fs::read_to_string(&conflist).expect("read");
+
+    // An upgrade keeps it (the old agent handed over and does not remove it)...
+    let mut old = c.upgrade_agent(1, &[]).expect("upgrade");
+    old.terminate(scaled(Duration::from_secs(20))).expect("old agent exits");
+    assert_eq!(std::fs::read_to_string(&conflist).expect("read"), installed, "changed by the upgrade");
+    // ...and so does terminating an agent with a file config (`--cni-cleanup auto`: only a
+    // DaemonSet being deleted uninstalls), so pods cannot start outside the mesh meanwhile.
+    let st = c.terminate_agent(1, scaled(Duration::from_secs(20))).expect("terminate");
+    assert!(st.success(), "{st}");
+    assert!(c.agent_log(1).contains("the CNI plugin stays in the node's CNI config"));
+    assert_eq!(std::fs::read_to_string(&conflist).expect("read"), installed, "a restart removed the plugin");
+
+    // Uninstall: an agent told to clean up leaves the primary's file byte for byte.
+    let mut last = c.spawn_agent(1, &["--cni-cleanup", "always"]).expect("spawn");
+    wait_for("the last agent serves", || {
+        c.agent_get(1, "/healthz/ready").is_ok_and(|b| b.starts_with("ready"))
+    });
+    last.terminate(scaled(Duration::from_secs(20))).expect("exits");
+    assert_eq!(
+        std::fs::read_to_string(&conflist).expect("read"),
+        original,
+        "uninstall did not restore the file"
+    );
+    assert!(!plugin.exists(), "the plugin binary is left behind");
+    assert!(c.agent_log(1).contains("uninstalled: removed the CNI plugin from the node"));
+}
