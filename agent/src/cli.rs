@@ -154,6 +154,14 @@ pub struct AgentArgs {
     /// The agent's DaemonSet (namespace from POD_NAMESPACE), checked by `--cni-cleanup auto`.
     #[arg(long, default_value = "sluice-agent")]
     pub daemonset: String,
+    /// Where the node's pod network namespaces are pinned by the container runtime; pods that ran
+    /// before sluice was installed are found there (by their addresses) and enrolled.
+    #[arg(long, default_values = ["/var/run/netns"])]
+    pub pod_netns_dir: Vec<PathBuf>,
+    /// Also look for pods' network namespaces through /proc/<pid>/ns/net of every host process
+    /// (needs hostPID); finds pods of runtimes that do not pin namespaces.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_netns_proc: bool,
     /// Testing only: pause this long in the middle of taking over from a running agent (after
     /// enrolling its pods, before telling it so), to kill an agent mid-handover.
     #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]

@@ -49,6 +49,8 @@ pub struct PodSpec {
     pub service_account: Option<String>,
     /// Do not publish the Pod object before sluice-cni runs (an agent that has not seen it yet).
     pub unpublished: bool,
+    /// Created before sluice was installed: the runtime's chain had no sluice-cni.
+    pub before_sluice: bool,
 }
 
 impl PodSpec {
@@ -63,6 +65,12 @@ impl PodSpec {
 
     pub fn service_account(mut self, sa: &str) -> PodSpec {
         self.service_account = Some(sa.into());
+        self
+    }
+
+    /// A pod that was running before sluice was installed (no sluice-cni ADD).
+    pub fn before_sluice(mut self) -> PodSpec {
+        self.before_sluice = true;
         self
     }
 }
@@ -483,6 +491,11 @@ impl Cluster {
             .args(["--admin-addr", &format!("127.0.0.1:{ADMIN_PORT}")])
             .arg("--ca-dir")
             .arg(self.tmp.join("ca"))
+            // The node's pod namespaces as a runtime pins them (only this node's: the machine's
+            // /var/run/netns and /proc hold every test's).
+            .arg("--pod-netns-dir")
+            .arg(node.state.join("netns"))
+            .args(["--pod-netns-proc", "false"])
             .args(self.agent_args.lock().map(|a| a.clone()).unwrap_or_default())
             .args(extra)
             .stdin(Stdio::null())
@@ -690,7 +703,13 @@ impl Cluster {
         {
             *p = pod.clone();
         }
+        let pinned = node.state.join("netns");
+        fs::create_dir_all(&pinned)?;
+        std::os::unix::fs::symlink(pod.netns_path(), pinned.join(&pod.netns))?;
         self.publish_objects()?;
+        if spec.before_sluice {
+            return Ok((pod, Ok(())));
+        }
         let sluice = self.cni(n, &pod, "ADD", self.sluice_conf(n), Some(ptp)).map(|_| ());
         Ok((pod, sluice))
     }
@@ -715,8 +734,8 @@ impl Cluster {
                 std::iter::once(p.ipv4).chain(p.ipv6).map(|ip| json!({"ip": ip.to_string()})).collect();
             docs.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": p.name, "namespace": p.namespace, "labels": labels},
-                "spec": {"serviceAccountName": p.service_account},
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": labels, "uid": p.uid},
+                "spec": {"serviceAccountName": p.service_account, "nodeName": self.node(p.node).name},
                 "status": {"podIPs": ips},
             }));
         }
@@ -795,6 +814,7 @@ impl Cluster {
         self.cni(pod.node, pod, "DEL", self.sluice_conf(pod.node), prev.clone())
             .map_err(anyhow::Error::msg)?;
         self.cni(pod.node, pod, "DEL", self.ptp_conf(pod.node), prev).map_err(anyhow::Error::msg)?;
+        let _ = fs::remove_file(self.node(pod.node).state.join("netns").join(&pod.netns));
         ip(&["netns", "del", &pod.netns])?;
         Ok(())
     }

@@ -97,3 +97,60 @@ fn the_agent_installs_keeps_and_uninstalls_its_cni_plugin() {
     assert!(!plugin.exists(), "the plugin binary is left behind");
     assert!(c.agent_log(1).contains("uninstalled: removed the CNI plugin from the node"));
 }
+
+#[test]
+fn pods_running_before_the_install_are_enrolled_without_a_restart() {
+    if !require_root("pods_running_before_the_install_are_enrolled_without_a_restart") {
+        return;
+    }
+    use sluice_e2e::{cluster::PodSpec, probe::Probe};
+    use std::net::SocketAddr;
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n")
+        .expect("config");
+    // Node 1's pods start before sluice is there: the runtime's chain has no sluice-cni.
+    let old = c.add_pod_spec(1, PodSpec::new("mesh", "old").before_sluice()).expect("old pod");
+    let p = Probe::new(env!("CARGO_BIN_EXE_sl-probe"));
+    p.serve(&c, &old, &[8080]).expect("old pod serves");
+    let outsider = c.add_pod_spec(2, PodSpec::new("plain", "outsider").before_sluice()).expect("outsider");
+    let to_old = SocketAddr::new(old.ipv4, 8080);
+    let plain = p.client(&c, &outsider, to_old, 4096, 0).expect("before install");
+    assert!(plain.ok, "{}", plain.error);
+
+    // sluice is installed (agents start), then the namespace is enabled: the running pod is found
+    // in its network namespace by its addresses and enrolled, with no restart and no CNI call.
+    c.start_agent(1).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    c.write_config(
+        "namespaces.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n",
+    )
+    .expect("label the namespace");
+    wait_for("the agent enrolls the running pod", || {
+        c.agent_get(1, "/debug/pods").is_ok_and(|s| s.contains("\"old\"") && s.contains("\"enrolled\": true"))
+    });
+    assert!(
+        c.agent_log(1).contains("found a pod that ran before sluice; enrolling it"),
+        "{}",
+        c.agent_log(1)
+    );
+    // Its inbound traffic now goes through the agent (sk_lookup steering): plaintext from outside
+    // the mesh arrives through the capture listener and is counted as inbound.
+    let opened = |c: &Cluster| {
+        c.metric(
+            1,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("destination_workload", "old")],
+        )
+        .expect("metrics")
+    };
+    let before = opened(&c);
+    let r = p.client(&c, &outsider, to_old, 4096, 0).expect("after install");
+    assert!(r.ok, "{}", r.error);
+    assert_eq!(opened(&c), before + 1.0, "the running pod's inbound traffic is not captured");
+    // The same server process (never restarted) now also gets mTLS from a mesh pod.
+    let client = c.add_pod(2, "mesh", "client").expect("mesh client");
+    let r = p.client(&c, &client, to_old, 64 * 1024, 0).expect("mesh to old");
+    assert!(r.ok, "{}", r.error);
+    assert_eq!(opened(&c), before + 2.0);
+}

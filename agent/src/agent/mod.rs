@@ -2,6 +2,7 @@
 //! eBPF, serves the CNI socket and the admin endpoints, reconciles enrollment whenever the config
 //! changes, and hands everything to the next agent when one asks.
 mod cni_server;
+pub mod discover;
 pub mod handover;
 pub mod pods;
 pub mod registry;
@@ -96,11 +97,17 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         info!(adopted, "enrolled the handed-over pods with their sockets");
     }
     pods.readopt().await?;
+    let places = discover::Where { dirs: args.pod_netns_dir.clone(), proc: args.pod_netns_proc };
+    let found = pods.discover(&args.node_name, &places).await?;
+    if found > 0 {
+        pods.reconcile().await;
+    }
 
     let _watch = source.follow(store.clone())?;
     let reconciler = {
         let pods = pods.clone();
         let mut rx = store.subscribe();
+        let node = args.node_name.clone();
         // On every config change, and every few seconds so a failed enrollment is retried.
         tokio::spawn(async move {
             let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -108,6 +115,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { break },
                     _ = retry.tick() => {}
+                }
+                if let Err(e) = pods.discover(&node, &places).await {
+                    warn!(error = %e, "looking for pods that ran before sluice failed");
                 }
                 pods.reconcile().await;
             }

@@ -87,6 +87,22 @@ pub struct Pods {
     registry: Registry,
     trust_domain: String,
     state: Mutex<State>,
+    /// When discovery last scanned the host, for which pods: the same pods are looked for again
+    /// only every [`RESCAN`].
+    last_scan: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+}
+
+/// How often discovery looks again for the same missing pods.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// True when both paths name the same file (a network namespace is the same nsfs inode under
+/// whatever path).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
 }
 
 fn pod_name(p: &PodRef) -> String {
@@ -100,7 +116,14 @@ impl Pods {
         registry: Registry,
         trust_domain: String,
     ) -> Pods {
-        Pods { proxy, store, registry, trust_domain, state: Mutex::new(State::default()) }
+        Pods {
+            proxy,
+            store,
+            registry,
+            trust_domain,
+            state: Mutex::new(State::default()),
+            last_scan: Default::default(),
+        }
     }
 
     /// Re-adopts the pods persisted by a previous agent: drops those whose netns is gone, enrolls
@@ -143,9 +166,13 @@ impl Pods {
         if st.handed_over {
             return Err(PodError::HandedOver);
         }
-        // A re-ADD (sandbox recreated) replaces the old registration.
+        // A re-ADD replaces the old registration; in the same network namespace (an ADD retried,
+        // or a pod discovery found first) the pod keeps its listening sockets.
+        let mut reuse = None;
         if let Some(old) = st.enrolled.remove(&key) {
-            self.release(&key, old);
+            let same_netns = st.known.get(&key).is_some_and(|k| same_file(&k.netns, &info.netns));
+            let sockets = self.release(&key, old);
+            reuse = same_netns.then_some(sockets);
         }
         st.known.insert(key.clone(), info.clone());
         self.registry.save(&st.known)?;
@@ -159,7 +186,7 @@ impl Pods {
                 Err(PodError::NotInConfig { pod: pod_name(&info) })
             }
             EnrollDecision::Enrolled => {
-                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name), None).await?;
+                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name), reuse).await?;
                 st.enrolled.insert(key, e);
                 self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
                 Ok(true)
@@ -179,7 +206,9 @@ impl Pods {
         if st.handed_over {
             return Err(PodError::HandedOver);
         }
-        if st.known.get(key).is_some_and(|k| k.container_id != pod.container_id) {
+        // A pod found by discovery has no container ID: any DEL for it is the current one.
+        if st.known.get(key).is_some_and(|k| !k.container_id.is_empty() && k.container_id != pod.container_id)
+        {
             info!(pod = %pod_name(pod), container = %pod.container_id, "DEL for an older sandbox ignored");
             return Ok(());
         }
@@ -222,16 +251,17 @@ impl Pods {
             }
             let want = decision == EnrollDecision::Enrolled;
             let sa = snap.service_account(&info.namespace, &info.name);
-            // A new service account means a new identity: enroll again.
+            // A new service account means a new identity: enroll again (same sockets).
+            let mut reuse = None;
             if want
                 && st.enrolled.get(&info.key()).is_some_and(|e| e.service_account != sa)
                 && let Some(e) = st.enrolled.remove(&info.key())
             {
-                self.release(&info.key(), e);
+                reuse = Some(self.release(&info.key(), e));
             }
             let have = st.enrolled.contains_key(&info.key());
             if want && !have {
-                match self.enroll(&info, &snap.service_account(&info.namespace, &info.name), None).await {
+                match self.enroll(&info, &snap.service_account(&info.namespace, &info.name), reuse).await {
                     Ok(e) => {
                         st.enrolled.insert(info.key(), e);
                     }
@@ -312,7 +342,7 @@ impl Pods {
             sockets,
         };
         if let Err(e) = result {
-            self.release(&info.key(), enrolled(vec![], vec![]));
+            drop(self.release(&info.key(), enrolled(vec![], vec![])));
             return Err(e);
         }
         let ctx = Arc::new(PodCtx {
@@ -330,6 +360,65 @@ impl Pods {
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
         info!(pod = %pod, netns_cookie = pl.netns_cookie, ips = ?info.ips, transparent, "pod enrolled");
         Ok(enrolled(accept_loops, sockets))
+    }
+
+    /// Registers the pods of `node` that the config lists as enrolled but no CNI call reported
+    /// (they ran before sluice was installed): their network namespaces are found on the host by
+    /// their addresses ([`super::discover`]). The next [`Pods::reconcile`] enrolls them. Returns
+    /// how many were found.
+    pub async fn discover(&self, node: &str, places: &super::discover::Where) -> Result<usize, PodError> {
+        let snap = self.store.load();
+        let wanted: Vec<_> = {
+            let st = self.state.lock().await;
+            if st.handed_over {
+                return Ok(0);
+            }
+            snap.pods
+                .values()
+                .filter(|p| p.node.as_deref() == Some(node) && !p.ips.is_empty())
+                .filter(|p| snap.enrollment(&p.namespace, &p.name) == EnrollDecision::Enrolled)
+                .filter(|p| !st.known.values().any(|k| k.namespace == p.namespace && k.name == p.name))
+                .cloned()
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<String> = wanted.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+        {
+            let mut last = self.last_scan.lock();
+            if last.as_ref().is_some_and(|(at, n)| *n == names && at.elapsed() < RESCAN) {
+                return Ok(0);
+            }
+            *last = Some((std::time::Instant::now(), names));
+        }
+        let places = places.clone();
+        let found =
+            tokio::task::spawn_blocking(move || super::discover::scan(&places)).await.unwrap_or_default();
+        let mut st = self.state.lock().await;
+        let mut n = 0;
+        for p in wanted {
+            let Some(f) = super::discover::find(&found, &p.ips) else {
+                info!(pod = %format!("{}/{}", p.namespace, p.name), ips = ?p.ips,
+                      "pod of this node not found in any network namespace yet");
+                continue;
+            };
+            let pod = PodRef {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone().unwrap_or_else(|| format!("{}/{}", p.namespace, p.name)),
+                container_id: String::new(),
+                netns: f.path.clone(),
+                ips: p.ips.clone(),
+            };
+            info!(pod = %pod_name(&pod), netns = %f.path.display(), "found a pod that ran before sluice; enrolling it");
+            st.known.insert(pod.key(), pod);
+            n += 1;
+        }
+        if n > 0 {
+            self.registry.save(&st.known)?;
+        }
+        Ok(n)
     }
 
     /// The new agent's side of a handover: registers every pod the old agent knew and enrolls the
@@ -393,7 +482,9 @@ impl Pods {
         Ok(st.known.len())
     }
 
-    fn release(&self, key: &str, e: Enrolled) {
+    /// Undoes an enrollment; returns the pod's listening sockets (closed when dropped) for a
+    /// re-enrollment in the same namespace.
+    fn release(&self, key: &str, e: Enrolled) -> Vec<(Role, OwnedFd)> {
         let k = &self.proxy.kernel;
         if let Err(err) = k.release_outbound(e.netns_cookie) {
             warn!(error = %err, "release: outbound");
@@ -412,6 +503,7 @@ impl Pods {
         self.proxy.pool.forget_pod(e.netns_cookie);
         self.proxy.forget_local(&e.ips, e.netns_cookie);
         info!(pod = key, "pod released");
+        e.sockets
     }
 
     pub async fn status(&self) -> Vec<PodStatus> {

@@ -51,6 +51,10 @@ pub struct PodEntry {
     pub service_account: String,
     /// `status.podIPs` (Pod) or `spec.addresses` (Workload).
     pub ips: Vec<IpAddr>,
+    /// `spec.nodeName` of a Pod: the agent of that node enrolls it even if no CNI call told it.
+    pub node: Option<String>,
+    /// `metadata.uid` of a Pod.
+    pub uid: Option<String>,
     /// The policies that select this workload, resolved at compile time.
     pub policies: WorkloadPolicies,
 }
@@ -322,6 +326,11 @@ impl Snapshot {
                         ("spec.serviceAccount", cx.ip_list("spec.addresses", None))
                     };
                     let service_account = cx.string(sa_path, false).unwrap_or_else(|| "default".into());
+                    let (node, uid) = if kind == "Pod" {
+                        (cx.string("spec.nodeName", false), cx.string("metadata.uid", false))
+                    } else {
+                        (None, None)
+                    };
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     for ip in &ips {
                         let key = (namespace.clone(), name.clone());
@@ -341,6 +350,8 @@ impl Snapshot {
                             labels,
                             service_account,
                             ips,
+                            node,
+                            uid,
                             policies: Default::default(),
                         },
                     );

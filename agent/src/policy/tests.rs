@@ -25,7 +25,7 @@ fn workload(ns: &str, labels: &[(&str, &str)]) -> PodEntry {
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         service_account: "w".into(),
         ips: vec![],
-        policies: Default::default(),
+        ..Default::default()
     }
 }
 
