@@ -6,13 +6,17 @@
 //!   the smoke scenarios on other kernels in VMs; `--kernel V|all` runs the suite in VMs only
 //! - `demo`   setup, build, run the demo on a simulated two-node cluster
 //! - `bench`  mesh versus direct benchmarks and the mesh-config compile benchmark (`--quick`: smoke)
+//! - `manifests` / `vagrant-lint`  the offline deployment checks `test` runs (manifests and chart;
+//!   Vagrantfile and scripts)
 //! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
+mod chart;
 mod cmd;
 mod fuzz;
 mod image;
 mod manifests;
 mod setup;
 mod test;
+mod vagrant;
 mod vm;
 
 use std::process::ExitCode;
@@ -50,8 +54,12 @@ enum Command {
     },
     /// Build the container image as an OCI archive (target/image/, offline, buildah) and check it.
     Image,
-    /// Validate the Kubernetes manifests under deploy/ offline and strictly (also part of `test`).
+    /// Validate the Kubernetes manifests under deploy/ offline and strictly, and check that the Helm
+    /// chart's default render equals them (also part of `test`).
     Manifests,
+    /// Check vagrant/: the Vagrantfile parses (`ruby -c`), every script passes shellcheck (also part
+    /// of `test`). The VM itself runs on a workstation (vagrant/README.md).
+    VagrantLint,
     /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
     Fuzz {
         /// How long to run, in seconds.
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
         Command::Fuzz { time } => fuzz::run(time),
         Command::Manifests => manifests::check(),
+        Command::VagrantLint => vagrant::check(),
         Command::Image => image::run().map(|_| ()),
         Command::VmGuest { dir } => vm::guest(&dir),
     };

@@ -2,6 +2,8 @@
 //! OpenAPI schemas shipped in the `kubernetes-validate` Python package (no cluster, no network).
 //! Strict: an unknown field (a typo) is an error. The check proves it can fail by first
 //! validating a manifest with a misspelt field, which must be rejected.
+//! Then the Helm chart under deploy/helm/sluice: its default render must be these manifests
+//! (`crate::chart`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -64,5 +66,6 @@ pub fn check() -> anyhow::Result<()> {
         files.len(),
         KUBERNETES_VERSIONS.join(" and ")
     );
-    Ok(())
+    // After the validator's install: the chart check parses YAML with its PyYAML.
+    crate::chart::check().context("the Helm chart (deploy/helm/sluice)")
 }

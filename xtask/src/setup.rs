@@ -34,6 +34,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "packet capture to prove encryption"),
     ("tshark", "protocol decoding in tests"),
     ("procps", "sysctl/ps in the harness"),
+    ("ruby", "`ruby -c` checks that vagrant/Vagrantfile parses"),
+    ("shellcheck", "lints the VM's provisioning and smoke scripts (vagrant/*.sh)"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -66,6 +68,16 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("setup: done in {:.0}s", took.as_secs_f64());
     }
     Ok(())
+}
+
+/// Installs those of the named setup packages that are missing (a no-op check otherwise), for a
+/// command that needs them without running the whole setup.
+pub fn ensure_setup_packages(names: &[&str]) -> anyhow::Result<()> {
+    let wanted: Vec<(&str, &str)> = PACKAGES.iter().copied().filter(|(n, _)| names.contains(n)).collect();
+    if wanted.len() != names.len() {
+        bail!("not all of {} are setup packages", names.join(", "));
+    }
+    ensure_packages(&wanted)
 }
 
 /// Installs those of `packages` (name, why) that are missing; a no-op check otherwise.

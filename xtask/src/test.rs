@@ -82,7 +82,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             cmd::run(&mut cmd::cargo_cmd(&["clippy", "--all-targets", "--", "-D", "warnings"])).is_ok(),
         );
         t.step("cargo clippy (eBPF)", cmd::run(&mut ebpf_clippy()).is_ok());
-        t.step("deploy/ manifests (kubernetes-validate --strict)", crate::manifests::check().is_ok());
+        t.step(
+            "deploy/ manifests (kubernetes-validate --strict) and Helm chart (offline render)",
+            reported(crate::manifests::check()),
+        );
+        t.step("vagrant/ (ruby -c Vagrantfile, shellcheck *.sh)", reported(crate::vagrant::check()));
     }
 
     if !args.e2e_only {
@@ -130,6 +134,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
 
     finish(&t)
+}
+
+/// Whether a check passed; its error, if any, is printed (the tally only keeps the step's name).
+fn reported(r: anyhow::Result<()>) -> bool {
+    r.inspect_err(|e| eprintln!("xtask: error: {e:#}")).is_ok()
 }
 
 /// `cargo xtask bench --quick` as a smoke test on the debug build the suite just used: it checks
