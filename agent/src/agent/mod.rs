@@ -163,7 +163,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let handover_listener = handover::Listener::bind(&handover_path)
         .with_context(|| format!("cannot listen on {}", handover_path.display()))?;
     let taken = Arc::new(tokio::sync::Notify::new());
-    serve_handover(handover_listener, pods.clone(), taken.clone())?;
+    let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    serve_handover(handover_listener, pods.clone(), taken.clone(), handing_over.clone())?;
 
     let state = admin::State { metrics, kernel: kernel.clone(), pods: pods.clone(), store, certs };
     // After a handover the previous agent lets go of these ports a moment after `Taken`.
@@ -173,9 +174,21 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %args.node_name, cni_socket = %sock.display(), metrics = %args.metrics_addr,
           admin = %args.admin_addr, "agent ready");
 
-    let handed_over = tokio::select! {
-        () = shutdown_signal() => false,
-        () = taken.notified() => true,
+    let (handed_over, terminated) = tokio::select! {
+        () = shutdown_signal() => {
+            // A SIGTERM that races a handover in progress waits for it: the new agent is mid-way
+            // through taking the pods.
+            let deadline = tokio::time::Instant::now() + handover::IO_TIMEOUT;
+            let mut done = false;
+            while handing_over.load(std::sync::atomic::Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    () = taken.notified() => { done = true; break; }
+                    () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                }
+            }
+            (done, true)
+        }
+        () = taken.notified() => (true, false),
     };
     cni.abort();
     metrics_srv.abort();
@@ -187,7 +200,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         let links = kernel.release_links();
         proxy.begin_drain();
         info!(links, carried = proxy.active(), "handed over: not accepting; draining until terminated");
-        shutdown_signal().await;
+        if !terminated {
+            shutdown_signal().await;
+        }
         let left = proxy.drained(args.drain_timeout).await;
         info!(left, deadline = ?args.drain_timeout, "drained; exiting");
     } else {
@@ -252,6 +267,7 @@ fn serve_handover(
     listener: handover::Listener,
     pods: Arc<pods::Pods>,
     taken: Arc<tokio::sync::Notify>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Handle::current();
     std::thread::Builder::new()
@@ -266,12 +282,17 @@ fn serve_handover(
                         continue;
                     }
                 };
+                busy.store(true, std::sync::atomic::Ordering::SeqCst);
                 match rt.block_on(pods.hand_over(&ch)) {
                     Ok(_) => {
+                        // `busy` stays set: a SIGTERM racing this still waits for `taken`.
                         taken.notify_one();
                         return;
                     }
-                    Err(e) => warn!(error = %e, "handover aborted; this agent keeps serving its pods"),
+                    Err(e) => {
+                        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                        warn!(error = %e, "handover aborted; this agent keeps serving its pods");
+                    }
                 }
             }
         })
