@@ -32,7 +32,8 @@ pub enum Command {
     /// Per-node agent: loads eBPF, enrolls pods, runs the tunnel proxy (DaemonSet).
     Agent(Box<AgentArgs>),
     /// L7 waypoint proxy: HBONE in, VirtualService/DestinationRule/L7 AuthorizationPolicy, HBONE out.
-    Waypoint(Box<WaypointArgs>),
+    /// `sluice waypoint generate` prints the Kubernetes objects that run one for a Gateway.
+    Waypoint(Box<WaypointCli>),
     /// CNI plugin: run by the container runtime after the cluster's CNI (also works as `sluice-cni`).
     Cni,
     /// Validate mesh config files offline: file:line diagnostics; exit 0 clean, 1 warnings, 2 errors.
@@ -168,6 +169,58 @@ pub struct AgentArgs {
     pub handover_pause: std::time::Duration,
 }
 
+/// The default SPIFFE trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// `sluice waypoint [generate]`.
+#[derive(Args, Debug)]
+#[command(subcommand_negates_reqs = true)]
+pub struct WaypointCli {
+    #[command(subcommand)]
+    pub action: Option<WaypointAction>,
+    /// Run a waypoint (the arguments below).
+    #[command(flatten)]
+    pub run: WaypointArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WaypointAction {
+    /// Print the ServiceAccount, Deployment, Service and ClusterRoleBinding (and the Gateway) that
+    /// run a waypoint for a Gateway of class istio-waypoint; pipe to `kubectl apply -f -`.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// The Gateway's name (also the waypoint's service account and Deployment).
+    #[arg(long)]
+    pub name: String,
+    /// The Gateway's namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// What the waypoint serves (the Gateway's `istio.io/waypoint-for` label).
+    #[arg(long = "for", default_value = "service", value_parser = ["service", "workload", "all", "none"])]
+    pub waypoint_for: String,
+    /// The sluice image.
+    #[arg(long, default_value = concat!("sluice:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Instances.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Secret in the Gateway's namespace with the mesh CA (ca-cert.pem, ca-key.pem, root-cert.pem).
+    #[arg(long, default_value = "sluice-ca")]
+    pub ca_secret: String,
+    /// The waypoint's log filter.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Do not print the Gateway (it exists already).
+    #[arg(long)]
+    pub no_gateway: bool,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum CniCleanup {
     Auto,
@@ -179,14 +232,14 @@ pub enum CniCleanup {
 pub struct WaypointArgs {
     /// Mesh config, the same the agents read: a directory of YAML files (watched), or the literal
     /// `kubernetes` to watch the API server.
-    #[arg(long, env = "SLUICE_CONFIG")]
-    pub config: PathBuf,
+    #[arg(long, env = "SLUICE_CONFIG", required = true)]
+    pub config: Option<PathBuf>,
     /// The waypoint's Gateway (gatewayClassName istio-waypoint): its name.
-    #[arg(long, env = "SLUICE_WAYPOINT_NAME")]
-    pub name: String,
+    #[arg(long, env = "SLUICE_WAYPOINT_NAME", required = true)]
+    pub name: Option<String>,
     /// The Gateway's namespace (also the waypoint's identity's namespace).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub namespace: String,
+    #[arg(long, env = "POD_NAMESPACE", required = true)]
+    pub namespace: Option<String>,
     /// The waypoint's service account: its identity is spiffe://<trust-domain>/ns/<namespace>/sa/<this>.
     /// Agents expect a waypoint to run as the service account named after its Gateway (Istio's
     /// convention), which is the default.

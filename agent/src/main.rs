@@ -33,7 +33,13 @@ fn main() -> ExitCode {
             println!("{report}");
             return if report.check().is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
-        Command::Waypoint(args) => sluice::waypoint::run(*args),
+        Command::Waypoint(w) => match (w.action, w.run) {
+            (Some(sluice::cli::WaypointAction::Generate(g)), _) => {
+                print!("{}", sluice::waypoint::generate::generate(&g));
+                Ok(())
+            }
+            (None, args) => sluice::waypoint::run(args),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

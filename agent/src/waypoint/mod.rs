@@ -20,6 +20,7 @@
 //! Which traffic is bound to a waypoint is decided in [`crate::config::waypoints`]. The waypoint
 //! reads the same config source as the agents and owns no kernel state.
 pub mod cors;
+pub mod generate;
 pub mod handler;
 pub mod jwks;
 pub mod jwt;
@@ -78,31 +79,33 @@ pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
+    // clap requires all three unless a subcommand (`generate`) is given.
+    let (Some(config_path), Some(name), Some(namespace)) =
+        (args.config.clone(), args.name.clone(), args.namespace.clone())
+    else {
+        anyhow::bail!("`sluice waypoint` needs --config, --name and --namespace");
+    };
     // The same two config sources as the agent: a watched directory, or the Kubernetes API.
-    let (snap, source) = config::source::load(&args.config).await?;
-    if !snap
-        .k8s_gateways
-        .iter()
-        .any(|g| g.name == args.name && g.namespace == args.namespace && g.spec.is_waypoint())
-    {
-        warn!(gateway = %args.name, namespace = %args.namespace,
+    let (snap, source) = config::source::load(&config_path).await?;
+    if !snap.k8s_gateways.iter().any(|g| g.name == name && g.namespace == namespace && g.spec.is_waypoint()) {
+        warn!(gateway = %name, namespace = %namespace,
               "no Gateway of class istio-waypoint with this name in the config yet; serving anyway (agents send traffic here only once it exists)");
     }
     let store = SnapshotStore::new(snap);
     let _watch = source.follow(store.clone())?;
 
     let certs = crate::identity::cert_manager(&args.identity)?;
-    let sa = args.service_account.clone().unwrap_or_else(|| args.name.clone());
-    if sa != args.name {
-        warn!(service_account = %sa, gateway = %args.name,
+    let sa = args.service_account.clone().unwrap_or_else(|| name.clone());
+    if sa != name {
+        warn!(service_account = %sa, gateway = %name,
               "agents expect a waypoint to present its Gateway's service account; they will refuse this identity");
     }
-    let me = Identity::new(&args.identity.trust_domain, &args.namespace, &sa);
+    let me = Identity::new(&args.identity.trust_domain, &namespace, &sa);
     let tls = server_config(&certs, &me).context("cannot build the waypoint's TLS configuration")?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, Duration::from_secs(300));
     let wp = Arc::new(Waypoint {
-        name: args.name.clone(),
-        namespace: args.namespace.clone(),
+        name: name.clone(),
+        namespace: namespace.clone(),
         trust_domain: args.identity.trust_domain.clone(),
         store,
         upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
@@ -139,7 +142,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
             }
         })
     };
-    info!(gateway = %args.name, namespace = %args.namespace, identity = %me, listen = %args.listen,
+    info!(gateway = %name, namespace = %namespace, identity = %me, listen = %args.listen,
           metrics = %args.metrics_addr, "waypoint ready");
     let accept = {
         let wp = wp.clone();
