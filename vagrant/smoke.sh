@@ -588,6 +588,11 @@ print(" ".join(sorted(d["kind"] for d in yaml.safe_load_all(open(sys.argv[1])) i
     for k in ClusterRoleBinding Deployment Service ServiceAccount; do
         [[ " $kinds " == *" $k "* ]] || die "waypoint generate printed no $k (it printed: $kinds)"
     done
+    # The waypoint mints its own certificate from the mesh CA (local CA mode): the secret must be in
+    # the Gateway's namespace too.
+    kubectl -n "$NS" create secret generic sluice-ca --from-file="$WORK/ca/ca-cert.pem" \
+        --from-file="$WORK/ca/ca-key.pem" --from-file="$WORK/ca/root-cert.pem" >/dev/null ||
+        die "cannot create the CA secret in $NS"
     kubectl apply -f "$f" >/dev/null
     kubectl apply -f - >/dev/null <<EOF
 apiVersion: gateway.networking.k8s.io/v1

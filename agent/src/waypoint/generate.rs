@@ -84,6 +84,8 @@ pub fn objects(a: &GenerateArgs) -> Vec<Value> {
                         "runAsNonRoot": true,
                         "runAsUser": WAYPOINT_UID,
                         "runAsGroup": WAYPOINT_UID,
+                        // The CA secret's files are mode 0440: readable through this group.
+                        "fsGroup": WAYPOINT_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [{
