@@ -528,7 +528,12 @@ impl Cluster {
 
     /// Starts (or restarts) node `n`'s agent and waits until it is ready.
     pub fn start_agent(&self, n: usize) -> anyhow::Result<()> {
-        let mut child = self.spawn_agent_child(n, &[])?;
+        self.start_agent_with(n, &[])
+    }
+
+    /// Like [`Cluster::start_agent`], with `extra` arguments.
+    pub fn start_agent_with(&self, n: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let mut child = self.spawn_agent_child(n, extra)?;
         self.wait_serving(n, &mut child)?;
         *self.node(n).agent.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
         Ok(())

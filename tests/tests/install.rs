@@ -41,8 +41,11 @@ fn the_agent_installs_keeps_and_uninstalls_its_cni_plugin() {
         return;
     }
     let c = Cluster::new(1).expect("cluster");
-    c.write_config("namespaces.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n")
-        .expect("config");
+    c.write_config(
+        "namespaces.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n",
+    )
+    .expect("config");
     let bin: PathBuf = c.scratch_dir("cni-bin").expect("bin dir");
     let conf: PathBuf = c.scratch_dir("net.d").expect("conf dir");
     let conflist = conf.join(CONFLIST);
@@ -80,22 +83,39 @@ fn the_agent_installs_keeps_and_uninstalls_its_cni_plugin() {
     // DaemonSet being deleted uninstalls), so pods cannot start outside the mesh meanwhile.
     let st = c.terminate_agent(1, scaled(Duration::from_secs(20))).expect("terminate");
     assert!(st.success(), "{st}");
-    assert!(c.agent_log(1).contains("the CNI plugin stays in the node's CNI config"));
+    assert!(c.agent_log(1).contains("enrollment and the CNI plugin stay for the next agent"));
     assert_eq!(std::fs::read_to_string(&conflist).expect("read"), installed, "a restart removed the plugin");
 
-    // Uninstall: an agent told to clean up leaves the primary's file byte for byte.
-    let mut last = c.spawn_agent(1, &["--cni-cleanup", "always"]).expect("spawn");
-    wait_for("the last agent serves", || {
-        c.agent_get(1, "/healthz/ready").is_ok_and(|b| b.starts_with("ready"))
-    });
-    last.terminate(scaled(Duration::from_secs(20))).expect("exits");
+    // An enrolled pod, and a plain one to talk to.
+    c.start_agent_with(1, &["--cni-cleanup", "always"]).expect("the last agent");
+    let app = c.add_pod(1, "mesh", "app").expect("app");
+    let other = c.add_pod(1, "plain", "other").expect("other");
+    let p = sluice_e2e::probe::Probe::new(env!("CARGO_BIN_EXE_sl-probe"));
+    p.serve(&c, &other, &[8080]).expect("serve");
+    let to_other = std::net::SocketAddr::new(other.ipv4, 8080);
+    assert!(p.client(&c, &app, to_other, 4096, 0).expect("meshed").ok);
+    let redirected = c
+        .metric(1, "sluice_redirect_decisions_total", &[("decision", "outbound_redirected")])
+        .expect("metrics");
+    assert!(redirected > 0.0, "the app's traffic is captured while installed");
+
+    // Uninstall: an agent told to clean up leaves the primary's file byte for byte, releases the
+    // pods and removes its pins, so the node keeps working without sluice.
+    let st = c.terminate_agent(1, scaled(Duration::from_secs(20))).expect("exits");
+    assert!(st.success(), "{st}");
     assert_eq!(
         std::fs::read_to_string(&conflist).expect("read"),
         original,
         "uninstall did not restore the file"
     );
     assert!(!plugin.exists(), "the plugin binary is left behind");
-    assert!(c.agent_log(1).contains("uninstalled: removed the CNI plugin from the node"));
+    let log = c.agent_log(1);
+    assert!(log.contains("uninstalled: removed the CNI plugin from the node"), "{log}");
+    assert!(log.contains("uninstalled: released every pod"), "{log}");
+    assert!(!c.node_bpffs(1).exists(), "pins left in {}", c.node_bpffs(1).display());
+    // With no agent at all, the formerly enrolled pod talks directly (nothing captures it).
+    let r = p.client(&c, &app, to_other, 4096, 0).expect("after uninstall");
+    assert!(r.ok, "the node does not work after uninstall: {}", r.error);
 }
 
 #[test]

@@ -205,21 +205,26 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         }
         let left = proxy.drained(args.drain_timeout).await;
         info!(left, deadline = ?args.drain_timeout, "drained; exiting");
-    } else {
-        // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next
-        // agent re-adopts them.
-        info!("shutting down; enrollment stays pinned for the next agent");
+    } else if uninstalling(&args).await {
+        // Uninstall: the node must keep working without sluice. The plugin leaves the CNI config
+        // first (no new pod depends on an agent), then every pod is released (its traffic is
+        // plain again) and the pins go.
         drop(keeper);
         if let Some(i) = &installer {
-            if uninstalling(&args).await {
-                let changed = i.uninstall()?;
-                info!(files = changed.len(), "uninstalled: removed the CNI plugin from the node");
-            } else {
-                info!(
-                    "the CNI plugin stays in the node's CNI config: pods started while no agent runs fail to start until one does (fail closed)"
-                );
-            }
+            let changed = i.uninstall()?;
+            info!(files = changed.len(), "uninstalled: removed the CNI plugin from the node");
         }
+        let released = pods.release_all().await;
+        let unpinned = kernel.uninstall();
+        info!(
+            pods = released,
+            pins = unpinned,
+            "uninstalled: released every pod and removed the pinned programs"
+        );
+    } else {
+        // Pins and map entries stay: enrolled pods remain captured (fail closed) until the next
+        // agent re-adopts them; so does the CNI plugin (pods cannot start without an agent).
+        info!("shutting down; enrollment and the CNI plugin stay for the next agent (fail closed)");
     }
     reaper.abort();
     Ok(())

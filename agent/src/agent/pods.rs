@@ -449,6 +449,24 @@ impl Pods {
         Ok(adopted)
     }
 
+    /// Uninstall: releases every enrolled pod (its traffic is plain again), forgets them all and
+    /// stops acting on anything. Returns how many were released.
+    pub async fn release_all(&self) -> usize {
+        let mut st = self.state.lock().await;
+        st.handed_over = true;
+        let enrolled: Vec<(String, Enrolled)> = st.enrolled.drain().collect();
+        let n = enrolled.len();
+        for (key, e) in enrolled {
+            drop(self.release(&key, e));
+        }
+        st.known.clear();
+        if let Err(e) = self.registry.save(&st.known) {
+            warn!(error = %e, "cannot clear the pod registry");
+        }
+        self.proxy.metrics.enrolled_pods.set(0);
+        n
+    }
+
     /// The old agent's side of a handover, on an accepted channel: sends every pod with its
     /// sockets and, once the new agent has taken them, stops acting on them (no kernel state is
     /// released: it is the new agent's now). CNI calls wait meanwhile. Returns the pod count.

@@ -197,6 +197,30 @@ impl Kernel {
         n
     }
 
+    /// Uninstall: detaches every program (this agent's links, and any link pinned in its
+    /// directory) and removes every pin and the directory. Returns how many pins went.
+    pub fn uninstall(&self) -> usize {
+        self.release_links();
+        let mut removed = 0;
+        for dir in [self.dir.join("pods"), self.dir.clone()] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ok = if name.contains("_link_") || name.starts_with("sluice_sk_lookup_") {
+                    unpin_link(&p).is_ok()
+                } else {
+                    std::fs::remove_file(&p).is_ok()
+                };
+                removed += usize::from(ok);
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        removed
+    }
+
     /// Pins in the agent's directory written by an agent of another layout version.
     pub fn foreign_pins(&self) -> Vec<PathBuf> {
         let ours = format!("_v{LAYOUT_VERSION}");
