@@ -152,6 +152,9 @@ impl Listener {
         let tmp = path.with_extension("sock.new");
         let _ = std::fs::remove_file(&tmp);
         nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(&tmp).map_err(nix_io)?).map_err(nix_io)?;
+        // Only this agent's user (root) may connect: a peer receives every pod's sockets.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         nix::sys::socket::listen(&fd, Backlog::new(4).map_err(nix_io)?).map_err(nix_io)?;
         // Appears under its name only once it accepts: a connecting agent never meets a half-made one.
         std::fs::rename(&tmp, path)?;
@@ -161,7 +164,17 @@ impl Listener {
     /// Waits for the next agent (blocking). A socket file left by an agent that exited is found
     /// stale by the next one's [`connect`] and removed.
     pub fn accept(&self) -> io::Result<Channel> {
-        Channel::with_timeouts(sys::accept_unix(self.fd.as_fd())?, &self.path)
+        let fd = sys::accept_unix(self.fd.as_fd())?;
+        // Belt and braces beside the file mode: the peer must run as this agent's user.
+        let cred = nix::sys::socket::getsockopt(&fd, sockopt::PeerCredentials).map_err(nix_io)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid() != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("handover refused to pid {} running as uid {} (not {me})", cred.pid(), cred.uid()),
+            ));
+        }
+        Channel::with_timeouts(fd, &self.path)
     }
 }
 
