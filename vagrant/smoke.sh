@@ -569,7 +569,7 @@ step_upgrade() {
     kubectl -n "$NS" exec client -- touch /tmp/stop-loop
     wait "$loop_pid" || die "new connections failed during the rollout: $(tr '\n' ' ' <"$WORK/loop.out")"
     log "$(head -n 1 "$WORK/loop.out")"
-    # Every old agent exits once drained (the grace period is 35 s).
+    # Every old agent exits once drained (the grace period is 65 s).
     retry 90 none_left "${old[@]}" || die "old agents still exist 90 s after the rollout: $(agents | tr '\n' ' ')"
     (($(agents | grep -c .) == ${#NODES[@]})) || die "expected ${#NODES[@]} agents after the upgrade: $(agents | tr '\n' ' ')"
 }

@@ -35,8 +35,11 @@ fn main() -> ExitCode {
         }
         Command::Waypoint(w) => match (w.action, w.run) {
             (Some(sluice::cli::WaypointAction::Generate(g)), _) => {
-                print!("{}", sluice::waypoint::generate::generate(&g));
-                Ok(())
+                use sluice::waypoint::generate::{check_name, generate};
+                check_name("--name", &g.name)
+                    .and_then(|()| check_name("--namespace", &g.namespace))
+                    .map(|()| print!("{}", generate(&g)))
+                    .map_err(anyhow::Error::msg)
             }
             (None, args) => sluice::waypoint::run(args),
         },

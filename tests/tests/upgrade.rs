@@ -176,6 +176,10 @@ fn kill_9_mid_handover_stays_fail_closed_and_the_next_agent_readopts() {
         let r = p.client(&c, &client, dst, 4096, 0).expect("after the new one died");
         assert!(r.ok, "the old agent stopped serving: {}", r.error);
     }
+    // It still owns the CNI socket too: the new agent publishes its own only after the handover.
+    let late = c.add_pod(1, "mesh", "late").expect("a pod created after the failed handover is enrolled");
+    let r = p.client(&c, &late, dst, 4096, 0).expect("late pod");
+    assert!(r.ok, "late pod: {}", r.error);
 
     // kill -9 the old agent too: no agent at all. Enrolled pods stay captured and fail closed:
     // outbound is refused rather than sent around the mesh, inbound plaintext never reaches the

@@ -10,12 +10,15 @@ use tracing::{debug, warn};
 use super::pods::Pods;
 use crate::cni::protocol::{MAX_MESSAGE, Reply, Request};
 
-/// Binds the socket (replacing a stale one) and serves requests until the task is dropped.
+/// Binds the socket at a temporary name next to `path` and serves requests until the task is
+/// dropped; the socket is published under `path` by [`publish`] (an atomic rename over the
+/// previous agent's, so a plugin never finds no socket).
 pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    if path.exists() {
-        std::fs::remove_file(path)?;
+    let tmp = staging(path);
+    if tmp.exists() {
+        std::fs::remove_file(&tmp)?;
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(&tmp)?;
     Ok(tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -34,6 +37,15 @@ pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinH
             }
         }
     }))
+}
+
+fn staging(path: &Path) -> std::path::PathBuf {
+    path.with_extension("sock.new")
+}
+
+/// Makes the socket [`serve`] bound the one at `path`.
+pub fn publish(path: &Path) -> std::io::Result<()> {
+    std::fs::rename(staging(path), path)
 }
 
 async fn handle(s: UnixStream, pods: Arc<Pods>) -> std::io::Result<()> {

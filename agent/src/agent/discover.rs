@@ -75,6 +75,17 @@ fn candidates(w: &Where) -> Vec<PathBuf> {
     paths
 }
 
+/// True for a namespace path that names a process (`/proc/<pid>/ns/net`): it is only as stable as
+/// that process, and a reused pid names another namespace.
+pub fn is_process_path(path: &Path) -> bool {
+    path.starts_with("/proc")
+}
+
+/// Whether the namespace at `path` (still) holds every one of `ips`.
+pub fn holds(path: &Path, ips: &[IpAddr]) -> bool {
+    addresses(path).is_ok_and(|have| !ips.is_empty() && ips.iter().all(|ip| have.contains(ip)))
+}
+
 /// The global addresses of every interface in the namespace at `path`.
 fn addresses(path: &Path) -> io::Result<Vec<IpAddr>> {
     let ns = NetNs::open(path)?;

@@ -39,21 +39,47 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
-    let (snap, source) = config::source::load(&args.config).await?;
-    let store = SnapshotStore::new(snap);
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
 
+    // Every agent of the node holds this lock shared for its lifetime; an uninstall takes it
+    // exclusively, so it never runs while a successor starts (and a successor waits for it).
+    let lock_path = args.state_dir.join("agent.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let lock = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e)
+    })
+    .await
+    .context("lock task")?
+    .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+
     // An agent already running on this node (an upgrade or a rollback): take its pods over, with
-    // their listening sockets, before anything is attached.
+    // their listening sockets, first of all (the old agent waits for this one from then on, even
+    // when it is terminated meanwhile).
     let handover_path = args.state_dir.join(handover::SOCKET_NAME);
     let mut takeover = {
         let p = handover_path.clone();
-        tokio::task::spawn_blocking(move || handover::take(&p)).await.context("handover task")??
+        match tokio::task::spawn_blocking(move || handover::take(&p)).await.context("handover task")? {
+            Ok(t) => t,
+            // Versions that cannot hand over: the operator must terminate the old agent.
+            Err(e @ handover::HandoverError::Refused { .. }) => return Err(e.into()),
+            // The old agent died or hung mid-way: start as after a crash (re-adopt the registry).
+            Err(e) => {
+                warn!(error = %e, "the handover failed; re-adopting the pods from the registry instead");
+                None
+            }
+        }
     };
     if let Some(t) = &takeover {
         info!(from = %t.peer_version, pods = t.pods.len(), "a running agent handed its pods over");
     }
+    let (snap, source) = config::source::load(&args.config).await?;
+    let store = SnapshotStore::new(snap);
 
     let cgroup = match &args.cgroup {
         Some(c) => c.clone(),
@@ -133,11 +159,19 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             info!(pause = ?args.handover_pause, "pausing in the middle of the handover (--handover-pause)");
             tokio::time::sleep(args.handover_pause).await;
         }
-        tokio::task::spawn_blocking(move || t.channel.send(&handover::Msg::Taken, &[]))
-            .await
-            .context("handover task")??;
-        info!(from = %t.peer_version, "took over from the running agent; it drains its connections");
+        let version = t.peer_version.clone();
+        match tokio::task::spawn_blocking(move || t.channel.send(&handover::Msg::Taken, &[])).await {
+            Ok(Ok(())) => {
+                info!(from = %version, "took over from the running agent; it drains its connections")
+            }
+            // It is gone: its sockets closed with it, and the reconciler re-opens what is missing.
+            Ok(Err(e)) => warn!(error = %e, "the previous agent vanished before the handover ended"),
+            Err(e) => warn!(error = %e, "handover task failed"),
+        }
     }
+    // Only now is the CNI socket this agent's: a handover that failed before `Taken` leaves it
+    // with the agent that still serves the pods.
+    cni_server::publish(&sock).with_context(|| format!("cannot publish {}", sock.display()))?;
     // The plugin in the node's CNI config (after the handover: the old agent's copy stays put).
     let installer = args.cni_bin_dir.clone().zip(args.cni_conf_dir.clone()).map(|(bin_dir, conf_dir)| {
         crate::cni::install::Installer {
@@ -205,7 +239,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         }
         let left = proxy.drained(args.drain_timeout).await;
         info!(left, deadline = ?args.drain_timeout, "drained; exiting");
-    } else if uninstalling(&args).await {
+    } else if uninstalling(&args).await && alone(&lock) {
         // Uninstall: the node must keep working without sluice. The plugin leaves the CNI config
         // first (no new pod depends on an agent), then every pod is released (its traffic is
         // plain again) and the pins go.
@@ -228,6 +262,18 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     reaper.abort();
     Ok(())
+}
+
+/// Turns this agent's shared lock into an exclusive one if no other agent of the node holds it;
+/// false (and a log line) when another agent runs: it owns the node now, nothing is uninstalled.
+fn alone(lock: &nix::fcntl::Flock<std::fs::File>) -> bool {
+    match lock.relock(nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "another agent runs on this node: not uninstalling (it owns the pods and the CNI plugin)");
+            false
+        }
+    }
 }
 
 /// Whether a terminated agent (that handed nothing over) is being uninstalled, per --cni-cleanup.

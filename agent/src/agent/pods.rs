@@ -136,6 +136,12 @@ impl Pods {
                 // Received in a handover already.
                 continue;
             }
+            if super::discover::is_process_path(&info.netns) {
+                // Found through a process that may be gone (its pid reused): discovery finds the
+                // pod again by its addresses.
+                info!(pod = %pod_name(&info), "forgetting a pod found through /proc; it is looked for again");
+                continue;
+            }
             if info.netns.exists() {
                 st.known.insert(key, info);
             } else {
@@ -285,11 +291,21 @@ impl Pods {
         inherited: Option<Vec<(Role, OwnedFd)>>,
     ) -> Result<Enrolled, PodError> {
         let pod = pod_name(info);
+        if super::discover::is_process_path(&info.netns) && !super::discover::holds(&info.netns, &info.ips) {
+            return Err(PodError::Netns {
+                pod: pod.clone(),
+                netns: info.netns.display().to_string(),
+                source: std::io::Error::other(
+                    "the process is gone: this namespace no longer holds the pod's addresses",
+                ),
+            });
+        }
         let netns = Arc::new(NetNs::open(&info.netns).map_err(|source| PodError::Netns {
             pod: pod.clone(),
             netns: info.netns.display().to_string(),
             source,
         })?);
+        let handed = inherited.is_some();
         let pl = match inherited {
             Some(fds) => inpod::adopt_listeners(&netns, fds),
             None => inpod::open_listeners(&netns),
@@ -342,7 +358,11 @@ impl Pods {
             sockets,
         };
         if let Err(e) = result {
-            drop(self.release(&info.key(), enrolled(vec![], vec![])));
+            // Sockets handed over by a running agent: the kernel entries are still its (shared
+            // maps); leave them, its sockets keep the pod captured until the reconciler retries.
+            if !handed {
+                drop(self.release(&info.key(), enrolled(vec![], vec![])));
+            }
             return Err(e);
         }
         let ctx = Arc::new(PodCtx {
@@ -398,6 +418,10 @@ impl Pods {
         let mut st = self.state.lock().await;
         let mut n = 0;
         for p in wanted {
+            // A CNI ADD may have registered it during the scan: that one is authoritative.
+            if st.handed_over || st.known.values().any(|k| k.namespace == p.namespace && k.name == p.name) {
+                continue;
+            }
             let Some(f) = super::discover::find(&found, &p.ips) else {
                 info!(pod = %format!("{}/{}", p.namespace, p.name), ips = ?p.ips,
                       "pod of this node not found in any network namespace yet");

@@ -11,6 +11,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde_json::Value;
@@ -136,11 +137,20 @@ pub fn keep_installed(inst: Installer, every: std::time::Duration) -> Result<Kee
     })?;
     std::fs::create_dir_all(&inst.conf_dir).map_err(notify::Error::io)?;
     watcher.watch(&inst.conf_dir, notify::RecursiveMode::NonRecursive)?;
+    let active = Arc::new(parking_lot::Mutex::new(true));
+    let gate = active.clone();
     let task = tokio::spawn(async move {
         let mut last_error = String::new();
         loop {
             let i = inst.clone();
-            match tokio::task::spawn_blocking(move || i.ensure()).await {
+            let gate = gate.clone();
+            // Under the gate: once the keeper is stopped no pass is running or starts, so an
+            // uninstall that follows is never undone.
+            let pass = move || {
+                let on = gate.lock();
+                if *on { i.ensure().map(Some) } else { Ok(None) }
+            };
+            match tokio::task::spawn_blocking(pass).await {
                 Ok(Ok(_)) => last_error.clear(),
                 Ok(Err(e)) => {
                     let text = e.to_string();
@@ -161,17 +171,19 @@ pub fn keep_installed(inst: Installer, every: std::time::Duration) -> Result<Kee
             }
         }
     });
-    Ok(Keeper { _watcher: watcher, task })
+    Ok(Keeper { _watcher: watcher, task, active })
 }
 
-/// The running [`keep_installed`] loop.
+/// The running [`keep_installed`] loop; dropping it stops it, waiting for a pass in progress.
 pub struct Keeper {
     _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
+    active: Arc<parking_lot::Mutex<bool>>,
 }
 
 impl Drop for Keeper {
     fn drop(&mut self) {
+        *self.active.lock() = false;
         self.task.abort();
     }
 }

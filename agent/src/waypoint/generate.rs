@@ -137,11 +137,33 @@ pub fn objects(a: &GenerateArgs) -> Vec<Value> {
     out.push(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": format!("sluice-waypoint-{ns}-{name}"), "labels": labels},
+        "metadata": {"name": binding_name(ns, name), "labels": labels},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sluice-agent"},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
     }));
     out
+}
+
+/// The ClusterRoleBinding's name: a dot separates namespace and name (neither can contain one), so
+/// no two waypoints share a binding.
+pub fn binding_name(ns: &str, name: &str) -> String {
+    format!("sluice-waypoint.{ns}.{name}")
+}
+
+/// Checks a Kubernetes object name (an RFC 1123 label: what a Service name must be).
+pub fn check_name(what: &str, v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {v:?} is not a valid Kubernetes name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
 }
 
 fn merge(a: &Value, b: Value) -> Value {
@@ -268,6 +290,7 @@ mod tests {
         let crb = objs.iter().find(|o| o["kind"] == "ClusterRoleBinding").expect("binding");
         assert_eq!(crb["subjects"][0]["name"], "shop-waypoint");
         assert_eq!(crb["roleRef"]["name"], "sluice-agent");
+        assert_ne!(binding_name("a-b", "c"), binding_name("a", "b-c"));
     }
 
     #[test]
@@ -284,6 +307,15 @@ mod tests {
         let without = objects(&args(&["--no-gateway"]));
         assert!(without.iter().all(|o| o["kind"] != "Gateway"), "--no-gateway printed a Gateway");
         assert_eq!(without.len(), 4);
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_rule() {
+        assert!(check_name("--name", "shop-waypoint").is_ok());
+        for bad in ["", "Shop", "a_b", "-a", "a-", "a.b", &"x".repeat(64)] {
+            let e = check_name("--name", bad).expect_err(bad);
+            assert!(e.contains("--name") && e.contains("lowercase"), "{e}");
+        }
     }
 
     #[test]
