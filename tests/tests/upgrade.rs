@@ -80,8 +80,12 @@ fn upgrade_hands_over_with_no_failed_connection_and_drains_established_ones() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The server's node first (inbound HBONE), then the client's (outbound capture).
+    let t0 = Instant::now();
     let mut old2 = c.upgrade_agent(2, &[]).expect("upgrade node 2");
+    let up2 = t0.elapsed();
+    let t1 = Instant::now();
     let mut old1 = c.upgrade_agent(1, &[]).expect("upgrade node 1");
+    let up1 = t1.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     // Terminated as the DaemonSet controller does once the new pods are ready: each old agent
@@ -96,7 +100,8 @@ fn upgrade_hands_over_with_no_failed_connection_and_drains_established_ones() {
     let long = long.join().expect("long thread").expect("long report");
 
     eprintln!(
-        "upgrade: {ok} new connections, {} failed; the long connection: {}; old agent 1 exited {took1:?} after SIGTERM",
+        "upgrade: {ok} new connections, {} failed; the long connection: {}; old agent 1 exited {took1:?} after SIGTERM; \
+         new agent start to serving: node2 {up2:?}, node1 {up1:?}",
         failed.len(),
         long.ok
     );

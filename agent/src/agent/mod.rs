@@ -39,24 +39,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
-
-    // Every agent of the node holds this lock shared for its lifetime; an uninstall takes it
-    // exclusively, so it never runs while a successor starts (and a successor waits for it).
-    let lock_path = args.state_dir.join("agent.lock");
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    let lock = tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e)
-    })
-    .await
-    .context("lock task")?
-    .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    // Every agent of the node holds a lock on the state directory shared for its lifetime; an
+    // uninstall takes it exclusively, so it never runs while a successor starts (and a successor
+    // waits for it). Nothing is created before the config is checked: without a state directory
+    // there is no running agent to take over from either.
+    let early_lock = if args.state_dir.exists() { Some(shared_lock(&args.state_dir).await?) } else { None };
 
     // An agent already running on this node (an upgrade or a rollback): take its pods over, with
     // their listening sockets, first of all (the old agent waits for this one from then on, even
@@ -80,6 +67,10 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     let (snap, source) = config::source::load(&args.config).await?;
     let store = SnapshotStore::new(snap);
+    let lock = match early_lock {
+        Some(l) => l,
+        None => shared_lock(&args.state_dir).await?,
+    };
 
     let cgroup = match &args.cgroup {
         Some(c) => c.clone(),
@@ -262,6 +253,25 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     reaper.abort();
     Ok(())
+}
+
+/// Creates the state directory and takes its agent lock, shared.
+async fn shared_lock(state_dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let path = state_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e)
+    })
+    .await
+    .context("lock task")?
+    .with_context(|| format!("cannot lock {}", path.display()))
 }
 
 /// Turns this agent's shared lock into an exclusive one if no other agent of the node holds it;
