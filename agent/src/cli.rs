@@ -59,6 +59,13 @@ pub enum Command {
     /// Probe the running kernel for every eBPF feature the agent needs; exit 0 when supported, 1
     /// when not (the agent makes the same check at start-up and refuses to start).
     KernelCheck,
+    /// Readiness probe of the agent container: exit 0 when the agent on the admin address runs in
+    /// this process's own container (during an upgrade, only once the new agent has taken over).
+    ReadyCheck {
+        /// Agent admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
     /// Show an agent's pods (enrolled or not, and why) and certificates.
     Status {
         /// Agent admin address.
@@ -87,6 +94,7 @@ impl Command {
             Command::Config { .. } => "config",
             Command::Status { .. } => "status",
             Command::KernelCheck => "kernel-check",
+            Command::ReadyCheck { .. } => "ready-check",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `sluice config` and `sluice status`: fetch an agent's admin JSON and render it for a human (or
-//! pass the JSON through).
+//! pass the JSON through); `sluice ready-check`, the agent container's readiness probe.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -131,4 +131,51 @@ pub fn status(admin: SocketAddr, output: Output) -> anyhow::Result<()> {
     }
     print_certs(&certs);
     Ok(())
+}
+
+/// `sluice ready-check`: ready when the agent answering on `admin` runs in this process's own
+/// cgroup, i.e. in the container the probe is executed in. During an upgrade both agents of a node
+/// share the host's ports, and an HTTP probe would be answered by the old agent until the new one
+/// has taken over; this check is true for the new container only once its agent serves the admin
+/// port, which it binds after the handover.
+pub fn ready_check(admin: SocketAddr) -> anyhow::Result<()> {
+    let info = get(admin, "/debug/agent")?;
+    let pid = info["pid"].as_u64().context("the agent did not say its pid (/debug/agent)")?;
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("cannot read /proc/{pid}/cgroup (is hostPID on?)"))?;
+    let ours = std::fs::read_to_string("/proc/self/cgroup").context("cannot read /proc/self/cgroup")?;
+    if !same_container(&ours, &theirs) {
+        bail!(
+            "the agent answering on {admin} (pid {pid}) runs in another container: this one has not taken over yet"
+        );
+    }
+    Ok(())
+}
+
+/// Two `/proc/<pid>/cgroup` texts name the same cgroups (one container).
+fn same_container(a: &str, b: &str) -> bool {
+    let (a, b) = (cgroup_lines(a), cgroup_lines(b));
+    !a.is_empty() && a == b
+}
+
+fn cgroup_lines(t: &str) -> Vec<&str> {
+    let mut l: Vec<&str> = t.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    l.sort_unstable();
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_told_apart_by_cgroup() {
+        let new = "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-aaa.scope\n";
+        let old = "0::/kubepods.slice/kubepods-pod2.slice/cri-containerd-bbb.scope\n";
+        assert!(same_container(new, new));
+        assert!(!same_container(new, old));
+        assert!(!same_container("", ""));
+        let hybrid = "12:memory:/x\n0::/x\n";
+        assert!(same_container(hybrid, "0::/x\n12:memory:/x\n"));
+    }
 }

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
         Command::Config { admin, output } => sluice::inspect::config(admin, output),
         Command::Status { admin, output } => sluice::inspect::status(admin, output),
+        Command::ReadyCheck { admin } => sluice::inspect::ready_check(admin),
         Command::Analyze { paths, output } => return sluice::analyze::run(&paths, output),
         Command::KernelCheck => {
             let report = sluice::redirect::features::probe();

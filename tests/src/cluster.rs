@@ -190,6 +190,8 @@ pub struct Cluster {
     procs: Mutex<Vec<Child>>,
     /// Extra arguments for every agent started from now on.
     pub agent_args: Mutex<Vec<String>>,
+    /// Numbers the agents' cgroups.
+    agent_seq: std::sync::atomic::AtomicUsize,
 }
 
 /// How many times slower than this machine the suite runs: `SLUICE_TIME_SCALE` (an integer the
@@ -281,6 +283,7 @@ impl Cluster {
             procs: Mutex::new(Vec::new()),
             services: Mutex::new(Vec::new()),
             agent_args: Mutex::new(Vec::new()),
+            agent_seq: Default::default(),
         };
         c.build(nodes)?;
         Ok(c)
@@ -501,7 +504,11 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&node.cgroup.join("agent")))?;
+        // Each agent process in a cgroup of its own (as each agent pod is its own container).
+        let k = self.agent_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let cg = node.cgroup.join("agent").join(format!("a{k}"));
+        fs::create_dir_all(&cg)?;
+        sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&cg))?;
         cmd.spawn().context("spawning the agent")
     }
 
@@ -570,6 +577,26 @@ impl Cluster {
             c.wait()?;
         }
         Ok(())
+    }
+
+    /// Runs `sluice ready-check` as the readiness probe of the container of agent `pid` would: in
+    /// node `n`'s network namespace and that agent's cgroup. True when it passes.
+    pub fn ready_check(&self, n: usize, pid: u32) -> anyhow::Result<bool> {
+        let cg = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let rel = cg
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| anyhow::anyhow!("agent {pid} has no cgroup2 path"))?;
+        let root = self
+            .node(n)
+            .cgroup
+            .ancestors()
+            .find(|p| p.join("cgroup.procs").exists() && !p.join("cgroup.events").exists());
+        let root = root.ok_or_else(|| anyhow::anyhow!("no cgroup2 root above the node cgroup"))?;
+        let mut cmd = Command::new(&self.sluice);
+        cmd.args(["ready-check", "--admin", &format!("127.0.0.1:{ADMIN_PORT}")]);
+        sys::enter_on_spawn(&mut cmd, &self.node_netns(n), Some(&root.join(rel.trim_start_matches('/'))))?;
+        Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
     }
 
     /// Node `n`'s bpffs directory (the agent's `--bpffs`).
@@ -1054,8 +1081,9 @@ fn kill_cgroup(cg: &Path) {
     let _ = fs::write(cg.join("cgroup.kill"), "1");
     let deadline = Instant::now() + scaled(Duration::from_secs(2));
     while Instant::now() < deadline {
-        match fs::read_to_string(cg.join("cgroup.procs")) {
-            Ok(s) if s.trim().is_empty() => return,
+        // `populated` covers the whole subtree (agents run in child cgroups).
+        match fs::read_to_string(cg.join("cgroup.events")) {
+            Ok(s) if s.lines().any(|l| l == "populated 0") => return,
             Err(_) => return,
             _ => std::thread::sleep(Duration::from_millis(10)),
         }

@@ -86,6 +86,13 @@ fn upgrade_hands_over_with_no_failed_connection_and_drains_established_ones() {
     let t1 = Instant::now();
     let mut old1 = c.upgrade_agent(1, &[]).expect("upgrade node 1");
     let up1 = t1.elapsed();
+    // The readiness probe (`sluice ready-check`, run in each agent's own cgroup as in its
+    // container) passes for the new agents and no longer for the old ones.
+    for (n, old) in [(1, &old1), (2, &old2)] {
+        let new = c.agent_pid(n).expect("new agent");
+        assert!(c.ready_check(n, new).expect("probe"), "node{n}: the new agent is not ready");
+        assert!(!c.ready_check(n, old.id()).expect("probe"), "node{n}: the old agent still looks ready");
+    }
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     // Terminated as the DaemonSet controller does once the new pods are ready: each old agent
@@ -169,6 +176,13 @@ fn kill_9_mid_handover_stays_fail_closed_and_the_next_agent_readopts() {
     }
     let r = p.client(&c, &client, dst, 4096, 0).expect("mid-handover");
     assert!(r.ok, "traffic mid-handover: {}", r.error);
+    // Its readiness probe fails: the admin port is still the old agent's (an HTTP probe on the
+    // shared host port would have passed).
+    assert!(!c.ready_check(1, new.id()).expect("probe"), "the new agent looks ready before it took over");
+    assert!(
+        c.ready_check(1, c.agent_pid(1).expect("old agent")).expect("probe"),
+        "the old agent is not ready"
+    );
 
     // kill -9 the new agent: the old one notices and keeps serving.
     new.kill().expect("kill -9 the new agent");
