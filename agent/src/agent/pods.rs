@@ -87,13 +87,16 @@ pub struct Pods {
     registry: Registry,
     trust_domain: String,
     state: Mutex<State>,
-    /// When discovery last scanned the host, for which pods: the same pods are looked for again
-    /// only every [`RESCAN`].
-    last_scan: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// When discovery last scanned the host, for which pods, and when it may scan for the same
+    /// pods again (from [`RESCAN`], doubling up to [`RESCAN_MAX`] while they stay missing).
+    last_scan: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>, std::time::Duration)>>,
 }
 
 /// How often discovery looks again for the same missing pods.
 const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest wait between scans for pods that are never found (a runtime whose sandboxes have
+/// no network namespace on the host).
+const RESCAN_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// True when both paths name the same file (a network namespace is the same nsfs inode under
 /// whatever path).
@@ -407,10 +410,16 @@ impl Pods {
         let names: Vec<String> = wanted.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
         {
             let mut last = self.last_scan.lock();
-            if last.as_ref().is_some_and(|(at, n)| *n == names && at.elapsed() < RESCAN) {
-                return Ok(0);
-            }
-            *last = Some((std::time::Instant::now(), names));
+            let wait = match last.as_ref() {
+                Some((at, n, wait)) if *n == names => {
+                    if at.elapsed() < *wait {
+                        return Ok(0);
+                    }
+                    (*wait * 2).min(RESCAN_MAX)
+                }
+                _ => RESCAN,
+            };
+            *last = Some((std::time::Instant::now(), names, wait));
         }
         let places = places.clone();
         let found =

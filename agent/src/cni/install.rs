@@ -27,6 +27,10 @@ pub enum InstallError {
     NoConfig { dir: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "the network configs in {dir} kept changing while sluice added itself; it tries again on the next change"
+    )]
+    Busy { dir: PathBuf },
     #[error("{path} is not valid JSON: {detail}; left unchanged (fix or let the primary CNI rewrite it)")]
     Malformed { path: PathBuf, detail: String },
     #[error(
@@ -84,18 +88,23 @@ impl Installer {
 
     /// Makes sure the primary conflist ends with `sluice-cni`; idempotent.
     pub fn ensure(&self) -> Result<Ensured, InstallError> {
-        let path =
-            primary(&self.conf_dir)?.ok_or_else(|| InstallError::NoConfig { dir: self.conf_dir.clone() })?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| InstallError::Io { path: path.clone(), source })?;
-        match splice_in(&text, &self.entry()).map_err(|e| e.at(&path))? {
-            None => Ok(Ensured::Present(path)),
-            Some(new) => {
-                write_atomically(&path, &new)?;
-                info!(conflist = %path.display(), "appended sluice-cni to the primary CNI config");
-                Ok(Ensured::Inserted(path))
+        // A primary CNI writing its file while we do wins: we read again and append to its version.
+        for _ in 0..3 {
+            let path = primary(&self.conf_dir)?
+                .ok_or_else(|| InstallError::NoConfig { dir: self.conf_dir.clone() })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| InstallError::Io { path: path.clone(), source })?;
+            match splice_in(&text, &self.entry()).map_err(|e| e.at(&path))? {
+                None => return Ok(Ensured::Present(path)),
+                Some(new) => {
+                    if write_atomically(&path, &text, &new)? {
+                        info!(conflist = %path.display(), "appended sluice-cni to the primary CNI config");
+                        return Ok(Ensured::Inserted(path));
+                    }
+                }
             }
         }
+        Err(InstallError::Busy { dir: self.conf_dir.clone() })
     }
 
     /// Removes `sluice-cni` from every network config in the directory (the text it added, or the
@@ -106,7 +115,10 @@ impl Installer {
             let Ok(text) = std::fs::read_to_string(&path) else { continue };
             match splice_out(&text, &self.entry()) {
                 Ok(Some(new)) => {
-                    write_atomically(&path, &new)?;
+                    if !write_atomically(&path, &text, &new)? {
+                        warn!(conflist = %path.display(), "the CNI config changed while sluice removed itself; check it");
+                        continue;
+                    }
                     info!(conflist = %path.display(), "removed sluice-cni from the CNI config");
                     changed.push(path);
                 }
@@ -211,7 +223,9 @@ pub fn primary(dir: &Path) -> Result<Option<PathBuf>, InstallError> {
     Ok(configs(dir)?.into_iter().next())
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<(), InstallError> {
+/// Replaces `path` with `text` through a temporary file and a rename, unless the file no longer
+/// holds `was` (someone wrote it meanwhile): then nothing is written and the answer is false.
+fn write_atomically(path: &Path, was: &str, text: &str) -> Result<bool, InstallError> {
     let io = |source| InstallError::Io { path: path.to_path_buf(), source };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // A dot name with a foreign extension: no runtime ever loads the half-written file.
@@ -219,7 +233,12 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), InstallError> {
     let mode = std::fs::metadata(path).map(|m| m.permissions()).map_err(io)?;
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::set_permissions(&tmp, mode).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    if std::fs::read_to_string(path).map_err(io)? != was {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(true)
 }
 
 /// A problem with a config's text, before the file is known.
@@ -468,6 +487,21 @@ mod tests {
         std::fs::create_dir_all(&inst.conf_dir).expect("mkdir");
         inst.uninstall().expect("uninstall");
         assert!(!dst.exists());
+    }
+
+    #[test]
+    fn a_file_changed_meanwhile_is_not_overwritten() {
+        let (_d, _inst, path, original) = setup("10-flannel.conflist");
+        let stale = original.replace("cbr0", "old-name");
+        assert!(!write_atomically(&path, &stale, "{}").expect("write"), "wrote over a newer file");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), original);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sluice-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary file left behind");
+        assert!(write_atomically(&path, &original, "{\"plugins\": []}").expect("write"));
     }
 
     #[test]
