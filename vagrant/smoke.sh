@@ -61,15 +61,15 @@ declare -A COVERED=(
     [kernel]="tests/tests/kernel.rs, and the kernel-matrix VMs of cargo xtask test"
     [chart]="cargo xtask manifests (the same comparison with an offline render)"
     [cluster]="-"
-    [install]="-"
+    [install]="tests/tests/install.rs (the agent installs, restores and removes its CNI plugin)"
     [workloads]="tests/tests/redirect.rs (enrollment by Istio's labels)"
     [traffic]="tests/tests/redirect.rs, tests/tests/tunnel.rs"
     [tls]="tests/tests/tunnel.rs (cross-node TLS 1.3 on the wire, no plaintext)"
     [policy]="tests/tests/policy.rs (L4 AuthorizationPolicy)"
     [metrics]="tests/tests/tunnel.rs (metrics and access logs)"
-    [upgrade]="tests/tests/redirect.rs (agent restart re-adopts pods), the agent upgrade handover e2e"
-    [waypoint]="tests/tests/waypoint.rs (the waypoint itself, not its generated Deployment)"
-    [uninstall]="the CNI installer's conflist fixture tests (agent/)"
+    [upgrade]="tests/tests/upgrade.rs (handover under load, readiness, kill -9 mid-handover)"
+    [waypoint]="tests/tests/waypoint.rs (the waypoint itself); unit tests of sluice waypoint generate"
+    [uninstall]="tests/tests/install.rs (conflist byte-identical, pods released, pins gone)"
 )
 # A failed set-up step skips every later step.
 declare -A SETUP=([cluster]=1 [install]=1 [workloads]=1)

@@ -28,3 +28,18 @@ pub fn require_root(test: &str) -> bool {
         "{test} needs root (network namespaces, cgroups, bpffs); run as root or set SLUICE_E2E_ALLOW_SKIP=1"
     );
 }
+
+/// Polls `ok` every 50 ms for up to `within` (scaled for slow kernels, see
+/// [`cluster::scaled`]); true once it held.
+pub fn wait_until(within: std::time::Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + cluster::scaled(within);
+    loop {
+        if ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -5,10 +5,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use sluice_e2e::{Cluster, cluster::scaled, require_root};
+use sluice_e2e::{Cluster, cluster::scaled, require_root, wait_until};
 
 const CONFLIST: &str = "10-kindnet.conflist";
 
@@ -27,12 +27,8 @@ fn ends_with_sluice(path: &Path) -> bool {
     plugins(path).last().is_some_and(|p| p["type"] == "sluice-cni")
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + scaled(Duration::from_secs(10));
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    assert!(wait_until(Duration::from_secs(10), f), "timed out waiting until {what}");
 }
 
 #[test]

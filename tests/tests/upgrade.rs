@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_e2e::{Cluster, Pod, cluster::scaled, probe::Probe, require_root};
+use sluice_e2e::{Cluster, Pod, cluster::scaled, probe::Probe, require_root, wait_until};
 
 fn probe() -> Probe {
     Probe::new(env!("CARGO_BIN_EXE_sl-probe"))
@@ -169,11 +169,10 @@ fn kill_9_mid_handover_stays_fail_closed_and_the_next_agent_readopts() {
     // A new agent on node 1 that stops in the middle of the handover: it has enrolled the pods
     // with the sockets it received, the old agent still holds them and has not been told.
     let mut new = c.spawn_agent(1, &["--handover-pause", "120s"]).expect("new agent");
-    let deadline = Instant::now() + scaled(Duration::from_secs(20));
-    while !c.agent_log(1).contains("pausing in the middle of the handover") {
-        assert!(Instant::now() < deadline, "the new agent never reached the pause:\n{}", c.agent_log(1));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let paused = wait_until(Duration::from_secs(20), || {
+        c.agent_log(1).contains("pausing in the middle of the handover")
+    });
+    assert!(paused, "the new agent never reached the pause:\n{}", c.agent_log(1));
     let r = p.client(&c, &client, dst, 4096, 0).expect("mid-handover");
     assert!(r.ok, "traffic mid-handover: {}", r.error);
     // Its readiness probe fails: the admin port is still the old agent's (an HTTP probe on the
@@ -186,11 +185,10 @@ fn kill_9_mid_handover_stays_fail_closed_and_the_next_agent_readopts() {
 
     // kill -9 the new agent: the old one notices and keeps serving.
     new.kill().expect("kill -9 the new agent");
-    let deadline = Instant::now() + scaled(Duration::from_secs(10));
-    while !c.agent_log(1).contains("handover aborted; this agent keeps serving its pods") {
-        assert!(Instant::now() < deadline, "the old agent did not notice:\n{}", c.agent_log(1));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let noticed = wait_until(Duration::from_secs(10), || {
+        c.agent_log(1).contains("handover aborted; this agent keeps serving its pods")
+    });
+    assert!(noticed, "the old agent did not notice:\n{}", c.agent_log(1));
     for _ in 0..3 {
         let r = p.client(&c, &client, dst, 4096, 0).expect("after the new one died");
         assert!(r.ok, "the old agent stopped serving: {}", r.error);

@@ -32,17 +32,23 @@ pub struct Where {
     pub proc: bool,
 }
 
+/// A network namespace's identity: the nsfs inode a path to it resolves to, whatever the path.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether two paths name the same network namespace.
+pub fn same_netns(a: &Path, b: &Path) -> bool {
+    netns_id(a).is_some_and(|x| Some(x) == netns_id(b))
+}
+
 /// Every network namespace reachable from `w` except the agent's own, with its addresses.
 pub fn scan(w: &Where) -> Vec<Found> {
-    let mut seen = HashSet::new();
-    if let Ok(m) = std::fs::metadata("/proc/self/ns/net") {
-        seen.insert((m.dev(), m.ino()));
-    }
+    let mut seen: HashSet<(u64, u64)> = netns_id(Path::new("/proc/self/ns/net")).into_iter().collect();
     let mut out = Vec::new();
     for path in candidates(w) {
-        // The namespace's identity is the nsfs inode the path resolves to.
-        let Ok(m) = std::fs::metadata(&path) else { continue };
-        if !seen.insert((m.dev(), m.ino())) {
+        let Some(id) = netns_id(&path) else { continue };
+        if !seen.insert(id) {
             continue;
         }
         match addresses(&path) {
@@ -146,9 +152,10 @@ mod tests {
         let here = addresses(Path::new("/proc/self/ns/net")).expect("own addresses");
         let found = scan(&Where { dirs: vec![], proc: true });
         for f in &found {
-            let m = std::fs::metadata(&f.path).expect("stat");
-            let own = std::fs::metadata("/proc/self/ns/net").expect("stat");
-            assert!(m.ino() != own.ino(), "own namespace listed: {f:?} (own addresses {here:?})");
+            assert!(
+                !same_netns(&f.path, Path::new("/proc/self/ns/net")),
+                "own namespace listed: {f:?} (own addresses {here:?})"
+            );
         }
     }
 }

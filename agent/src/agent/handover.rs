@@ -23,6 +23,7 @@ use std::{
     io::IoSlice,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -31,6 +32,9 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
+use tracing::warn;
+
+use super::pods::Pods;
 use crate::{
     cni::protocol::PodRef,
     redirect::{inpod::Role, sys},
@@ -91,10 +95,6 @@ pub struct Channel {
     path: PathBuf,
 }
 
-fn nix_io(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 impl Channel {
     fn io(&self) -> impl FnOnce(io::Error) -> HandoverError + '_ {
         |source| HandoverError::Io { path: self.path.clone(), source }
@@ -102,8 +102,8 @@ impl Channel {
 
     fn with_timeouts(fd: OwnedFd, path: &Path) -> io::Result<Channel> {
         let tv = nix::sys::time::TimeVal::new(IO_TIMEOUT.as_secs() as _, 0);
-        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(nix_io)?;
-        setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(nix_io)?;
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)?;
+        setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(io::Error::from)?;
         Ok(Channel { fd, path: path.to_path_buf() })
     }
 
@@ -114,7 +114,7 @@ impl Channel {
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
         nix::sys::socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(|e| (self.io())(nix_io(e)))?;
+            .map_err(|e| (self.io())(io::Error::from(e)))?;
         Ok(())
     }
 
@@ -139,6 +139,17 @@ impl Channel {
     }
 }
 
+/// Where the serving side of a handover is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No newer agent has asked, or its attempt failed: this agent serves its pods.
+    Serving,
+    /// A newer agent is taking the pods (CNI calls wait).
+    Busy,
+    /// A newer agent has the pods: this one only drains.
+    Taken,
+}
+
 /// The listening end, held by a serving agent.
 pub struct Listener {
     fd: OwnedFd,
@@ -151,14 +162,46 @@ impl Listener {
         let fd = seqpacket()?;
         let tmp = path.with_extension("sock.new");
         let _ = std::fs::remove_file(&tmp);
-        nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(&tmp).map_err(nix_io)?).map_err(nix_io)?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(&tmp).map_err(io::Error::from)?)
+            .map_err(io::Error::from)?;
         // Only this agent's user (root) may connect: a peer receives every pod's sockets.
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        nix::sys::socket::listen(&fd, Backlog::new(4).map_err(nix_io)?).map_err(nix_io)?;
+        nix::sys::socket::listen(&fd, Backlog::new(4).map_err(io::Error::from)?).map_err(io::Error::from)?;
         // Appears under its name only once it accepts: a connecting agent never meets a half-made one.
         std::fs::rename(&tmp, path)?;
         Ok(Listener { fd, path: path.to_path_buf() })
+    }
+
+    /// Serves handover requests on a thread of its own (the exchange is blocking socket I/O) until
+    /// a newer agent has taken `pods`; the returned receiver follows the [`Phase`].
+    pub fn serve(self, pods: Arc<Pods>) -> io::Result<tokio::sync::watch::Receiver<Phase>> {
+        let (tx, rx) = tokio::sync::watch::channel(Phase::Serving);
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new().name("sluice-handover".into()).spawn(move || {
+            loop {
+                let ch = match self.accept() {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        warn!(error = %e, "handover socket: accept failed");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                tx.send_replace(Phase::Busy);
+                match rt.block_on(pods.hand_over(&ch)) {
+                    Ok(_) => {
+                        tx.send_replace(Phase::Taken);
+                        return;
+                    }
+                    Err(e) => {
+                        tx.send_replace(Phase::Serving);
+                        warn!(error = %e, "handover aborted; this agent keeps serving its pods");
+                    }
+                }
+            }
+        })?;
+        Ok(rx)
     }
 
     /// Waits for the next agent (blocking). A socket file left by an agent that exited is found
@@ -166,7 +209,7 @@ impl Listener {
     pub fn accept(&self) -> io::Result<Channel> {
         let fd = sys::accept_unix(self.fd.as_fd())?;
         // Belt and braces beside the file mode: the peer must run as this agent's user.
-        let cred = nix::sys::socket::getsockopt(&fd, sockopt::PeerCredentials).map_err(nix_io)?;
+        let cred = nix::sys::socket::getsockopt(&fd, sockopt::PeerCredentials).map_err(io::Error::from)?;
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid() != me {
             return Err(io::Error::new(
@@ -180,7 +223,7 @@ impl Listener {
 
 fn seqpacket() -> io::Result<OwnedFd> {
     nix::sys::socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(nix_io)
+        .map_err(io::Error::from)
 }
 
 /// Connects to a running agent's handover socket: `None` when there is none (no file, or a stale
@@ -190,13 +233,13 @@ pub fn connect(path: &Path) -> io::Result<Option<Channel>> {
         return Ok(None);
     }
     let fd = seqpacket()?;
-    match nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path).map_err(nix_io)?) {
+    match nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path).map_err(io::Error::from)?) {
         Ok(()) => Ok(Some(Channel::with_timeouts(fd, path)?)),
         Err(nix::Error::ECONNREFUSED | nix::Error::ENOENT) => {
             let _ = std::fs::remove_file(path);
             Ok(None)
         }
-        Err(e) => Err(nix_io(e)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -4,6 +4,7 @@
 mod cni_server;
 pub mod discover;
 pub mod handover;
+mod lifecycle;
 pub mod pods;
 pub mod registry;
 
@@ -43,7 +44,8 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     // uninstall takes it exclusively, so it never runs while a successor starts (and a successor
     // waits for it). Nothing is created before the config is checked: without a state directory
     // there is no running agent to take over from either.
-    let early_lock = if args.state_dir.exists() { Some(shared_lock(&args.state_dir).await?) } else { None };
+    let early_lock =
+        if args.state_dir.exists() { Some(lifecycle::shared_lock(&args.state_dir).await?) } else { None };
 
     // An agent already running on this node (an upgrade or a rollback): take its pods over, with
     // their listening sockets, first of all (the old agent waits for this one from then on, even
@@ -69,7 +71,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let store = SnapshotStore::new(snap);
     let lock = match early_lock {
         Some(l) => l,
-        None => shared_lock(&args.state_dir).await?,
+        None => lifecycle::shared_lock(&args.state_dir).await?,
     };
 
     let cgroup = match &args.cgroup {
@@ -187,9 +189,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     }
     let handover_listener = handover::Listener::bind(&handover_path)
         .with_context(|| format!("cannot listen on {}", handover_path.display()))?;
-    let taken = Arc::new(tokio::sync::Notify::new());
-    let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    serve_handover(handover_listener, pods.clone(), taken.clone(), handing_over.clone())?;
+    let mut phase = handover_listener.serve(pods.clone()).context("cannot start the handover thread")?;
 
     let state = admin::State { metrics, kernel: kernel.clone(), pods: pods.clone(), store, certs };
     // After a handover the previous agent lets go of these ports a moment after `Taken`.
@@ -199,22 +199,17 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %args.node_name, cni_socket = %sock.display(), metrics = %args.metrics_addr,
           admin = %args.admin_addr, "agent ready");
 
-    let (handed_over, terminated) = tokio::select! {
-        () = shutdown_signal() => {
-            // A SIGTERM that races a handover in progress waits for it: the new agent is mid-way
-            // through taking the pods.
-            let deadline = tokio::time::Instant::now() + handover::IO_TIMEOUT;
-            let mut done = false;
-            while handing_over.load(std::sync::atomic::Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
-                tokio::select! {
-                    () = taken.notified() => { done = true; break; }
-                    () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                }
-            }
-            (done, true)
-        }
-        () = taken.notified() => (true, false),
+    let terminated = tokio::select! {
+        () = shutdown_signal() => true,
+        _ = phase.wait_for(|p| *p == handover::Phase::Taken) => false,
     };
+    if terminated {
+        // A SIGTERM that races a handover in progress waits for it: the new agent is mid-way
+        // through taking the pods.
+        let _ =
+            tokio::time::timeout(handover::IO_TIMEOUT, phase.wait_for(|p| *p != handover::Phase::Busy)).await;
+    }
+    let handed_over = *phase.borrow() == handover::Phase::Taken;
     cni.abort();
     metrics_srv.abort();
     admin_srv.abort();
@@ -230,7 +225,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         }
         let left = proxy.drained(args.drain_timeout).await;
         info!(left, deadline = ?args.drain_timeout, "drained; exiting");
-    } else if uninstalling(&args).await && alone(&lock) {
+    } else if lifecycle::uninstalling(&args).await && lifecycle::alone(&lock) {
         // Uninstall: the node must keep working without sluice. The plugin leaves the CNI config
         // first (no new pod depends on an agent), then every pod is released (its traffic is
         // plain again) and the pins go.
@@ -252,112 +247,6 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         info!("shutting down; enrollment and the CNI plugin stay for the next agent (fail closed)");
     }
     reaper.abort();
-    Ok(())
-}
-
-/// Creates the state directory and takes its agent lock, shared.
-async fn shared_lock(state_dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
-    let path = state_dir.join("agent.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared).map_err(|(_, e)| e)
-    })
-    .await
-    .context("lock task")?
-    .with_context(|| format!("cannot lock {}", path.display()))
-}
-
-/// Turns this agent's shared lock into an exclusive one if no other agent of the node holds it;
-/// false (and a log line) when another agent runs: it owns the node now, nothing is uninstalled.
-fn alone(lock: &nix::fcntl::Flock<std::fs::File>) -> bool {
-    match lock.relock(nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(error = %e, "another agent runs on this node: not uninstalling (it owns the pods and the CNI plugin)");
-            false
-        }
-    }
-}
-
-/// Whether a terminated agent (that handed nothing over) is being uninstalled, per --cni-cleanup.
-async fn uninstalling(args: &AgentArgs) -> bool {
-    use crate::cli::CniCleanup;
-    match args.cni_cleanup {
-        CniCleanup::Always => true,
-        CniCleanup::Never => false,
-        CniCleanup::Auto if !config::kubernetes::selected_by(&args.config) => false,
-        CniCleanup::Auto => match daemonset_going(&args.daemonset).await {
-            Ok(going) => going,
-            Err(e) => {
-                warn!(error = %e, daemonset = %args.daemonset,
-                      "cannot tell whether the DaemonSet is being deleted; keeping the CNI plugin (fail closed)");
-                false
-            }
-        },
-    }
-}
-
-/// True when the agent's DaemonSet is gone or being deleted (an uninstall, not an upgrade).
-async fn daemonset_going(name: &str) -> anyhow::Result<bool> {
-    use k8s_openapi::api::apps::v1::DaemonSet;
-    let ns = std::env::var("POD_NAMESPACE").context("POD_NAMESPACE is not set (downward API)")?;
-    let client = config::kubernetes::client_from_env().await?;
-    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client, &ns);
-    let got = tokio::time::timeout(std::time::Duration::from_secs(5), api.get_opt(name))
-        .await
-        .context("the API server did not answer in 5 s")?;
-    match got {
-        Ok(ds) => Ok(ds.is_none_or(|d| d.metadata.deletion_timestamp.is_some())),
-        // `helm uninstall` / `kubectl delete -f` remove the agent's RBAC and service account
-        // together with the DaemonSet: losing them is an uninstall too.
-        Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => Ok(true),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Serves handover requests on a thread of its own (the exchange is blocking socket I/O); notifies
-/// `taken` once a newer agent has taken the pods.
-fn serve_handover(
-    listener: handover::Listener,
-    pods: Arc<pods::Pods>,
-    taken: Arc<tokio::sync::Notify>,
-    busy: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
-        .name("sluice-handover".into())
-        .spawn(move || {
-            loop {
-                let ch = match listener.accept() {
-                    Ok(ch) => ch,
-                    Err(e) => {
-                        warn!(error = %e, "handover socket: accept failed");
-                        std::thread::sleep(std::time::Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                busy.store(true, std::sync::atomic::Ordering::SeqCst);
-                match rt.block_on(pods.hand_over(&ch)) {
-                    Ok(_) => {
-                        // `busy` stays set: a SIGTERM racing this still waits for `taken`.
-                        taken.notify_one();
-                        return;
-                    }
-                    Err(e) => {
-                        busy.store(false, std::sync::atomic::Ordering::SeqCst);
-                        warn!(error = %e, "handover aborted; this agent keeps serving its pods");
-                    }
-                }
-            }
-        })
-        .context("cannot start the handover thread")?;
     Ok(())
 }
 

@@ -60,12 +60,20 @@ struct Enrolled {
     sockets: Vec<(Role, OwnedFd)>,
 }
 
+impl State {
+    /// Whether a pod of this name is registered (by a CNI call, a handover or discovery).
+    fn knows(&self, namespace: &str, name: &str) -> bool {
+        self.known.values().any(|k| k.namespace == namespace && k.name == name)
+    }
+}
+
 #[derive(Default)]
 struct State {
     known: BTreeMap<String, PodRef>,
     enrolled: HashMap<String, Enrolled>,
-    /// Set once a newer agent took the pods over: this one no longer changes any kernel state.
-    handed_over: bool,
+    /// Set once a newer agent took the pods over, or on uninstall: this agent no longer changes
+    /// any kernel state or registration.
+    retired: bool,
 }
 
 /// One pod's status for the admin API.
@@ -97,16 +105,6 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
 /// The longest wait between scans for pods that are never found (a runtime whose sandboxes have
 /// no network namespace on the host).
 const RESCAN_MAX: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// True when both paths name the same file (a network namespace is the same nsfs inode under
-/// whatever path).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
-}
 
 fn pod_name(p: &PodRef) -> String {
     format!("{}/{}", p.namespace, p.name)
@@ -172,14 +170,15 @@ impl Pods {
         let info = pod;
         let key = info.key();
         let mut st = self.state.lock().await;
-        if st.handed_over {
+        if st.retired {
             return Err(PodError::HandedOver);
         }
         // A re-ADD replaces the old registration; in the same network namespace (an ADD retried,
         // or a pod discovery found first) the pod keeps its listening sockets.
         let mut reuse = None;
         if let Some(old) = st.enrolled.remove(&key) {
-            let same_netns = st.known.get(&key).is_some_and(|k| same_file(&k.netns, &info.netns));
+            let same_netns =
+                st.known.get(&key).is_some_and(|k| super::discover::same_netns(&k.netns, &info.netns));
             let sockets = self.release(&key, old);
             reuse = same_netns.then_some(sockets);
         }
@@ -212,7 +211,7 @@ impl Pods {
     pub async fn del(&self, pod: &PodRef) -> Result<(), PodError> {
         let key = &pod.key();
         let mut st = self.state.lock().await;
-        if st.handed_over {
+        if st.retired {
             return Err(PodError::HandedOver);
         }
         // A pod found by discovery has no container ID: any DEL for it is the current one.
@@ -247,7 +246,7 @@ impl Pods {
     pub async fn reconcile(&self) {
         let snap = self.store.load();
         let mut st = self.state.lock().await;
-        if st.handed_over {
+        if st.retired {
             return;
         }
         let known: Vec<PodRef> = st.known.values().cloned().collect();
@@ -393,14 +392,14 @@ impl Pods {
         let snap = self.store.load();
         let wanted: Vec<_> = {
             let st = self.state.lock().await;
-            if st.handed_over {
+            if st.retired {
                 return Ok(0);
             }
             snap.pods
                 .values()
                 .filter(|p| p.node.as_deref() == Some(node) && !p.ips.is_empty())
                 .filter(|p| snap.enrollment(&p.namespace, &p.name) == EnrollDecision::Enrolled)
-                .filter(|p| !st.known.values().any(|k| k.namespace == p.namespace && k.name == p.name))
+                .filter(|p| !st.knows(&p.namespace, &p.name))
                 .cloned()
                 .collect()
         };
@@ -428,7 +427,7 @@ impl Pods {
         let mut n = 0;
         for p in wanted {
             // A CNI ADD may have registered it during the scan: that one is authoritative.
-            if st.handed_over || st.known.values().any(|k| k.namespace == p.namespace && k.name == p.name) {
+            if st.retired || st.knows(&p.namespace, &p.name) {
                 continue;
             }
             let Some(f) = super::discover::find(&found, &p.ips) else {
@@ -486,7 +485,7 @@ impl Pods {
     /// stops acting on anything. Returns how many were released.
     pub async fn release_all(&self) -> usize {
         let mut st = self.state.lock().await;
-        st.handed_over = true;
+        st.retired = true;
         let enrolled: Vec<(String, Enrolled)> = st.enrolled.drain().collect();
         let n = enrolled.len();
         for (key, e) in enrolled {
@@ -506,7 +505,7 @@ impl Pods {
     pub async fn hand_over(&self, ch: &Channel) -> Result<usize, HandoverError> {
         let theirs = handover::greet(ch)?;
         let mut st = self.state.lock().await;
-        if st.handed_over {
+        if st.retired {
             return Err(HandoverError::Protocol("this agent has handed over already".into()));
         }
         info!(to = %theirs, pods = st.known.len(), "handing pods over to a new agent");
@@ -523,7 +522,7 @@ impl Pods {
             (Msg::Taken, _) => {}
             (other, _) => return Err(HandoverError::Protocol(format!("expected taken, got {other:?}"))),
         }
-        st.handed_over = true;
+        st.retired = true;
         for (_, e) in st.enrolled.drain() {
             for t in e.accept_loops {
                 t.abort();

@@ -201,40 +201,30 @@ impl Kernel {
     /// directory) and removes every pin and the directory. Returns how many pins went.
     pub fn uninstall(&self) -> usize {
         self.release_links();
-        let mut removed = 0;
-        for dir in [self.dir.join("pods"), self.dir.clone()] {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    continue;
-                }
-                let name = e.file_name().to_string_lossy().into_owned();
-                let ok = if name.contains("_link_") || name.starts_with("sluice_sk_lookup_") {
-                    unpin_link(&p).is_ok()
-                } else {
-                    std::fs::remove_file(&p).is_ok()
-                };
-                removed += usize::from(ok);
-            }
-            let _ = std::fs::remove_dir(&dir);
-        }
+        let removed = self.pins().iter().filter(|p| remove_pin(p)).count();
+        let _ = std::fs::remove_dir(self.dir.join("pods"));
+        let _ = std::fs::remove_dir(&self.dir);
         removed
+    }
+
+    /// Every pin in the agent's directory and its `pods/` directory.
+    fn pins(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = [self.dir.clone(), self.dir.join("pods")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .filter(|p| !p.is_dir())
+            .collect();
+        found.sort();
+        found
     }
 
     /// Pins in the agent's directory written by an agent of another layout version.
     pub fn foreign_pins(&self) -> Vec<PathBuf> {
         let ours = format!("_v{LAYOUT_VERSION}");
-        let mut found = Vec::new();
-        for dir in [self.dir.clone(), self.dir.join("pods")] {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if is_foreign_pin(&name, &ours) {
-                    found.push(e.path());
-                }
-            }
-        }
-        found.sort();
-        found
+        let foreign =
+            |p: &PathBuf| p.file_name().is_some_and(|n| is_foreign_pin(&n.to_string_lossy(), &ours));
+        self.pins().into_iter().filter(foreign).collect()
     }
 
     /// Removes the pins of another layout version (their links detach, their maps are freed once no
@@ -242,13 +232,7 @@ impl Kernel {
     pub fn remove_foreign_pins(&self) -> usize {
         let mut removed = 0;
         for p in self.foreign_pins() {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let ok = if name.contains("_link_") || name.starts_with("sluice_sk_lookup_") {
-                unpin_link(&p).is_ok()
-            } else {
-                std::fs::remove_file(&p).is_ok()
-            };
-            if ok {
+            if remove_pin(&p) {
                 info!(pin = %p.display(), "removed the pin of another eBPF layout version");
                 removed += 1;
             }
@@ -423,6 +407,17 @@ where
 fn replace_pin(link: FdLink, path: &Path) -> Result<PinnedLink, KernelError> {
     unpin_link(path)?;
     link.pin(path).map_err(|e| KernelError::Pin { path: path.to_path_buf(), detail: e.to_string() })
+}
+
+/// Removes one pin: a link is unpinned (it detaches once no one else holds it), a map's pin is
+/// unlinked (the map is freed once no one else holds it).
+fn remove_pin(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.contains("_link_") || name.starts_with("sluice_sk_lookup_") {
+        unpin_link(path).is_ok()
+    } else {
+        std::fs::remove_file(path).is_ok()
+    }
 }
 
 /// Removes a pinned link (detaching it once no one else holds it). Missing is fine.
