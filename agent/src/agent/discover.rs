@@ -95,7 +95,7 @@ pub fn holds(path: &Path, ips: &[IpAddr]) -> bool {
 /// The global addresses of every interface in the namespace at `path`.
 fn addresses(path: &Path) -> io::Result<Vec<IpAddr>> {
     let ns = NetNs::open(path)?;
-    let addrs = ns.run(nix::ifaddrs::getifaddrs)?.map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let addrs = ns.run(nix::ifaddrs::getifaddrs)?.map_err(io::Error::from)?;
     let mut ips: Vec<IpAddr> = addrs
         .filter_map(|a| {
             let s = a.address?;

@@ -163,7 +163,7 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
 pub fn accept_unix(listener: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
     let raw = nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        .map_err(io::Error::from)?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
 }
@@ -188,9 +188,9 @@ pub fn recv_with_fds<const MAX_FDS: usize>(sock: BorrowedFd<'_>, buf: &mut [u8])
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    .map_err(io::Error::from)?;
     let mut fds = Vec::new();
-    for c in r.cmsgs().map_err(|e| io::Error::from_raw_os_error(e as i32))? {
+    for c in r.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             // SAFETY: the kernel just installed these descriptors in this process for this
             // message; nothing else owns them.
