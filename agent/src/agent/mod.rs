@@ -11,7 +11,7 @@ pub mod registry;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     admin,
@@ -91,6 +91,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         certs.clone(),
         pool,
         args.connect_timeout,
+        &args.identity.trust_domain,
     ));
     let reaper = {
         let proxy = proxy.clone();
@@ -200,7 +201,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
           admin = %args.admin_addr, "agent ready");
 
     let terminated = tokio::select! {
-        () = shutdown_signal() => true,
+        () = crate::shutdown::signal() => true,
         _ = phase.wait_for(|p| *p == handover::Phase::Taken) => false,
     };
     if terminated {
@@ -221,7 +222,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         proxy.begin_drain();
         info!(links, carried = proxy.active(), "handed over: not accepting; draining until terminated");
         if !terminated {
-            shutdown_signal().await;
+            crate::shutdown::signal().await;
         }
         let left = proxy.drained(args.drain_timeout).await;
         info!(left, deadline = ?args.drain_timeout, "drained; exiting");
@@ -268,20 +269,6 @@ async fn serve_admin(
             Err(e) => {
                 return Err(e).with_context(|| format!("cannot listen on {addr} (another agent holds it?)"));
             }
-        }
-    }
-}
-
-/// Waits for SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            error!(error = %e, "cannot install signal handlers; running until killed");
-            std::future::pending::<()>().await;
         }
     }
 }

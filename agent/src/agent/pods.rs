@@ -196,7 +196,7 @@ impl Pods {
             EnrollDecision::Enrolled => {
                 let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name), reuse).await?;
                 st.enrolled.insert(key, e);
-                self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+                self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
                 Ok(true)
             }
             EnrollDecision::NotEnrolled(why) => {
@@ -226,7 +226,7 @@ impl Pods {
         if let Some(info) = st.known.remove(key) {
             info!(pod = %pod_name(&info), "pod removed");
         }
-        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+        self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
         self.registry.save(&st.known)?;
         Ok(())
     }
@@ -282,7 +282,7 @@ impl Pods {
                 self.release(&info.key(), e);
             }
         }
-        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+        self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
     }
 
     /// Enrolls one pod: with fresh listeners, or with `inherited` ones a previous agent opened.
@@ -377,6 +377,10 @@ impl Pods {
             netns_cookie: pl.netns_cookie,
             transparent,
             ips: info.ips.clone(),
+            key: format!("{}/{}", info.namespace, info.name).into(),
+            principal: crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account)
+                .to_string()
+                .into(),
         });
         self.proxy.register_local(&ctx);
         let accept_loops = self.proxy.spawn(ctx, pl.listeners);
@@ -477,7 +481,7 @@ impl Pods {
             st.known.insert(key, pod);
         }
         self.registry.save(&st.known)?;
-        self.proxy.metrics.enrolled_pods.set(st.enrolled.len() as i64);
+        self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
         Ok(adopted)
     }
 
@@ -495,7 +499,7 @@ impl Pods {
         if let Err(e) = self.registry.save(&st.known) {
             warn!(error = %e, "cannot clear the pod registry");
         }
-        self.proxy.metrics.enrolled_pods.set(0);
+        self.proxy.recorder.metrics().enrolled_pods.set(0);
         n
     }
 

@@ -9,6 +9,8 @@
 //! it allows nothing, a DENY with it denies everything it scopes. At a waypoint the request's facts
 //! ([`HttpFacts`]) are known and those fields are evaluated. Unparseable values never match an
 //! ALLOW and always match a DENY (fail closed).
+pub mod admission;
+
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -207,7 +209,7 @@ fn port_in(list: &[String], port: u16, fail: bool) -> bool {
 
 /// A claim of the request's validated token as strings (a list claim gives each element).
 fn claim(f: &Facts<'_>, path: &[&str]) -> Vec<String> {
-    f.http.and_then(|h| h.claims).map(|c| crate::waypoint::jwt::claim_values(c, path)).unwrap_or_default()
+    f.http.and_then(|h| h.claims).map(|c| claim_values(c, path)).unwrap_or_default()
 }
 
 /// `requestPrincipals`: a request without a validated token has no principal and matches nothing.
@@ -311,6 +313,25 @@ fn condition_matches(c: &Condition, f: &Facts<'_>, fail: bool) -> bool {
     };
     c.values.as_ref().is_none_or(|vs| vs.iter().any(|v| test(v, fail)))
         && c.not_values.as_ref().is_none_or(|vs| !vs.iter().any(|v| test(v, !fail)))
+}
+
+/// A claim by path (`request.auth.claims[a][b]` -> ["a", "b"]) as the strings policies compare:
+/// a string, or each string of a list.
+pub fn claim_values(claims: &serde_json::Value, path: &[&str]) -> Vec<String> {
+    let mut v = claims;
+    for p in path {
+        match v.get(*p) {
+            Some(x) => v = x,
+            None => return Vec::new(),
+        }
+    }
+    match v {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        serde_json::Value::Bool(b) => vec![b.to_string()],
+        serde_json::Value::Number(n) => vec![n.to_string()],
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

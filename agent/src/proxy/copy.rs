@@ -12,20 +12,21 @@ use tokio::{
     },
 };
 
-use super::{Failure, pipe::End};
+use super::{Failed, pipe::End};
 use crate::redirect::{Kernel, NetNs, inpod};
+use crate::telemetry::reason::Reason;
 
 /// Connects to `dst` from a marked socket inside `netns`, bounded by `timeout`.
 pub async fn connect_from(
     netns: &Arc<NetNs>,
     dst: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, (Failure, String)> {
-    let sock = inpod::marked_socket(netns, dst.is_ipv6()).map_err(|e| (Failure::Socket, e.to_string()))?;
+) -> Result<TcpStream, Failed> {
+    let sock = inpod::marked_socket(netns, dst.is_ipv6()).map_err(|e| (Reason::Socket, e.to_string()))?;
     match tokio::time::timeout(timeout, sock.connect(dst)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err((Failure::ConnectFailed, e.to_string())),
-        Err(_) => Err((Failure::ConnectTimeout, format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err((Reason::Connect, e.to_string())),
+        Err(_) => Err((Reason::ConnectTimeout, format!("no answer within {timeout:?}"))),
     }
 }
 
@@ -38,38 +39,37 @@ pub async fn deliver_transparent(
     client: SocketAddr,
     dst: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, (Failure, String)> {
+) -> Result<TcpStream, Failed> {
     let (sock, from) =
-        inpod::transparent_socket(netns, client.ip()).map_err(|e| (Failure::Socket, e.to_string()))?;
-    kernel.begin_delivery(from, dst.port()).map_err(|e| (Failure::Socket, e.to_string()))?;
+        inpod::transparent_socket(netns, client.ip()).map_err(|e| (Reason::Socket, e.to_string()))?;
+    kernel.begin_delivery(from, dst.port()).map_err(|e| (Reason::Socket, e.to_string()))?;
     let r = tokio::time::timeout(timeout, sock.connect(dst)).await;
     if let Err(e) = kernel.end_delivery(from, dst.port()) {
         tracing::warn!(error = %e, "could not clear the delivery record");
     }
     match r {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err((Failure::ConnectFailed, e.to_string())),
-        Err(_) => Err((Failure::ConnectTimeout, format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err((Reason::Connect, e.to_string())),
+        Err(_) => Err((Reason::ConnectTimeout, format!("no answer within {timeout:?}"))),
     }
 }
 
 /// Copies both directions until both are closed, carrying each half-close (EOF becomes a write
 /// shutdown on the other side). If either direction fails the other is abandoned and both sockets
-/// are reset. Returns (bytes a->b, bytes b->a, first error); the counts are kept on errors too.
-pub async fn splice(a: TcpStream, b: TcpStream) -> (u64, u64, Option<String>) {
+/// are reset. Counts bytes a->b into `ab` and b->a into `ba` as they move; returns the first error.
+pub async fn splice(a: TcpStream, b: TcpStream, ab: &AtomicU64, ba: &AtomicU64) -> Option<String> {
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
-    let (ab, ba) = (AtomicU64::new(0), AtomicU64::new(0));
     let error = {
-        let up = one_way(&mut ar, &mut bw, &ab);
-        let down = one_way(&mut br, &mut aw, &ba);
+        let up = one_way(&mut ar, &mut bw, ab);
+        let down = one_way(&mut br, &mut aw, ba);
         crate::tunnel::copy::drive_both(up, down).await
     };
     if error.is_some() {
         let _ = aw.as_ref().set_zero_linger();
         let _ = bw.as_ref().set_zero_linger();
     }
-    (ab.load(Ordering::Relaxed), ba.load(Ordering::Relaxed), error)
+    error
 }
 
 /// One direction: read until EOF (then shut the write side down) or an error, zero-copy with

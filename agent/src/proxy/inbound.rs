@@ -7,10 +7,9 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::{Direction, Failure, PodCtx, Proxy, Upstream, is_agent_port};
+use super::{Direction, Failed, PodCtx, Proxy, Upstream};
 use crate::{
-    config::security::MtlsMode,
-    policy::{self, Facts, Verdict},
+    policy::admission::{self, ConnFacts, Decision, Path},
     telemetry::metrics::ConnLabels,
 };
 
@@ -22,7 +21,7 @@ impl Proxy {
         pod: &PodCtx,
         src: SocketAddr,
         dst: SocketAddr,
-    ) -> Result<TcpStream, (Failure, String)> {
+    ) -> Result<TcpStream, Failed> {
         if pod.transparent {
             super::copy::deliver_transparent(&self.kernel, &pod.netns, src, dst, self.connect_timeout).await
         } else {
@@ -31,7 +30,6 @@ impl Proxy {
     }
 
     pub(super) async fn inbound(self: Arc<Self>, client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
-        let dir = Direction::Inbound;
         let dst = match client.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -39,31 +37,31 @@ impl Proxy {
                 return;
             }
         };
-        if is_agent_port(dst) {
-            self.metrics.failure(dir.label(), Failure::Loop.label());
-            return;
-        }
         let snap = self.store.load();
         let workload = pod.workload(&snap);
-        let refusal = match policy::mtls_mode(&snap, &workload, dst.port()) {
-            MtlsMode::Strict => {
-                Some((Failure::MtlsRequired, "PeerAuthentication STRICT: plaintext refused".to_string()))
-            }
-            _ => match policy::authorize(
-                &snap,
-                &workload,
-                &Facts { identity: None, src_ip: peer.ip(), dst, http: None },
-            ) {
-                Verdict::Deny { by } => Some((Failure::Deny, format!("denied by AuthorizationPolicy {by}"))),
-                Verdict::Allow { .. } => None,
-            },
+        let facts = ConnFacts {
+            path: Path::InboundPlain { workload: &workload },
+            src: peer.ip(),
+            dst,
+            trust_domain: &pod.trust_domain,
         };
-        let labels = ConnLabels::new("destination", dst).destination(&workload, pod.principal());
-        if let Some((f, detail)) = refusal {
-            self.carry(dir, &pod, peer, dst, labels, client, Err((f.label(), detail))).await;
-            return;
+        let decision = admission::admit(&snap, &facts);
+        let me = pod.peer(&snap, &self.labels);
+        let labels = ConnLabels::new("destination", dst).destination(me.labels, me.principal);
+        let rec = self.record(
+            Direction::Inbound,
+            facts.path.label(),
+            &pod,
+            peer,
+            dst,
+            labels,
+            decision.policy().to_string(),
+        );
+        if let Decision::Refuse { reason, detail } = decision {
+            let _ = client.set_zero_linger();
+            return rec.refuse(reason, &detail);
         }
-        let app = self.deliver(&pod, peer, dst).await.map(Upstream::Tcp).map_err(|(f, d)| (f.label(), d));
-        self.carry(dir, &pod, peer, dst, labels, client, app).await;
+        let app = self.deliver(&pod, peer, dst).await.map(Upstream::Tcp);
+        self.carry(rec, client, app).await;
     }
 }

@@ -4,20 +4,20 @@
 //! the source identity is the one the agent itself assigned to the source pod (the same identity
 //! it would put in that pod's certificate), so PeerAuthentication STRICT is satisfied and the
 //! destination's AuthorizationPolicies are evaluated with it exactly as the HBONE inbound path does.
-//! Both reporters' Istio metrics are recorded (`connection_security_policy="mutual_tls"`: the
-//! peer identity is authenticated, nothing is sent in clear on any wire).
+//! Both reporters' Istio metrics are recorded by the one connection record
+//! (`connection_security_policy="mutual_tls"`: the peer identity is authenticated, nothing is
+//! sent in clear on any wire), each counting client -> server bytes as `sent`.
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use tokio::net::TcpStream;
-use tracing::warn;
 
-use super::{Direction, Failure, PodCtx, Proxy, Upstream};
+use super::{Direction, PodCtx, Proxy, Upstream};
 use crate::{
     config::Snapshot,
-    policy::{self, Facts, Verdict},
+    policy::admission::{self, ConnFacts, Decision, Path},
     telemetry::metrics::ConnLabels,
 };
 
@@ -45,12 +45,14 @@ impl Proxy {
         self.local.read().get(&ip).cloned()
     }
 
-    /// Carries an outbound connection of `src_pod` to `dst_pod` on this node. Returns the client
-    /// back when the fast path does not apply (no source address of the target's family).
+    /// Carries an outbound connection of `src_pod` to `dst_pod` on this node: one connection
+    /// record reporting both ends (the source's view in `src_labels`, the destination's beside
+    /// it). Returns the client back when the fast path does not apply (no source address of the
+    /// target's family).
     #[allow(clippy::too_many_arguments, reason = "each argument is one fact of the connection")]
     pub(super) async fn same_node(
         &self,
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
         client: TcpStream,
         peer: SocketAddr,
         src_pod: &Arc<PodCtx>,
@@ -64,53 +66,35 @@ impl Proxy {
         let src = SocketAddr::new(src_ip, peer.port());
         let identity = src_pod.identity();
         let dst_workload = dst_pod.workload(snap);
+        let facts = ConnFacts {
+            path: Path::SameNode { workload: &dst_workload, peer: &identity },
+            src: src_ip,
+            dst: target,
+            trust_domain: &dst_pod.trust_domain,
+        };
+        let decision = admission::admit(snap, &facts);
+        let dst_me = dst_pod.peer(snap, &self.labels);
         let mut dst_labels =
-            ConnLabels::new("destination", target).destination(&dst_workload, dst_pod.principal());
+            ConnLabels::new("destination", target).destination(dst_me.labels, dst_me.principal);
         dst_labels.connection_security_policy = "mutual_tls";
-        dst_labels = dst_labels.source(&src_pod.workload(snap), identity.to_string());
-        dst_labels.destination_service = src_labels.destination_service.clone();
-        dst_labels.destination_service_name = src_labels.destination_service_name.clone();
-        dst_labels.destination_service_namespace = src_labels.destination_service_namespace.clone();
-        let facts = Facts { identity: Some(&identity), src_ip, dst: target, http: None };
-        let refused = match policy::authorize(snap, &dst_workload, &facts) {
-            Verdict::Deny { by } => {
-                Some((Failure::Deny.label(), format!("denied by AuthorizationPolicy {by}")))
-            }
-            Verdict::Allow { .. } => None,
+        dst_labels.source = src_labels.source.clone();
+        dst_labels.source_principal = src_labels.source_principal.clone();
+        dst_labels.service = src_labels.service.clone();
+        let mut rec = self.record(
+            Direction::Outbound,
+            facts.path.label(),
+            src_pod,
+            peer,
+            target,
+            src_labels,
+            decision.policy().to_string(),
+        );
+        rec.set_peer_view(dst_labels);
+        let app = match decision {
+            Decision::Refuse { reason, detail } => Err((reason, detail)),
+            Decision::Admit { .. } => self.deliver(dst_pod, src, target).await,
         };
-        let app = match refused {
-            Some(e) => Err(e),
-            None => self.deliver(dst_pod, src, target).await.map_err(|(f, d)| (f.label(), d)),
-        };
-        let app = match app {
-            Ok(app) => app,
-            Err((reason, detail)) => {
-                self.metrics.failure(Direction::Inbound.label(), reason);
-                dst_labels.response_flags = reason.to_string();
-                self.metrics.conn_opened(&dst_labels);
-                self.metrics.conn_closed(&dst_labels, 0, 0);
-                warn!(target: "sluice::access", direction = "inbound", pod = %dst_pod.name,
-                      namespace = %dst_pod.namespace, %src, dst = %target, reason, detail,
-                      src_principal = %identity, path = "same_node", "connection refused");
-                self.carry(
-                    Direction::Outbound,
-                    src_pod,
-                    peer,
-                    target,
-                    src_labels,
-                    client,
-                    Err((reason, detail)),
-                )
-                .await;
-                return None;
-            }
-        };
-        self.metrics.conn_opened(&dst_labels);
-        let (sent, received) = self
-            .carry(Direction::Outbound, src_pod, peer, target, src_labels, client, Ok(Upstream::Tcp(app)))
-            .await;
-        // The destination's view: what the client sent is what it received.
-        self.metrics.conn_closed(&dst_labels, received, sent);
+        self.carry(rec, client, app.map(Upstream::Tcp)).await;
         None
     }
 }

@@ -7,7 +7,9 @@
 //! - HBONE (15008): mTLS from other agents; each CONNECT stream is delivered to the application
 //!   from the source pod's address.
 //!
-//! Every connection is counted with Istio's TCP metrics and logged on the `sluice::access` target.
+//! Every connection is admitted by the one gate ([`crate::policy::admission`]) and has one
+//! connection record ([`crate::conn`]) that registers it, counts Istio's TCP metrics and writes its
+//! access log; nothing in this module counts or logs a connection itself.
 mod copy;
 mod hbone;
 mod inbound;
@@ -17,12 +19,11 @@ mod pipe;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use sluice_common::{INBOUND_CAPTURE_PORT, INBOUND_HBONE_PORT, OUTBOUND_CAPTURE_PORT};
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
@@ -31,9 +32,13 @@ use rustls::ServerConfig;
 
 use crate::{
     config::{Service, SnapshotStore},
+    conn::{ConnInfo, ConnRecord, Recorder, Registry, labels::LabelCache},
     identity::{Identity, certs::CertManager},
     redirect::{Kernel, NetNs, inpod::Role},
-    telemetry::metrics::{ConnLabels, Metrics},
+    telemetry::{
+        metrics::{ConnLabels, Metrics},
+        reason::Reason,
+    },
     tunnel::pool::{Pool, StreamGuard},
 };
 
@@ -53,6 +58,10 @@ pub struct PodCtx {
     pub tls: Arc<ServerConfig>,
     /// The pod's addresses (the same-node fast path delivers from them).
     pub ips: Vec<std::net::IpAddr>,
+    /// `namespace/name`, as connection records name the pod.
+    pub key: Arc<str>,
+    /// The pod's SPIFFE principal, shared by its connection records.
+    pub principal: Arc<str>,
 }
 
 impl PodCtx {
@@ -77,16 +86,22 @@ impl PodCtx {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
     }
 
-    /// The pod's SPIFFE identity.
-    pub fn principal(&self) -> String {
-        self.identity().to_string()
+    /// The shared Istio labels of this pod, as the snapshot in force describes it.
+    pub fn peer(&self, snap: &Arc<crate::config::Snapshot>, cache: &LabelCache) -> crate::conn::labels::Peer {
+        let mut p = cache.peer(snap, &self.workload(snap));
+        // The identity is the one this agent assigned to the pod (its certificate's).
+        p.principal = self.principal.clone();
+        p
     }
 }
 
 /// Shared by every pod's listeners.
 pub struct Proxy {
     pub kernel: Arc<Kernel>,
-    pub metrics: Arc<Metrics>,
+    /// Every connection's record reports here (metrics, access log, live registry).
+    pub recorder: Arc<Recorder>,
+    /// Istio labels shared per workload.
+    labels: LabelCache,
     pub store: Arc<SnapshotStore>,
     pub certs: Arc<CertManager>,
     pub pool: Pool,
@@ -116,54 +131,6 @@ pub enum Upstream {
     Tunnel(SendStream<Bytes>, RecvStream, StreamGuard),
 }
 
-/// Why a captured connection was dropped or failed; one label value per reason
-/// (`sluice_proxy_failures_total{reason}`) and one access-log field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// No original destination recorded for an outbound connection.
-    NoOriginalDst,
-    /// The original destination is one of the agent's own ports (a loop).
-    Loop,
-    /// Connecting to the destination failed or was refused.
-    ConnectFailed,
-    /// Connecting to the destination timed out.
-    ConnectTimeout,
-    /// Could not create a socket in the pod's network namespace.
-    Socket,
-    /// A Service VIP with no endpoints: the client's connection fails at once.
-    NoEndpoints,
-    /// Plaintext to a port whose PeerAuthentication mode is STRICT.
-    MtlsRequired,
-    /// An AuthorizationPolicy denied the connection (Istio's response flag).
-    Deny,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 8] = [
-        Failure::NoOriginalDst,
-        Failure::Loop,
-        Failure::ConnectFailed,
-        Failure::ConnectTimeout,
-        Failure::Socket,
-        Failure::NoEndpoints,
-        Failure::MtlsRequired,
-        Failure::Deny,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::NoOriginalDst => "no_original_dst",
-            Failure::Loop => "loop",
-            Failure::ConnectFailed => "connect_failed",
-            Failure::ConnectTimeout => "connect_timeout",
-            Failure::Socket => "socket",
-            Failure::NoEndpoints => "no_endpoints",
-            Failure::MtlsRequired => "mtls_required",
-            Failure::Deny => "DENY",
-        }
-    }
-}
-
 /// Which way a captured connection goes, as metrics and access logs name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -180,9 +147,8 @@ impl Direction {
     }
 }
 
-fn is_agent_port(addr: SocketAddr) -> bool {
-    matches!(addr.port(), OUTBOUND_CAPTURE_PORT | INBOUND_CAPTURE_PORT | INBOUND_HBONE_PORT)
-}
+/// Why carrying failed, with what the operator needs to know.
+type Failed = (Reason, String);
 
 impl Proxy {
     pub fn new(
@@ -192,10 +158,12 @@ impl Proxy {
         certs: Arc<CertManager>,
         pool: Pool,
         connect_timeout: Duration,
+        trust_domain: &str,
     ) -> Proxy {
         Proxy {
             kernel,
-            metrics,
+            recorder: Recorder::new(metrics, Registry::new()),
+            labels: LabelCache::new(trust_domain),
             store,
             certs,
             pool,
@@ -272,47 +240,54 @@ impl Proxy {
             .collect()
     }
 
-    /// Carries one captured connection once its other side is connected (or failed): metrics,
-    /// byte copying, access log. The one place both directions share.
+    /// The registry of the connections this agent carries now.
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.recorder.registry()
+    }
+
+    /// Starts the record of a connection of `pod`.
     #[allow(clippy::too_many_arguments, reason = "each argument is one fact of the connection")]
-    async fn carry(
+    fn record(
         &self,
         dir: Direction,
+        path: &'static str,
         pod: &PodCtx,
         src: SocketAddr,
         dst: SocketAddr,
-        mut labels: ConnLabels,
-        client: TcpStream,
-        other: Result<Upstream, (&'static str, String)>,
-    ) -> (u64, u64) {
+        labels: ConnLabels,
+        policy: String,
+    ) -> ConnRecord {
+        let info = ConnInfo {
+            direction: dir.label(),
+            path,
+            pod: pod.key.clone(),
+            src,
+            dst,
+            src_principal: labels.source_principal.clone(),
+            dst_principal: labels.destination_principal.clone(),
+            policy,
+        };
+        self.recorder.open(info, labels)
+    }
+
+    /// Carries a captured connection once its other side is connected, or records why that
+    /// failed (the client then sees a reset, not a silent close). Returns the bytes moved.
+    async fn carry(&self, rec: ConnRecord, client: TcpStream, other: Result<Upstream, Failed>) -> (u64, u64) {
         let other = match other {
             Ok(s) => s,
             Err((reason, detail)) => {
-                // The client sees a reset, not a silent close.
                 let _ = client.set_zero_linger();
-                self.metrics.failure(dir.label(), reason);
-                labels.response_flags = reason.to_string();
-                self.metrics.conn_opened(&labels);
-                self.metrics.conn_closed(&labels, 0, 0);
-                warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
-                      %src, %dst, reason, detail, security = labels.connection_security_policy,
-                      dst_principal = %labels.destination_principal, "connection failed");
+                rec.refuse(reason, &detail);
                 return (0, 0);
             }
         };
-        self.metrics.conn_opened(&labels);
-        let start = std::time::Instant::now();
-        let (sent, received, err) = match other {
-            Upstream::Tcp(s) => copy::splice(client, s).await,
-            Upstream::Tunnel(send, recv, _guard) => crate::tunnel::copy::splice(client, send, recv).await,
-        };
-        self.metrics.conn_closed(&labels, sent, received);
-        info!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
-              %src, %dst, sent, received, duration_ms = start.elapsed().as_millis() as u64,
-              security = labels.connection_security_policy, src_principal = %labels.source_principal,
-              dst_principal = %labels.destination_principal, dst_service = %labels.destination_service,
-              error = err, "connection closed");
-        (sent, received)
+        let live = rec.live().clone();
+        match other {
+            Upstream::Tcp(s) => rec.carry(copy::splice(client, s, &live.sent, &live.received)).await,
+            Upstream::Tunnel(send, recv, _guard) => {
+                rec.carry(crate::tunnel::copy::splice(client, send, recv, &live.sent, &live.received)).await
+            }
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener, pod: Arc<PodCtx>) {
@@ -343,26 +318,5 @@ impl Proxy {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_ports_are_loops() {
-        assert!(is_agent_port("10.0.0.1:15001".parse().expect("addr")));
-        assert!(is_agent_port("10.0.0.1:15006".parse().expect("addr")));
-        assert!(is_agent_port("[fd00::1]:15008".parse().expect("addr")));
-        assert!(!is_agent_port("10.0.0.1:8080".parse().expect("addr")));
-    }
-
-    #[test]
-    fn failure_labels_are_unique() {
-        let mut labels: Vec<&str> = Failure::ALL.iter().map(|f| f.label()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), Failure::ALL.len());
     }
 }

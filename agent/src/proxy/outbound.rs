@@ -6,31 +6,37 @@ use std::{net::SocketAddr, sync::Arc};
 
 use sluice_common::INBOUND_HBONE_PORT;
 use tokio::net::TcpStream;
-use tracing::warn;
 
-use super::{Direction, Failure, PodCtx, Proxy, Upstream, copy, is_agent_port};
+use super::{Direction, Failed, PodCtx, Proxy, Upstream, copy};
 use crate::{
     config::{EnrollDecision, Snapshot, waypoints::WaypointRef},
     identity::Identity,
-    telemetry::metrics::ConnLabels,
+    policy::admission::{self, ConnFacts, Decision, Path},
+    telemetry::{metrics::ConnLabels, reason::Reason},
     tunnel::pool::PoolKey,
 };
 
 impl Proxy {
     pub(super) async fn outbound(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         let dir = Direction::Outbound;
-        let Some(dst) = self.kernel.take_orig_dst(pod.netns_cookie, peer) else {
-            self.metrics.failure(dir.label(), Failure::NoOriginalDst.label());
-            warn!(target: "sluice::access", direction = dir.label(), pod = %pod.name, namespace = %pod.namespace,
-                  %peer, reason = Failure::NoOriginalDst.label(), "captured connection without an original destination; closed");
-            return;
-        };
-        if is_agent_port(dst) && dst.ip().is_loopback() {
-            self.metrics.failure(dir.label(), Failure::Loop.label());
-            return;
-        }
         let snap = self.store.load();
-        let mut labels = ConnLabels::new("source", dst).source(&pod.workload(&snap), pod.principal());
+        let me = pod.peer(&snap, &self.labels);
+        let Some(dst) = self.kernel.take_orig_dst(pod.netns_cookie, peer) else {
+            // Named by the capture socket it arrived on: there is no other destination to name.
+            let here = client.local_addr().unwrap_or(peer);
+            let labels = ConnLabels::new("source", here).source(me.labels, me.principal);
+            let rec = self.record(dir, "outbound", &pod, peer, here, labels, "-".into());
+            return rec.refuse(
+                Reason::NoOriginalDst,
+                "captured connection without an original destination (the kernel recorded none); closed",
+            );
+        };
+        let mut labels = ConnLabels::new("source", dst).source(me.labels, me.principal);
+        let facts = ConnFacts { path: Path::Outbound, src: peer.ip(), dst, trust_domain: &pod.trust_domain };
+        if let Decision::Refuse { reason, detail } = admission::admit(&snap, &facts) {
+            let rec = self.record(dir, "outbound", &pod, peer, dst, labels, "-".into());
+            return rec.refuse(reason, &detail);
+        }
         // A destination bound to a waypoint is reached through it: the original destination
         // (Service VIP or pod address) travels as the CONNECT authority.
         let waypoint = match snap.service_by_vip(dst) {
@@ -42,7 +48,8 @@ impl Proxy {
                 labels = labels.service(svc);
             }
             let upstream = self.via_waypoint(&snap, &pod, &wp, dst, &mut labels).await;
-            self.carry(dir, &pod, peer, dst, labels, client, upstream).await;
+            let rec = self.record(dir, "outbound", &pod, peer, dst, labels, "-".into());
+            self.carry(rec, client, upstream).await;
             return;
         }
         // A Service VIP becomes one of its endpoints.
@@ -52,10 +59,12 @@ impl Proxy {
                 match self.pick_endpoint(svc, dst.is_ipv6()) {
                     Some(ip) => SocketAddr::new(ip, port.target_port),
                     None => {
-                        let detail = format!("service {} has no endpoints", svc.hostname());
-                        let err = Err((Failure::NoEndpoints.label(), detail));
-                        self.carry(dir, &pod, peer, dst, labels, client, err).await;
-                        return;
+                        let rec = self.record(dir, "outbound", &pod, peer, dst, labels, "-".into());
+                        let _ = client.set_zero_linger();
+                        return rec.refuse(
+                            Reason::NoEndpoints,
+                            &format!("service {} has no endpoints", svc.hostname()),
+                        );
                     }
                 }
             }
@@ -67,7 +76,8 @@ impl Proxy {
         let upstream = match in_mesh {
             Some(w) => {
                 let expected = Identity::new(&pod.trust_domain, &w.namespace, &w.service_account);
-                labels = labels.destination(w, expected.to_string());
+                let dst_peer = self.labels.peer(&snap, w);
+                labels = labels.destination(dst_peer.labels, dst_peer.principal);
                 labels.connection_security_policy = "mutual_tls";
                 if let Some(dst_pod) = self.local_pod(target.ip()) {
                     match self.same_node(&snap, client, peer, &pod, &dst_pod, target, labels.clone()).await {
@@ -83,15 +93,13 @@ impl Proxy {
                 };
                 match self.pool.connect(&key, Some(&pod.netns), target).await {
                     Ok((send, recv, guard)) => Ok(Upstream::Tunnel(send, recv, guard)),
-                    Err(e) => Err((e.response_flag(), e.to_string())),
+                    Err(e) => Err((e.reason(), e.to_string())),
                 }
             }
-            None => copy::connect_from(&pod.netns, target, self.connect_timeout)
-                .await
-                .map(Upstream::Tcp)
-                .map_err(|(f, d)| (f.label(), d)),
+            None => copy::connect_from(&pod.netns, target, self.connect_timeout).await.map(Upstream::Tcp),
         };
-        self.carry(dir, &pod, peer, target, labels, client, upstream).await;
+        let rec = self.record(dir, "outbound", &pod, peer, target, labels, "-".into());
+        self.carry(rec, client, upstream).await;
     }
 
     /// Opens a CONNECT stream for `dst` to one of the waypoint's instances (round robin),
@@ -103,14 +111,14 @@ impl Proxy {
         wp: &WaypointRef,
         dst: SocketAddr,
         labels: &mut ConnLabels,
-    ) -> Result<Upstream, (&'static str, String)> {
+    ) -> Result<Upstream, Failed> {
         // Instances of the destination's address family, like endpoints of a Service.
         let all = snap.waypoint_addrs(wp);
         let same: Vec<_> = all.iter().filter(|a| a.ip.is_ipv6() == dst.is_ipv6()).cloned().collect();
         let addrs = if same.is_empty() { all } else { same };
         if addrs.is_empty() {
             return Err((
-                Failure::NoEndpoints.label(),
+                Reason::NoEndpoints,
                 format!(
                     "waypoint {}/{} has no running instance (no pod labelled {}={})",
                     wp.namespace,
@@ -132,7 +140,7 @@ impl Proxy {
         // Istio deploys it), never whatever a pod carrying the gateway-name label runs as.
         let expected = wp.identity(&pod.trust_domain);
         labels.connection_security_policy = "mutual_tls";
-        labels.destination_principal = expected.to_string();
+        labels.destination_principal = expected.to_string().into();
         let key = PoolKey {
             src_pod: pod.netns_cookie,
             src: pod.identity(),
@@ -141,7 +149,7 @@ impl Proxy {
         };
         match self.pool.connect(&key, Some(&pod.netns), dst).await {
             Ok((send, recv, guard)) => Ok(Upstream::Tunnel(send, recv, guard)),
-            Err(e) => Err((e.response_flag(), format!("via waypoint {}/{}: {e}", wp.namespace, wp.name))),
+            Err(e) => Err((e.reason(), format!("via waypoint {}/{}: {e}", wp.namespace, wp.name))),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The agent's Prometheus registry, with Istio's standard TCP metric names and labels so existing
 //! Istio dashboards work unchanged, plus sluice's own counters (`sluice_*`).
+use std::sync::Arc;
+
 use prometheus::{Encoder as _, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Istio's TCP metric labels, in the order every TCP metric carries them.
@@ -23,27 +25,63 @@ pub const TCP_LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
-/// Label values for one connection; `unknown` where nothing is known, as Istio reports it.
+/// The labels Istio derives from one workload, shared (`Arc`) by every connection of that workload
+/// instead of copied into each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadLabels {
+    pub workload: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+}
+
+impl WorkloadLabels {
+    /// Nothing known: `unknown` everywhere, as Istio reports it.
+    pub fn unknown() -> Arc<WorkloadLabels> {
+        static UNKNOWN: std::sync::OnceLock<Arc<WorkloadLabels>> = std::sync::OnceLock::new();
+        UNKNOWN
+            .get_or_init(|| {
+                Arc::new(WorkloadLabels {
+                    workload: UNKNOWN_LABEL.into(),
+                    namespace: UNKNOWN_LABEL.into(),
+                    app: UNKNOWN_LABEL.into(),
+                    version: UNKNOWN_LABEL.into(),
+                })
+            })
+            .clone()
+    }
+
+    /// A workload's labels, with `app` and `version` derived as Istio does.
+    pub fn of(w: &crate::config::model::PodEntry) -> WorkloadLabels {
+        let (app, version) = app_version(&w.labels);
+        WorkloadLabels { workload: w.name.clone(), namespace: w.namespace.clone(), app, version }
+    }
+}
+
+/// What Istio reports as `unknown`.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// The destination Service's labels, or the bare address when the destination is no Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceLabels {
+    Service { hostname: Arc<str>, name: Arc<str>, namespace: Arc<str> },
+    Address(std::net::SocketAddr),
+}
+
+/// Label values for one connection; `unknown` where nothing is known, as Istio reports it. The
+/// per-workload parts are shared, so a connection costs a few pointers, not 14 strings.
 #[derive(Clone, Debug)]
 pub struct ConnLabels {
-    /// `source` (outbound, reported by the client's agent) or `destination` (inbound).
+    /// `source` (outbound, reported by the client's agent), `destination` (inbound) or `waypoint`.
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    /// The Service hostname, or `ip:port` when the destination is no Service.
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    /// `-` when the connection succeeded, else the failure reason.
-    pub response_flags: String,
+    pub source: Arc<WorkloadLabels>,
+    pub source_principal: Arc<str>,
+    pub destination: Arc<WorkloadLabels>,
+    pub destination_principal: Arc<str>,
+    /// The Service, or `ip:port` when the destination is no Service.
+    pub service: ServiceLabels,
+    /// `-` when the connection succeeded, else the failure's flag ([`crate::telemetry::reason`]).
+    pub response_flags: &'static str,
     /// `mutual_tls` for HBONE, `unknown` for plain TCP (as ztunnel reports it).
     pub connection_security_policy: &'static str,
     /// `tcp` for the node proxy; `http` or `grpc` for the waypoint's requests.
@@ -52,43 +90,42 @@ pub struct ConnLabels {
 
 /// The `app` and `version` of a workload's labels, as Istio derives them.
 fn app_version(labels: &crate::config::model::Labels) -> (String, String) {
-    let get =
-        |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned().unwrap_or_else(|| "unknown".into());
+    let get = |keys: &[&str]| {
+        keys.iter().find_map(|k| labels.get(*k)).cloned().unwrap_or_else(|| UNKNOWN_LABEL.into())
+    };
     (get(&["app.kubernetes.io/name", "app"]), get(&["app.kubernetes.io/version", "version"]))
+}
+
+fn unknown_principal() -> Arc<str> {
+    static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNKNOWN.get_or_init(|| Arc::from(UNKNOWN_LABEL)).clone()
 }
 
 impl ConnLabels {
     /// Everything `unknown`, no failure, plain TCP.
     pub fn new(reporter: &'static str, destination: std::net::SocketAddr) -> ConnLabels {
-        let u = || String::from("unknown");
         ConnLabels {
             reporter,
-            source_workload: u(),
-            source_workload_namespace: u(),
-            source_principal: u(),
-            source_app: u(),
-            source_version: u(),
-            destination_workload: u(),
-            destination_workload_namespace: u(),
-            destination_principal: u(),
-            destination_app: u(),
-            destination_version: u(),
-            destination_service: destination.to_string(),
-            destination_service_name: u(),
-            destination_service_namespace: u(),
-            response_flags: "-".into(),
-            connection_security_policy: "unknown",
+            source: WorkloadLabels::unknown(),
+            source_principal: unknown_principal(),
+            destination: WorkloadLabels::unknown(),
+            destination_principal: unknown_principal(),
+            service: ServiceLabels::Address(destination),
+            response_flags: "-",
+            connection_security_policy: UNKNOWN_LABEL,
             request_protocol: "tcp",
         }
     }
 
-    pub fn source(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
-        self.set_source(w, principal);
+    pub fn source(mut self, w: Arc<WorkloadLabels>, principal: Arc<str>) -> ConnLabels {
+        self.source = w;
+        self.source_principal = principal;
         self
     }
 
-    pub fn destination(mut self, w: &crate::config::model::PodEntry, principal: String) -> ConnLabels {
-        self.set_destination(w, principal);
+    pub fn destination(mut self, w: Arc<WorkloadLabels>, principal: Arc<str>) -> ConnLabels {
+        self.destination = w;
+        self.destination_principal = principal;
         self
     }
 
@@ -99,46 +136,58 @@ impl ConnLabels {
 
     /// The source workload's labels (metadata; the principal is the verified identity's).
     pub fn set_source(&mut self, w: &crate::config::model::PodEntry, principal: String) {
-        (self.source_app, self.source_version) = app_version(&w.labels);
-        self.source_workload = w.name.clone();
-        self.source_workload_namespace = w.namespace.clone();
-        self.source_principal = principal;
+        self.source = Arc::new(WorkloadLabels::of(w));
+        self.source_principal = principal.into();
     }
 
     pub fn set_destination(&mut self, w: &crate::config::model::PodEntry, principal: String) {
-        (self.destination_app, self.destination_version) = app_version(&w.labels);
-        self.destination_workload = w.name.clone();
-        self.destination_workload_namespace = w.namespace.clone();
-        self.destination_principal = principal;
+        self.destination = Arc::new(WorkloadLabels::of(w));
+        self.destination_principal = principal.into();
     }
 
     pub fn set_service(&mut self, svc: &crate::config::Service) {
-        self.destination_service = svc.hostname();
-        self.destination_service_name = svc.name.clone();
-        self.destination_service_namespace = svc.namespace.clone();
+        self.service = ServiceLabels::Service {
+            hostname: svc.hostname().into(),
+            name: svc.name.as_str().into(),
+            namespace: svc.namespace.as_str().into(),
+        };
     }
 
-    /// The values in [`TCP_LABELS`] order.
-    pub fn values(&self) -> [&str; 17] {
-        [
+    /// The `destination_service` label: the Service hostname or `ip:port`.
+    pub fn destination_service(&self) -> std::borrow::Cow<'_, str> {
+        match &self.service {
+            ServiceLabels::Service { hostname, .. } => std::borrow::Cow::Borrowed(hostname),
+            ServiceLabels::Address(a) => std::borrow::Cow::Owned(a.to_string()),
+        }
+    }
+
+    /// Calls `f` with the values in [`TCP_LABELS`] order.
+    pub fn with_values<R>(&self, f: impl FnOnce(&[&str; 17]) -> R) -> R {
+        let svc = self.destination_service();
+        let (svc_name, svc_ns): (&str, &str) = match &self.service {
+            ServiceLabels::Service { name, namespace, .. } => (name, namespace),
+            ServiceLabels::Address(_) => (UNKNOWN_LABEL, UNKNOWN_LABEL),
+        };
+        let (s, d) = (&*self.source, &*self.destination);
+        f(&[
             self.reporter,
-            &self.source_workload,
-            &self.source_workload_namespace,
+            &s.workload,
+            &s.namespace,
             &self.source_principal,
-            &self.source_app,
-            &self.source_version,
-            &self.destination_workload,
-            &self.destination_workload_namespace,
+            &s.app,
+            &s.version,
+            &d.workload,
+            &d.namespace,
             &self.destination_principal,
-            &self.destination_app,
-            &self.destination_version,
-            &self.destination_service,
-            &self.destination_service_name,
-            &self.destination_service_namespace,
+            &d.app,
+            &d.version,
+            &svc,
+            svc_name,
+            svc_ns,
             self.request_protocol,
-            &self.response_flags,
+            self.response_flags,
             self.connection_security_policy,
-        ]
+        ])
     }
 }
 
@@ -162,53 +211,67 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The agent's registry: Istio's TCP metrics and every `sluice_*` series.
     pub fn new() -> Metrics {
+        Self::build(true)
+    }
+
+    /// Istio's TCP metrics and `sluice_proxy_failures_total` only (a waypoint's connections).
+    pub fn tcp_only() -> Metrics {
+        Self::build(false)
+    }
+
+    /// Builds every series; registers (and so renders) the node-only ones when `node`.
+    fn build(node: bool) -> Metrics {
         let registry = Registry::new();
-        let vec = |name: &str, help: &str, labels: &[&str]| {
-            let v =
-                IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable(name, e));
-            if let Err(e) = registry.register(Box::new(v.clone())) {
+        let register = |name: &str, c: Box<dyn prometheus::core::Collector>, always: bool| {
+            if (always || node)
+                && let Err(e) = registry.register(c)
+            {
                 unreachable(name, e);
             }
+        };
+        let vec = |name: &str, help: &str, labels: &[&str], always: bool| {
+            let v =
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable(name, e));
+            register(name, Box::new(v.clone()), always);
             v
         };
-        let tcp_opened = vec("istio_tcp_connections_opened_total", "TCP connections opened", TCP_LABELS);
-        let tcp_closed = vec("istio_tcp_connections_closed_total", "TCP connections closed", TCP_LABELS);
-        let tcp_sent =
-            vec("istio_tcp_sent_bytes_total", "Bytes sent by the client side of TCP connections", TCP_LABELS);
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable(name, e));
+            register(name, Box::new(g.clone()), false);
+            g
+        };
+        let tcp_opened =
+            vec("istio_tcp_connections_opened_total", "TCP connections opened", TCP_LABELS, true);
+        let tcp_closed =
+            vec("istio_tcp_connections_closed_total", "TCP connections closed", TCP_LABELS, true);
+        let tcp_sent = vec(
+            "istio_tcp_sent_bytes_total",
+            "Bytes sent by the client side of TCP connections",
+            TCP_LABELS,
+            true,
+        );
         let tcp_received = vec(
             "istio_tcp_received_bytes_total",
             "Bytes received by the client side of TCP connections",
             TCP_LABELS,
+            true,
         );
         let failures = vec(
             "sluice_proxy_failures_total",
-            "Captured connections the agent could not carry, by reason",
+            "Connections refused or that could not be carried, by reason",
             &["direction", "reason"],
+            true,
         );
         let redirect = vec(
             "sluice_redirect_decisions_total",
             "Decisions taken by the kernel programs, by decision",
             &["decision"],
+            false,
         );
-        let enrolled_pods = IntGauge::new("sluice_enrolled_pods", "Pods enrolled on this node")
-            .unwrap_or_else(|e| unreachable("sluice_enrolled_pods", e));
-        if let Err(e) = registry.register(Box::new(enrolled_pods.clone())) {
-            unreachable("sluice_enrolled_pods", e);
-        }
-        let config_generation =
-            IntGauge::new("sluice_config_generation", "Mesh config snapshots loaded since start")
-                .unwrap_or_else(|e| unreachable("sluice_config_generation", e));
-        if let Err(e) = registry.register(Box::new(config_generation.clone())) {
-            unreachable("sluice_config_generation", e);
-        }
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable(name, e));
-            if let Err(e) = registry.register(Box::new(g.clone())) {
-                unreachable(name, e);
-            }
-            g
-        };
+        let enrolled_pods = gauge("sluice_enrolled_pods", "Pods enrolled on this node");
+        let config_generation = gauge("sluice_config_generation", "Mesh config snapshots loaded since start");
         let config_rejections = gauge(
             "sluice_config_rejections",
             "Mesh config changes rejected since start (the last good snapshot stayed in force)",
@@ -220,9 +283,7 @@ impl Metrics {
             &["identity"],
         )
         .unwrap_or_else(|e| unreachable("sluice_cert_expiry_seconds", e));
-        if let Err(e) = registry.register(Box::new(cert_expiry_seconds.clone())) {
-            unreachable("sluice_cert_expiry_seconds", e);
-        }
+        register("sluice_cert_expiry_seconds", Box::new(cert_expiry_seconds.clone()), false);
         Metrics {
             registry,
             tcp_opened,
@@ -239,20 +300,24 @@ impl Metrics {
         }
     }
 
-    pub fn conn_opened(&self, l: &ConnLabels) {
-        self.tcp_opened.with_label_values(&l.values()).inc();
+    /// Counts a connection opened. Only the connection record (`crate::conn::record`) calls this.
+    pub(crate) fn conn_opened(&self, l: &ConnLabels) {
+        l.with_values(|v| self.tcp_opened.with_label_values(v).inc());
     }
 
-    /// `sent` is client -> server bytes, `received` server -> client, as Istio counts them.
-    pub fn conn_closed(&self, l: &ConnLabels, sent: u64, received: u64) {
-        let v = l.values();
-        self.tcp_closed.with_label_values(&v).inc();
-        self.tcp_sent.with_label_values(&v).inc_by(sent);
-        self.tcp_received.with_label_values(&v).inc_by(received);
+    /// Counts a connection closed; `sent` is client -> server bytes, `received` server -> client,
+    /// as Istio counts them. Only the connection record calls this.
+    pub(crate) fn conn_closed(&self, l: &ConnLabels, sent: u64, received: u64) {
+        l.with_values(|v| {
+            self.tcp_closed.with_label_values(v).inc();
+            self.tcp_sent.with_label_values(v).inc_by(sent);
+            self.tcp_received.with_label_values(v).inc_by(received);
+        });
     }
 
-    pub fn failure(&self, direction: &str, reason: &str) {
-        self.failures.with_label_values(&[direction, reason]).inc();
+    /// Counts a connection refused or failed. Only the connection record calls this.
+    pub(crate) fn failure(&self, direction: &str, reason: super::reason::Reason) {
+        self.failures.with_label_values(&[direction, reason.as_str()]).inc();
     }
 
     /// Brings `sluice_redirect_decisions_total` up to the kernel's current totals.
@@ -292,8 +357,14 @@ mod tests {
     #[test]
     fn istio_names_and_labels_render() {
         let m = Metrics::new();
-        let mut l = ConnLabels::new("source", "10.0.0.1:80".parse().expect("addr"));
-        l.source_workload = "client".into();
+        let w = crate::config::model::PodEntry {
+            name: "client".into(),
+            namespace: "shop".into(),
+            labels: [("app".to_string(), "shop-ui".to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        let l = ConnLabels::new("source", "10.0.0.1:80".parse().expect("addr"))
+            .source(Arc::new(WorkloadLabels::of(&w)), "spiffe://cluster.local/ns/shop/sa/client".into());
         m.conn_opened(&l);
         m.conn_closed(&l, 10, 20);
         m.sync_redirect_counters(&[("outbound_redirected", 3)]);
@@ -301,10 +372,24 @@ mod tests {
         let text = m.render();
         assert!(text.contains("istio_tcp_connections_opened_total{"), "{text}");
         assert!(text.contains("source_workload=\"client\""), "{text}");
+        assert!(text.contains("source_app=\"shop-ui\""), "{text}");
+        assert!(text.contains("source_version=\"unknown\""), "{text}");
+        assert!(text.contains("destination_service=\"10.0.0.1:80\""), "{text}");
         assert!(text.contains("istio_tcp_sent_bytes_total{"), "{text}");
         assert!(
             text.contains("sluice_redirect_decisions_total{decision=\"outbound_redirected\"} 5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_waypoints_registry_has_tcp_series_only() {
+        let m = Metrics::tcp_only();
+        m.conn_opened(&ConnLabels::new("waypoint", "10.0.0.1:80".parse().expect("addr")));
+        m.failure("inbound", crate::telemetry::reason::Reason::Deny);
+        let text = m.render();
+        assert!(text.contains("istio_tcp_connections_opened_total{"), "{text}");
+        assert!(text.contains("sluice_proxy_failures_total{"), "{text}");
+        assert!(!text.contains("sluice_enrolled_pods"), "node series on a waypoint: {text}");
     }
 }

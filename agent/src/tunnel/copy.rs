@@ -12,15 +12,17 @@ const CHUNK: usize = 64 * 1024;
 
 /// Copies until both directions are done: TCP -> stream (FIN becomes END_STREAM) and
 /// stream -> TCP (END_STREAM becomes FIN). If either direction fails, the other is abandoned: the
-/// stream is reset and the TCP side gets a reset too, so neither peer hangs waiting. Returns
-/// (bytes TCP->stream, bytes stream->TCP, first error).
+/// stream is reset and the TCP side gets a reset too, so neither peer hangs waiting. Counts bytes
+/// TCP->stream into `up_n` and stream->TCP into `down_n` as they move (the caller's connection
+/// record reads them, also when it closes the connection from outside); returns the first error.
 pub async fn splice(
     tcp: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
-) -> (u64, u64, Option<String>) {
+    up_n: &AtomicU64,
+    down_n: &AtomicU64,
+) -> Option<String> {
     let (r, mut w) = tcp.into_split();
-    let (up_n, down_n) = (AtomicU64::new(0), AtomicU64::new(0));
     let error = {
         let up = async {
             loop {
@@ -89,7 +91,7 @@ pub async fn splice(
         let _ = w.as_ref().set_zero_linger();
         send.send_reset(h2::Reason::CANCEL);
     }
-    (up_n.load(Ordering::Relaxed), down_n.load(Ordering::Relaxed), error)
+    error
 }
 
 /// Drives the two directions of one connection until both finished cleanly or one failed; then

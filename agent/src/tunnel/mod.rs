@@ -8,6 +8,8 @@
 //! - [`copy`]: bytes between a TCP socket and a CONNECT stream, honouring HTTP/2 flow control and
 //!   carrying half-close (FIN <-> END_STREAM) both ways.
 //! - [`io`]: a CONNECT stream as `AsyncRead + AsyncWrite`, for the waypoint's HTTP engine.
+
+use crate::telemetry::reason::Reason;
 pub mod copy;
 pub mod io;
 pub mod pool;
@@ -24,7 +26,7 @@ pub mod settings {
     pub const MAX_SEND_BUFFER: usize = 4 * 1024 * 1024;
 }
 
-/// Why a tunnel could not be used; one value per reason (the `response_flags` label).
+/// Why a tunnel could not be used; each maps to one [`Reason`] (the `response_flags` label).
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("TCP connect to {0} failed: {1}")]
@@ -42,14 +44,14 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
-    /// Istio's response flag for this failure.
-    pub fn response_flag(&self) -> &'static str {
+    /// The reason this failure is counted and logged with.
+    pub fn reason(&self) -> Reason {
         match self {
-            TunnelError::Connect(..) | TunnelError::ConnectTimeout(_) => "CONNECT",
-            TunnelError::Tls(..) | TunnelError::Config(_) => "TLS_FAILURE",
-            TunnelError::H2(..) => "H2_HANDSHAKE_FAILURE",
-            TunnelError::Refused(_, s) if *s == http::StatusCode::UNAUTHORIZED => "DENY",
-            TunnelError::Refused(..) => "CONNECT",
+            TunnelError::Connect(..) | TunnelError::ConnectTimeout(_) => Reason::Connect,
+            TunnelError::Tls(..) | TunnelError::Config(_) => Reason::TlsFailure,
+            TunnelError::H2(..) => Reason::H2Failure,
+            TunnelError::Refused(_, s) if *s == http::StatusCode::UNAUTHORIZED => Reason::Deny,
+            TunnelError::Refused(..) => Reason::Connect,
         }
     }
 }

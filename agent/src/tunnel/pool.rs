@@ -334,7 +334,8 @@ mod tests {
                                     return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
                                 };
                                 if let Ok((send, recv)) = stream.accept() {
-                                    copy::splice(app, send, recv).await;
+                                    let n = (Default::default(), Default::default());
+                                    copy::splice(app, send, recv, &n.0, &n.1).await;
                                 }
                             });
                         },
@@ -408,7 +409,7 @@ mod tests {
             .await
             .err()
             .expect("refused");
-        assert_eq!(e.response_flag(), "DENY", "{e}");
+        assert_eq!(e.reason(), crate::telemetry::reason::Reason::Deny, "{e}");
         let e = pool
             .connect(&key, Some(&netns), SocketAddr::from(([127, 0, 0, 2], 80)))
             .await
@@ -418,7 +419,7 @@ mod tests {
 
         let wrong = PoolKey { expected: Identity::new("cluster.local", "shop", "other"), ..key.clone() };
         let e = pool.connect(&wrong, Some(&netns), echo).await.err().expect("wrong identity");
-        assert_eq!(e.response_flag(), "TLS_FAILURE", "{e}");
+        assert_eq!(e.reason(), crate::telemetry::reason::Reason::TlsFailure, "{e}");
 
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(pool.reap_idle() >= 1);
@@ -437,7 +438,7 @@ mod tests {
         let key = PoolKey { src_pod: 1, src: id.clone(), dst: closed, expected: id };
         let netns = Arc::new(NetNs::current().expect("netns"));
         let e = pool.connect(&key, Some(&netns), closed).await.err().expect("closed port");
-        assert_eq!(e.response_flag(), "CONNECT", "{e}");
+        assert_eq!(e.reason(), crate::telemetry::reason::Reason::Connect, "{e}");
     }
 
     #[tokio::test]

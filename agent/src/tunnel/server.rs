@@ -59,12 +59,20 @@ pub enum ServerError {
 }
 
 impl ServerError {
-    /// Istio's response flag for this failure.
-    pub fn response_flag(&self) -> &'static str {
+    /// The reason this refusal is counted and logged with.
+    pub fn reason(&self) -> crate::telemetry::reason::Reason {
+        use crate::telemetry::reason::Reason;
         match self {
-            ServerError::Tls(..) => "TLS_FAILURE",
-            ServerError::Identity(..) => "IDENTITY_ERROR",
-            ServerError::H2(..) => "H2_HANDSHAKE_FAILURE",
+            ServerError::Tls(..) => Reason::TlsFailure,
+            ServerError::Identity(..) => Reason::IdentityError,
+            ServerError::H2(..) => Reason::H2Failure,
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        match self {
+            ServerError::Tls(a, _) | ServerError::Identity(a, _) | ServerError::H2(a, _) => *a,
         }
     }
 }

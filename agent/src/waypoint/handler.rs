@@ -23,10 +23,9 @@ use crate::{
         Snapshot,
         model::{PodEntry, Service},
         networking::{HeaderOperations, HttpRetry, HttpRoute},
-        security::AuthorizationPolicy,
     },
     identity::Identity,
-    policy::{self, Facts, HttpFacts},
+    policy::{self, Facts, HttpFacts, admission},
 };
 
 /// Largest request body kept in memory so it can be retried or mirrored; larger or unsized bodies
@@ -73,47 +72,6 @@ fn service_labels(l: &mut RequestLabels, s: &Service) {
     l.conn.set_service(s);
 }
 
-/// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
-/// those attached to the Service.
-/// Whether a policy of `namespace` attached with `r` applies to this waypoint or to `svc`. A
-/// reference is read in the policy's own namespace only: Istio does not support attaching a
-/// policy to another namespace's objects (the compiler reports such a reference as an error),
-/// so a policy in one namespace can never loosen or tighten another's.
-pub(crate) fn attached(
-    r: &crate::config::networking::PolicyTargetReference,
-    namespace: &str,
-    wp: &Waypoint,
-    svc: Option<&Service>,
-) -> bool {
-    if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-        return false;
-    }
-    match r.kind.as_str() {
-        "Gateway" => r.name == wp.name && namespace == wp.namespace,
-        "Service" => svc.is_some_and(|s| s.name == r.name && s.namespace == namespace),
-        _ => false,
-    }
-}
-
-/// The policies this waypoint enforces for `svc`: those attached to the waypoint's Gateway and
-/// those attached to the Service.
-pub(crate) fn policies<'a>(
-    snap: &'a Snapshot,
-    wp: &Waypoint,
-    svc: Option<&Service>,
-) -> Vec<&'a AuthorizationPolicy> {
-    snap.waypoint_policies
-        .iter()
-        .filter(|p| {
-            p.spec
-                .target_ref
-                .iter()
-                .chain(p.spec.target_refs.iter().flatten())
-                .any(|r| attached(r, &p.namespace, wp, svc))
-        })
-        .collect()
-}
-
 /// The JWT rules of the RequestAuthentications attached to this waypoint or to `svc`.
 fn jwt_rules<'a>(
     snap: &'a Snapshot,
@@ -123,11 +81,9 @@ fn jwt_rules<'a>(
     snap.request_authentications
         .iter()
         .filter(|ra| {
-            ra.spec
-                .target_ref
-                .iter()
-                .chain(ra.spec.target_refs.iter())
-                .any(|r| attached(r, &ra.namespace, wp, svc))
+            ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter()).any(|r| {
+                admission::attached(&r.kind, &r.name, r.namespace.as_deref(), &ra.namespace, &wp.me, svc)
+            })
         })
         .flat_map(|ra| ra.spec.jwt_rules.iter())
         .collect()
@@ -393,8 +349,10 @@ impl Waypoint {
         if let Some(w) = snap.workload_by_ip(conn.peer_addr.ip()) {
             workload_labels(&mut labels, w, &self.trust_domain, true);
         } else {
-            labels.conn.source_principal = conn.peer.to_string();
-            labels.conn.source_workload_namespace = conn.peer.namespace.clone();
+            labels.conn.source_principal = conn.peer.to_string().into();
+            let mut unknown = (*crate::telemetry::metrics::WorkloadLabels::unknown()).clone();
+            unknown.namespace = conn.peer.namespace.clone();
+            labels.conn.source = Arc::new(unknown);
         }
         let grpc = req
             .headers()
@@ -419,7 +377,7 @@ impl Waypoint {
         let resp = match result {
             Ok(r) => r,
             Err(l) => {
-                labels.conn.response_flags = l.flag.into();
+                labels.conn.response_flags = l.flag;
                 l.resp
             }
         };
@@ -437,8 +395,8 @@ impl Waypoint {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         self.metrics.request(&labels, ms, (req_bytes, content_length(resp.headers())));
         info!(target: "sluice::access", reporter = "waypoint", %method, %path, status = labels.response_code,
-              flags = %labels.conn.response_flags, src = %labels.conn.source_principal, dst = %labels.conn.destination_service,
-              dst_workload = %labels.conn.destination_workload, trace_id = %trace.trace_id, span_id = %trace.span_id, duration_ms = ms, "request");
+              flags = labels.conn.response_flags, src_principal = %labels.conn.source_principal, dst_service = %labels.conn.destination_service(),
+              dst_workload = %labels.conn.destination.workload, trace_id = %trace.trace_id, span_id = %trace.span_id, duration_ms = ms, "request");
         resp
     }
 
@@ -454,7 +412,7 @@ impl Waypoint {
         if let Some(s) = service {
             service_labels(labels, s);
         } else {
-            labels.conn.destination_service = conn.target.to_string();
+            labels.conn.service = crate::telemetry::metrics::ServiceLabels::Address(conn.target);
         }
         // WebSocket and other HTTP/1.1 upgrades: the client side of the upgrade, joined to the
         // endpoint's once it answers 101.
@@ -520,7 +478,7 @@ impl Waypoint {
         }
 
         // 2. Authorization (L7).
-        let applicable = policies(snap, self, service);
+        let applicable = admission::waypoint_policies(snap, &self.me, service);
         if !applicable.is_empty() {
             let facts_http = HttpFacts {
                 method: req.method().as_str(),
@@ -623,7 +581,7 @@ impl Waypoint {
                     && fires(d.percentage.as_ref().map(|p| p.get()).or(d.percent.map(f64::from)))
                 {
                     tokio::time::sleep(fixed.as_std()).await;
-                    labels.conn.response_flags = "DI".into();
+                    labels.conn.response_flags = "DI";
                 }
                 if let Some(a) = &f.abort
                     && fires(a.percentage.as_ref().map(|p| p.get()))

@@ -251,25 +251,6 @@ pub fn apply_outputs(rule: &JwtRule, auth: &Authenticated, headers: &mut HeaderM
     }
 }
 
-/// A claim by path (`request.auth.claims[a][b]` -> ["a", "b"]) as the strings policies compare:
-/// a string, or each string of a list.
-pub fn claim_values(claims: &Value, path: &[&str]) -> Vec<String> {
-    let mut v = claims;
-    for p in path {
-        match v.get(*p) {
-            Some(x) => v = x,
-            None => return Vec::new(),
-        }
-    }
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
-        Value::Bool(b) => vec![b.to_string()],
-        Value::Number(n) => vec![n.to_string()],
-        _ => Vec::new(),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -350,7 +331,7 @@ pub(crate) mod tests {
         assert_eq!(authenticate(&[&r], &HeaderMap::new(), "", &keys, &|_| None), Ok(None));
         let q = format!("x=1&access_token={}", s.sign("k1", &ok));
         let a = authenticate(&[&r], &HeaderMap::new(), &q, &keys, &|_| None).expect("valid").expect("token");
-        assert_eq!(claim_values(&a.claims, &["groups"]), ["dev", "ops"]);
+        assert_eq!(crate::policy::claim_values(&a.claims, &["groups"]), ["dev", "ops"]);
         assert_eq!(a.from, TokenSource::Param("access_token".into()));
     }
 

@@ -31,11 +31,16 @@ impl RequestLabels {
         RequestLabels { conn, response_code: 0, grpc_response_status: String::new() }
     }
 
-    fn values(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.conn.values().iter().map(|s| s.to_string()).collect();
-        v.push(self.response_code.to_string());
-        v.push(self.grpc_response_status.clone());
-        v
+    /// Calls `f` with the values in [`http_labels`] order.
+    fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let code = self.response_code.to_string();
+        self.conn.with_values(|tcp| {
+            let mut v: Vec<&str> = Vec::with_capacity(tcp.len() + RESPONSE_LABELS.len());
+            v.extend_from_slice(tcp);
+            v.push(&code);
+            v.push(&self.grpc_response_status);
+            f(&v)
+        })
     }
 }
 
@@ -97,16 +102,16 @@ impl HttpMetrics {
 
     /// Records one finished request: its duration and, where known, its sizes.
     pub fn request(&self, l: &RequestLabels, millis: f64, sizes: (Option<u64>, Option<u64>)) {
-        let v = l.values();
-        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        self.requests.with_label_values(&refs).inc();
-        self.duration.with_label_values(&refs).observe(millis);
-        if let Some(n) = sizes.0 {
-            self.request_bytes.with_label_values(&refs).observe(n as f64);
-        }
-        if let Some(n) = sizes.1 {
-            self.response_bytes.with_label_values(&refs).observe(n as f64);
-        }
+        l.with_values(|refs| {
+            self.requests.with_label_values(refs).inc();
+            self.duration.with_label_values(refs).observe(millis);
+            if let Some(n) = sizes.0 {
+                self.request_bytes.with_label_values(refs).observe(n as f64);
+            }
+            if let Some(n) = sizes.1 {
+                self.response_bytes.with_label_values(refs).observe(n as f64);
+            }
+        });
     }
 
     /// Prometheus text exposition.
@@ -126,7 +131,7 @@ mod tests {
         let m = HttpMetrics::new();
         let mut l = RequestLabels::new("10.0.0.1:80".parse().expect("addr"));
         l.response_code = 503;
-        l.conn.response_flags = "UH".into();
+        l.conn.response_flags = "UH";
         m.request(&l, 3.0, (Some(10), Some(2000)));
         m.request(&l, 7.0, (None, None));
         let text = m.render();

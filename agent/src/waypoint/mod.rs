@@ -42,8 +42,14 @@ use tracing::{debug, info, warn};
 
 use crate::{
     cli::WaypointArgs,
-    config::{self, SnapshotStore},
+    config::{self, SnapshotStore, waypoints::WaypointRef},
+    conn::{ConnInfo, ConnRecord, Recorder, Registry},
     identity::{Identity, tls::server_config},
+    policy::admission::{self, ConnFacts, Decision, Path},
+    telemetry::{
+        metrics::{ConnLabels, Metrics, WorkloadLabels},
+        reason::Reason,
+    },
     tunnel::{
         io::StreamIo,
         pool::Pool,
@@ -55,7 +61,15 @@ use crate::{
 pub struct Waypoint {
     pub name: String,
     pub namespace: String,
+    /// This waypoint's Gateway.
+    pub me: WaypointRef,
+    /// `namespace/name`, as connection records name the waypoint.
+    pub key: Arc<str>,
+    /// The waypoint's own SPIFFE principal.
+    pub principal: Arc<str>,
     pub trust_domain: String,
+    /// Every stream's record reports here (TCP metrics, access log, live registry).
+    pub recorder: Arc<Recorder>,
     pub store: Arc<SnapshotStore>,
     pub upstreams: upstream::Upstreams,
     pub metrics: metrics::HttpMetrics,
@@ -106,7 +120,11 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     let wp = Arc::new(Waypoint {
         name: name.clone(),
         namespace: namespace.clone(),
+        me: WaypointRef { namespace: namespace.clone(), name: name.clone() },
+        key: format!("{namespace}/{name}").into(),
+        principal: me.to_string().into(),
         trust_domain: args.identity.trust_domain.clone(),
+        recorder: Recorder::new(Arc::new(Metrics::tcp_only()), Registry::new()),
         store,
         upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
         metrics: metrics::HttpMetrics::new(),
@@ -174,13 +192,13 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
                     )
                     .await;
                     if let Err(e) = r {
-                        warn!(target: "sluice::access", reporter = "waypoint", reason = e.response_flag(), error = %e, "HBONE connection refused");
+                        wp.recorder.handshake_refused("inbound", &wp.key, Some(e.peer()), e.reason(), &e);
                     }
                 });
             }
         })
     };
-    crate::agent::shutdown_signal().await;
+    crate::shutdown::signal().await;
     info!("waypoint shutting down");
     accept.abort();
     metrics_srv.abort();
@@ -189,50 +207,69 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
 }
 
 impl Waypoint {
-    /// Whether traffic to `target` is carried as opaque TCP: a Service port named `tcp` or
-    /// `tcp-*` (Istio's explicit protocol selection). Everything else is served as HTTP.
-    fn opaque(&self, target: SocketAddr) -> bool {
-        let snap = self.store.load();
-        snap.service_by_vip(target).is_some_and(|(_, p)| p.name == "tcp" || p.name.starts_with("tcp-"))
-    }
-
-    /// Whether `target` is bound to this waypoint: a Service VIP whose Service uses it, or the
-    /// address of a workload that uses it for its own traffic. Anything else is refused, so the
-    /// waypoint is never an open relay into the network.
-    fn serves(&self, target: SocketAddr) -> bool {
-        let snap = self.store.load();
-        let me = |wp: crate::config::waypoints::WaypointRef| {
-            wp.name == self.name && wp.namespace == self.namespace
-        };
-        match snap.service_by_vip(target) {
-            Some((svc, _)) => snap.service_waypoint(svc).is_some_and(me),
-            None => snap.workload_by_ip(target.ip()).and_then(|w| snap.workload_waypoint(w)).is_some_and(me),
-        }
-    }
-
-    /// One CONNECT stream from an agent: HTTP (L7 pipeline) or opaque TCP to an endpoint.
+    /// One CONNECT stream from an agent, admitted by the gate: HTTP (L7 pipeline, authorized per
+    /// request) or opaque TCP to an endpoint.
     async fn stream(self: Arc<Self>, stream: server::Stream) {
-        if !self.serves(stream.target) {
-            warn!(target: "sluice::access", reporter = "waypoint", src = %stream.peer, target = %stream.target,
-                  "CONNECT to a destination not bound to this waypoint refused");
-            return stream.refuse(http::StatusCode::UNAUTHORIZED);
+        let snap = self.store.load();
+        let facts = ConnFacts {
+            path: Path::Waypoint { waypoint: &self.me, peer: &stream.peer },
+            src: stream.peer_addr.ip(),
+            dst: stream.target,
+            trust_domain: &self.trust_domain,
+        };
+        let decision = admission::admit(&snap, &facts);
+        let opaque = admission::opaque_tcp(&snap, stream.target);
+        let src_labels = match snap.workload_by_ip(stream.peer_addr.ip()) {
+            Some(w) => Arc::new(WorkloadLabels::of(w)),
+            None => {
+                let mut unknown = (*WorkloadLabels::unknown()).clone();
+                unknown.namespace = stream.peer.namespace.clone();
+                Arc::new(unknown)
+            }
+        };
+        let mut labels =
+            ConnLabels::new("waypoint", stream.target).source(src_labels, stream.peer.to_string().into());
+        labels.connection_security_policy = "mutual_tls";
+        if let Some((svc, _)) = snap.service_by_vip(stream.target) {
+            labels = labels.service(svc);
+        }
+        if !opaque {
+            labels.request_protocol = "http";
+        }
+        let info = ConnInfo {
+            direction: "inbound",
+            path: facts.path.label(),
+            pod: self.key.clone(),
+            src: stream.peer_addr,
+            dst: stream.target,
+            src_principal: labels.source_principal.clone(),
+            dst_principal: self.principal.clone(),
+            policy: decision.policy().to_string(),
+        };
+        let mut rec = self.recorder.open(info, labels);
+        if !opaque {
+            // HTTP is counted request by request (istio_requests_total), not as TCP.
+            rec.count_tcp(false);
+        }
+        if let Decision::Refuse { reason, detail } = decision {
+            stream.refuse(reason.connect_status());
+            return rec.refuse(reason, &detail);
         }
         let conn = Arc::new(handler::Conn {
             peer: stream.peer.clone(),
             peer_addr: stream.peer_addr,
             target: stream.target,
         });
-        let opaque = self.opaque(conn.target);
-        if opaque && !self.tcp_allowed(&conn) {
-            return stream.refuse(http::StatusCode::UNAUTHORIZED);
-        }
         let (send, recv) = match stream.accept() {
             Ok(x) => x,
-            Err(e) => return debug!(error = %e, "CONNECT stream ended before it was answered"),
+            Err(e) => {
+                return rec
+                    .refuse(Reason::Connect, &format!("the peer left before the stream was answered: {e}"));
+            }
         };
         let io = StreamIo::new(send, recv, ());
         if opaque {
-            return self.tcp(conn, io).await;
+            return self.tcp(conn, io, rec).await;
         }
         let me = self.clone();
         let svc = service_fn(move |req| {
@@ -247,69 +284,47 @@ impl Waypoint {
             .header_read_timeout(Duration::from_secs(30))
             .timer(hyper_util::rt::TokioTimer::new());
         builder.http2().max_concurrent_streams(1000).max_header_list_size(64 * 1024);
-        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
-            debug!(error = %e, "HTTP connection ended");
-        }
-    }
-
-    /// Whether the policies attached to this waypoint or the Service allow opaque TCP from the
-    /// peer, with what is known at L4 (rules with HTTP-only fields never match an ALLOW and always
-    /// match a DENY).
-    fn tcp_allowed(&self, conn: &handler::Conn) -> bool {
-        let snap = self.store.load();
-        let service = snap.service_by_vip(conn.target).map(|(s, _)| s);
-        let applicable = handler::policies(&snap, self, service);
-        if applicable.is_empty() {
-            return true;
-        }
-        let facts = crate::policy::Facts {
-            identity: Some(&conn.peer),
-            src_ip: conn.peer_addr.ip(),
-            dst: conn.target,
-            http: None,
-        };
-        let verdict = crate::policy::decide(&applicable, &facts);
-        if !verdict.allowed() {
-            warn!(target: "sluice::access", reporter = "waypoint", src = %conn.peer, dst = %conn.target,
-                  policy = %verdict.policy(), "TCP connection denied");
-        }
-        verdict.allowed()
+        rec.carry(async move {
+            let r = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await;
+            r.err().map(|e| {
+                debug!(error = %e, "HTTP connection ended");
+                e.to_string()
+            })
+        })
+        .await;
     }
 
     /// Opaque TCP through the waypoint: the VirtualService's `tcp` route (weighted destinations and
     /// subsets) or else the Service itself; the next endpoint; bytes copied both ways.
-    async fn tcp(self: Arc<Self>, conn: Arc<handler::Conn>, mut io: StreamIo<()>) {
+    async fn tcp(self: Arc<Self>, conn: Arc<handler::Conn>, mut io: StreamIo<()>, rec: ConnRecord) {
         let snap = self.store.load();
         let v6 = conn.target.is_ipv6();
         let ep = match snap.service_by_vip(conn.target) {
             Some((svc, port)) => {
                 let source = snap.workload_by_ip(conn.peer_addr.ip());
-                let (host, vs_ns, dport, subset) = match routes::select_tcp(
-                    &snap,
-                    svc,
-                    conn.target,
-                    source,
-                    &conn.peer.namespace,
-                ) {
-                    Some((r, ns)) => {
-                        match routes::pick_by_weight(&r.route, |d| d.weight, |n| fastrand::u64(..n)) {
-                            Some(d) => (
-                                d.destination.host.clone(),
-                                ns.to_string(),
-                                d.destination
-                                    .port
-                                    .as_ref()
-                                    .and_then(|p| p.number)
-                                    .and_then(|n| u16::try_from(n).ok()),
-                                d.destination.subset.clone(),
-                            ),
-                            None => {
-                                return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "TCP route without a destination");
+                let (host, vs_ns, dport, subset) =
+                    match routes::select_tcp(&snap, svc, conn.target, source, &conn.peer.namespace) {
+                        Some((r, ns)) => {
+                            match routes::pick_by_weight(&r.route, |d| d.weight, |n| fastrand::u64(..n)) {
+                                Some(d) => (
+                                    d.destination.host.clone(),
+                                    ns.to_string(),
+                                    d.destination
+                                        .port
+                                        .as_ref()
+                                        .and_then(|p| p.number)
+                                        .and_then(|n| u16::try_from(n).ok()),
+                                    d.destination.subset.clone(),
+                                ),
+                                None => {
+                                    let detail =
+                                        format!("the TCP route for {} has no destination", svc.hostname());
+                                    return rec.refuse(Reason::NoEndpoints, &detail);
+                                }
                             }
                         }
-                    }
-                    None => (svc.hostname(), svc.namespace.clone(), None, None),
-                };
+                        None => (svc.hostname(), svc.namespace.clone(), None, None),
+                    };
                 let target = match routes::resolve_target(
                     &snap,
                     &host,
@@ -320,9 +335,7 @@ impl Waypoint {
                     v6,
                 ) {
                     Ok(t) => t,
-                    Err(e) => {
-                        return warn!(target: "sluice::access", reporter = "waypoint", error = %e, "no TCP upstream");
-                    }
+                    Err(e) => return rec.refuse(Reason::NoEndpoints, &format!("no TCP upstream: {e}")),
                 };
                 let key = format!(
                     "{}/{}/{}/tcp",
@@ -339,7 +352,10 @@ impl Waypoint {
                 ) {
                     Some(ip) => self.upstreams.endpoint(&snap, ip, target.target_port),
                     None => {
-                        return warn!(target: "sluice::access", reporter = "waypoint", service = %svc.hostname(), "no endpoints for TCP");
+                        return rec.refuse(
+                            Reason::NoEndpoints,
+                            &format!("service {} has no endpoints", svc.hostname()),
+                        );
                     }
                 }
             }
@@ -347,12 +363,20 @@ impl Waypoint {
         };
         match self.upstreams.open(&ep).await {
             Ok(mut up) => {
-                let r = tokio::io::copy_bidirectional(&mut io, &mut up).await;
-                debug!(endpoint = %ep.addr, result = ?r, "TCP through the waypoint ended");
+                let live = rec.live().clone();
+                rec.carry(async move {
+                    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
+                        Ok((sent, received)) => {
+                            live.sent.store(sent, std::sync::atomic::Ordering::Relaxed);
+                            live.received.store(received, std::sync::atomic::Ordering::Relaxed);
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    }
+                })
+                .await;
             }
-            Err(e) => {
-                warn!(target: "sluice::access", reporter = "waypoint", endpoint = %ep.addr, error = %e, "TCP upstream failed")
-            }
+            Err(e) => rec.refuse(Reason::Connect, &format!("endpoint {}: {e}", ep.addr)),
         }
     }
 }
@@ -369,7 +393,9 @@ async fn serve_metrics(addr: SocketAddr, wp: Arc<Waypoint>) -> std::io::Result<t
                     let wp = wp.clone();
                     async move {
                         let (status, body) = match req.uri().path() {
-                            "/stats/prometheus" | "/metrics" => (200, wp.metrics.render()),
+                            "/stats/prometheus" | "/metrics" => {
+                                (200, wp.metrics.render() + &wp.recorder.metrics().render())
+                            }
                             "/healthz/ready" => (200, "ready\n".to_string()),
                             _ => (404, "not found\n".to_string()),
                         };
