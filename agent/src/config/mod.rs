@@ -4,19 +4,15 @@
 //! [`model::Snapshot::compile`] validates and compiles them -> the agent swaps the new snapshot in
 //! atomically ([`SnapshotStore`]) -> enrollment and proxies read the current one. A broken change
 //! is rejected with file:line diagnostics ([`diag`]) and the last good snapshot stays in force.
-pub mod authn;
 pub mod diag;
 pub mod duration;
 pub mod files;
-pub mod gateway_api;
+pub mod kinds;
 pub mod kubernetes;
 pub mod model;
-pub mod networking;
 pub mod references;
-pub mod security;
 pub mod select;
 pub mod source;
-pub mod telemetry_kind;
 pub mod waypoints;
 pub mod yaml;
 

@@ -4,7 +4,7 @@
 //! Istio kinds are recognised and reported as not enforced yet, never silently dropped.
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -13,19 +13,23 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
+/// Labels are defined beside the kinds (their selectors embed them); the model uses them throughout.
+pub use super::kinds::common::Labels;
 use super::{
-    authn::RequestAuthenticationSpec,
     diag::{Diagnostic, Diagnostics, Severity},
-    gateway_api,
-    networking::{
-        DestinationRuleSpec, GatewaySpec, Issue, IssueSeverity, Resolution, ServiceEntrySpec,
-        VirtualServiceSpec,
-    },
-    security::{
-        Action, AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
+    kinds::{
+        authorization_policy::{Action, AuthorizationPolicy, AuthorizationPolicySpec},
+        common::{Issue, IssueSeverity},
+        destination_rule::DestinationRuleSpec,
+        gateway_api,
+        istio_gateway::GatewaySpec,
+        peer_authentication::{PeerAuthentication, PeerAuthenticationSpec},
+        request_authentication::RequestAuthenticationSpec,
+        service_entry::{Resolution, ServiceEntrySpec},
+        telemetry::TelemetrySpec,
+        virtual_service::VirtualServiceSpec,
     },
     select::{PodIndex, PodKey},
-    telemetry_kind::TelemetrySpec,
     yaml::Document,
 };
 
@@ -33,8 +37,6 @@ use super::{
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
-
-pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Namespace {

@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{Direction, Failure, PodCtx, Proxy, Upstream, is_agent_port};
 use crate::{
-    config::security::MtlsMode,
+    config::kinds::peer_authentication::MtlsMode,
     policy::{self, Facts, Verdict},
     telemetry::metrics::ConnLabels,
 };

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::Duration;
-use super::networking::{Issue, PolicyTargetReference, WorkloadSelector, check_selector_target, join};
+use super::common::{Issue, PolicyTargetReference, WorkloadSelector, check_selector_target, join};
+use crate::config::duration::Duration;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,7 +229,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::networking::IssueSeverity;
+    use crate::config::kinds::common::IssueSeverity;
 
     fn example() -> Value {
         json!({

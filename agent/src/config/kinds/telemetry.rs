@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::Duration;
-use super::networking::{
+use super::common::{
     Double, Issue, PolicyTargetReference, WorkloadSelector, at_most_one, check_percent,
     check_selector_target, join, oneof_checked,
 };
+use crate::config::duration::Duration;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

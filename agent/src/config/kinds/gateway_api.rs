@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::networking::{Issue, check_port, join};
+use super::common::{Issue, check_port, join};
 
 /// The class of Istio's waypoint proxies.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
