@@ -4,6 +4,7 @@
 //!
 //! This module owns the wire shape and its validation; turning a waypoint Gateway into a running
 //! waypoint belongs to the snapshot compiler. Every struct rejects unknown fields.
+//! It imports only [`super::common`], never another kind nor the compiler.
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};

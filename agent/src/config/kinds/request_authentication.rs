@@ -5,6 +5,7 @@
 //! This module owns the wire shape and its validation; fetching JWKS and verifying tokens belong
 //! to the waypoint. Every struct rejects unknown fields: an ignored JWT constraint (say a misspelt
 //! `audiences`) would accept tokens the author meant to refuse.
+//! It imports only [`super::common`] and the duration type, never another kind nor the compiler.
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};

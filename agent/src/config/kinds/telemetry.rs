@@ -4,6 +4,7 @@
 //!
 //! This module owns the wire shape and its validation; applying the overrides belongs to the
 //! telemetry module. Every struct rejects unknown fields.
+//! It imports only [`super::common`] and the duration type, never another kind nor the compiler.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
