@@ -1,22 +1,20 @@
-//! Mesh config: the model, the file source and the immutable snapshot every consumer reads.
+//! Mesh config: the kinds, the model, the sources and the immutable snapshot every consumer reads.
 //!
-//! Data flows one way: [`files`] reads YAML documents (with their positions, [`yaml`]) ->
-//! [`model::Snapshot::compile`] validates and compiles them -> the agent swaps the new snapshot in
-//! atomically ([`SnapshotStore`]) -> enrollment and proxies read the current one. A broken change
-//! is rejected with file:line diagnostics ([`diag`]) and the last good snapshot stays in force.
-pub mod authn;
+//! Data flows one way: [`files`] (or [`kubernetes`]) reads YAML documents (with their positions,
+//! [`yaml`]) -> [`model::Snapshot::compile`] validates and compiles them, each kind's `spec` by its
+//! file under [`kinds`] (whose [`kinds::KINDS`] table lists every kind read) -> the agent swaps the
+//! new snapshot in atomically ([`SnapshotStore`]) -> enrollment and proxies read the current one. A
+//! broken change is rejected with file:line diagnostics ([`diag`]) and the last good snapshot stays
+//! in force. Nothing here touches the kernel or sockets.
 pub mod diag;
 pub mod duration;
 pub mod files;
-pub mod gateway_api;
+pub mod kinds;
 pub mod kubernetes;
 pub mod model;
-pub mod networking;
 pub mod references;
-pub mod security;
 pub mod select;
 pub mod source;
-pub mod telemetry_kind;
 pub mod waypoints;
 pub mod yaml;
 

@@ -1,10 +1,14 @@
-//! The mesh model and its compiled, immutable snapshot.
+//! The mesh model, its compiled immutable [`Snapshot`] and the compiler ([`Snapshot::compile`]).
 //!
-//! This first cut compiles what enrollment needs (Namespaces and Pods with their labels); the other
-//! Istio kinds are recognised and reported as not enforced yet, never silently dropped.
+//! The compiler asks the kind table ([`super::kinds::KINDS`]) which kind a document is, then runs
+//! that kind's arm of one exhaustive `match` over [`Kind`]: the core Kubernetes kinds (Namespace,
+//! Pod, Service) and sluice's Workload are read field by field here; every other kind's `spec` is
+//! parsed and validated by its file under [`super::kinds`] and kept whole (or turned into
+//! services, policies, waypoints). Kinds that validate but are not applied are named in a warning,
+//! never silently dropped. This module imports the kinds; no kind imports it. It does no I/O.
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -13,19 +17,24 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
+/// Labels are defined beside the kinds (their selectors embed them); the model uses them throughout.
+pub use super::kinds::common::Labels;
 use super::{
-    authn::RequestAuthenticationSpec,
     diag::{Diagnostic, Diagnostics, Severity},
-    gateway_api,
-    networking::{
-        DestinationRuleSpec, GatewaySpec, Issue, IssueSeverity, Resolution, ServiceEntrySpec,
-        VirtualServiceSpec,
-    },
-    security::{
-        Action, AuthorizationPolicy, AuthorizationPolicySpec, PeerAuthentication, PeerAuthenticationSpec,
+    kinds::{
+        self, Kind, KindInfo,
+        authorization_policy::{Action, AuthorizationPolicy, AuthorizationPolicySpec},
+        common::{Issue, IssueSeverity},
+        destination_rule::DestinationRuleSpec,
+        gateway_api,
+        istio_gateway::GatewaySpec,
+        peer_authentication::{PeerAuthentication, PeerAuthenticationSpec},
+        request_authentication::RequestAuthenticationSpec,
+        service_entry::{Resolution, ServiceEntrySpec},
+        telemetry::TelemetrySpec,
+        virtual_service::VirtualServiceSpec,
     },
     select::{PodIndex, PodKey},
-    telemetry_kind::TelemetrySpec,
     yaml::Document,
 };
 
@@ -33,8 +42,6 @@ use super::{
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const DATAPLANE_MODE_NONE: &str = "none";
-
-pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Namespace {
@@ -116,59 +123,12 @@ pub struct Object<T> {
     pub spec: T,
 }
 
-/// Why kinds that parse and validate are not applied by the node proxy.
-const NOT_ENFORCED: &[(&str, &str)] =
-    &[("Telemetry", "the node proxy reports its fixed set of Istio TCP metrics")];
-
 /// Whether a pod is in the mesh, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum EnrollDecision {
     Enrolled,
     /// Not enrolled; the reason is shown in status and logs.
     NotEnrolled(&'static str),
-}
-
-/// sluice's own light stand-in for a Pod in file configs.
-pub const WORKLOAD_API_VERSION: &str = "sluice.dev/v1alpha1";
-
-/// The apiVersions accepted for each kind, spelled as Istio and Kubernetes serve them (the first is
-/// the preferred one, named in hints).
-pub const API_VERSIONS: &[(&str, &[&str])] = &[
-    ("Namespace", &["v1"]),
-    ("Pod", &["v1"]),
-    ("Service", &["v1"]),
-    ("Workload", &[WORKLOAD_API_VERSION]),
-    ("PeerAuthentication", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
-    ("AuthorizationPolicy", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
-    ("RequestAuthentication", &["security.istio.io/v1", "security.istio.io/v1beta1"]),
-    (
-        "VirtualService",
-        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
-    ),
-    (
-        "DestinationRule",
-        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
-    ),
-    (
-        "ServiceEntry",
-        &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
-    ),
-    (
-        "Gateway",
-        &[
-            "gateway.networking.k8s.io/v1",
-            "gateway.networking.k8s.io/v1beta1",
-            "networking.istio.io/v1",
-            "networking.istio.io/v1beta1",
-            "networking.istio.io/v1alpha3",
-        ],
-    ),
-    ("Telemetry", &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"]),
-];
-
-/// The apiVersions accepted for `kind`, or None for a kind sluice does not read.
-pub fn api_versions(kind: &str) -> Option<&'static [&'static str]> {
-    API_VERSIONS.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
 }
 
 /// The compiled mesh config. Immutable; replaced whole on every change.
@@ -276,26 +236,24 @@ impl Snapshot {
                 None => format!("{kind}/{name}"),
             });
             let api_version = cx.string("apiVersion", false);
-            if let Some(accepted) = api_versions(&kind) {
+            // The kind table decides which kind (and so which compile arm) a document is.
+            let resolved = api_version.as_deref().and_then(|v| kinds::resolve(&kind, v));
+            if resolved.is_none()
+                && let Some(accepted) = kinds::api_versions(&kind)
+            {
                 match &api_version {
-                    None => {
-                        cx.error(
-                            "apiVersion",
-                            format!("is required for {kind}"),
-                            &format!("add `apiVersion: {}`", accepted[0]),
-                        );
-                        continue;
-                    }
-                    Some(v) if !accepted.contains(&v.as_str()) => {
-                        cx.error(
-                            "apiVersion",
-                            format!("`{v}` is not an apiVersion of {kind}"),
-                            &format!("use one of: {}", accepted.join(", ")),
-                        );
-                        continue;
-                    }
-                    Some(_) => {}
+                    None => cx.error(
+                        "apiVersion",
+                        format!("is required for {kind}"),
+                        &format!("add `apiVersion: {}`", accepted[0]),
+                    ),
+                    Some(v) => cx.error(
+                        "apiVersion",
+                        format!("`{v}` is not an apiVersion of {kind}"),
+                        &format!("use one of: {}", accepted.join(", ")),
+                    ),
                 }
+                continue;
             }
             // Same-named objects of different API groups (the two Gateway kinds) are distinct.
             let group = api_version.as_deref().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g);
@@ -311,12 +269,21 @@ impl Snapshot {
                 seen.insert(id, (file.clone(), doc.start.line));
             }
             let labels = cx.labels("metadata.labels");
-            match kind.as_str() {
-                "Namespace" => {
+            let Some(resolved) = resolved else {
+                cx.warning(
+                    "kind",
+                    format!("unknown kind `{kind}` ignored"),
+                    "check the spelling; sluice reads Istio and Kubernetes kinds",
+                );
+                continue;
+            };
+            match resolved {
+                Kind::Namespace => {
                     snap.namespaces.insert(name.clone(), Namespace { name, labels });
                 }
-                "Pod" | "Workload" => {
-                    let (sa_path, ips) = if kind == "Pod" {
+                Kind::Pod | Kind::Workload => {
+                    let is_pod = resolved == Kind::Pod;
+                    let (sa_path, ips) = if is_pod {
                         let mut ips = cx.ip_list("status.podIPs", Some("ip"));
                         if ips.is_empty() {
                             ips = cx.ip_list("status.podIP", None);
@@ -326,7 +293,7 @@ impl Snapshot {
                         ("spec.serviceAccount", cx.ip_list("spec.addresses", None))
                     };
                     let service_account = cx.string(sa_path, false).unwrap_or_else(|| "default".into());
-                    let (node, uid) = if kind == "Pod" {
+                    let (node, uid) = if is_pod {
                         (cx.string("spec.nodeName", false), cx.string("metadata.uid", false))
                     } else {
                         (None, None)
@@ -336,7 +303,7 @@ impl Snapshot {
                         let key = (namespace.clone(), name.clone());
                         if let Some(other) = snap.pods_by_ip.insert(*ip, key) {
                             cx.error(
-                                if kind == "Pod" { "status.podIPs" } else { "spec.addresses" },
+                                if is_pod { "status.podIPs" } else { "spec.addresses" },
                                 format!("address {ip} is already used by {}/{}", other.0, other.1),
                                 "every workload needs its own addresses",
                             );
@@ -356,7 +323,7 @@ impl Snapshot {
                         },
                     );
                 }
-                "PeerAuthentication" => {
+                Kind::PeerAuthentication => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.spec::<PeerAuthenticationSpec>() {
                         if spec.selector.is_none() && !spec.port_level_mtls.is_empty() {
@@ -369,7 +336,7 @@ impl Snapshot {
                         snap.peer_authentications.push(PeerAuthentication { namespace, name, spec });
                     }
                 }
-                "AuthorizationPolicy" => {
+                Kind::AuthorizationPolicy => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.spec::<AuthorizationPolicySpec>() {
                         if spec.action == Action::Custom {
@@ -426,7 +393,7 @@ impl Snapshot {
                         }
                     }
                 }
-                "Service" => {
+                Kind::Service => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     let mut vips = cx.ip_list("spec.clusterIPs", None);
                     if vips.is_empty() {
@@ -449,7 +416,7 @@ impl Snapshot {
                         }),
                     );
                 }
-                "ServiceEntry" => {
+                Kind::ServiceEntry => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.checked_spec::<ServiceEntrySpec>(ServiceEntrySpec::validate) {
                         if let Some(svc) = cx.service_entry(&namespace, &name, &spec) {
@@ -460,22 +427,22 @@ impl Snapshot {
                         snap.service_entries.push(Object { namespace, name, spec });
                     }
                 }
-                "VirtualService" => {
+                Kind::VirtualService => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.checked_spec::<VirtualServiceSpec>(VirtualServiceSpec::validate) {
-                        cx.not_enforced(&kind);
+                        cx.not_enforced(resolved);
                         snap.virtual_services.push(Object { namespace, name, spec });
                     }
                 }
-                "DestinationRule" => {
+                Kind::DestinationRule => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.checked_spec::<DestinationRuleSpec>(DestinationRuleSpec::validate)
                     {
-                        cx.not_enforced(&kind);
+                        cx.not_enforced(resolved);
                         snap.destination_rules.push(Object { namespace, name, spec });
                     }
                 }
-                "RequestAuthentication" => {
+                Kind::RequestAuthentication => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) =
                         cx.checked_spec::<RequestAuthenticationSpec>(RequestAuthenticationSpec::validate)
@@ -494,14 +461,14 @@ impl Snapshot {
                         snap.request_authentications.push(Object { namespace, name, spec });
                     }
                 }
-                "Telemetry" => {
+                Kind::Telemetry => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.checked_spec::<TelemetrySpec>(TelemetrySpec::validate) {
-                        cx.not_enforced(&kind);
+                        cx.not_enforced(resolved);
                         snap.telemetries.push(Object { namespace, name, spec });
                     }
                 }
-                "Gateway" if group == "networking.istio.io" => {
+                Kind::IstioGateway => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) = cx.checked_spec::<GatewaySpec>(GatewaySpec::validate) {
                         cx.warning(
@@ -514,7 +481,7 @@ impl Snapshot {
                         snap.gateways.push(Object { namespace, name, spec });
                     }
                 }
-                "Gateway" => {
+                Kind::Gateway => {
                     let namespace = namespace.unwrap_or_else(|| "default".into());
                     if let Some(spec) =
                         cx.checked_spec::<gateway_api::GatewaySpec>(gateway_api::GatewaySpec::validate)
@@ -545,11 +512,6 @@ impl Snapshot {
                         snap.k8s_gateways.push(Object { namespace, name, spec });
                     }
                 }
-                other => cx.warning(
-                    "kind",
-                    format!("unknown kind `{other}` ignored"),
-                    "check the spelling; sluice reads Istio and Kubernetes kinds",
-                ),
             }
         }
         snap.link_services();
@@ -840,11 +802,11 @@ impl Cx<'_> {
         (!failed).then_some(spec)
     }
 
-    fn not_enforced(&mut self, kind: &str) {
-        if let Some((_, why)) = NOT_ENFORCED.iter().find(|(k, _)| *k == kind) {
+    fn not_enforced(&mut self, kind: Kind) {
+        if let Some(KindInfo { name, not_enforced: Some(why), .. }) = kind.info() {
             self.warning(
                 "kind",
-                format!("{kind} is parsed and validated but not enforced yet: {why}"),
+                format!("{name} is parsed and validated but not enforced yet: {why}"),
                 "see docs/config.md for what each kind does today",
             );
         }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use super::{
     diag::{Diagnostic, Diagnostics, Severity},
+    kinds::virtual_service::Destination,
     model::{Labels, Service, Snapshot},
-    networking::Destination,
     yaml::Document,
 };
 

@@ -24,8 +24,8 @@ use super::{Facts, Verdict};
 use crate::{
     config::{
         Service, Snapshot,
+        kinds::{authorization_policy::AuthorizationPolicy, peer_authentication::MtlsMode},
         model::PodEntry,
-        security::{AuthorizationPolicy, MtlsMode},
         waypoints::WaypointRef,
     },
     identity::Identity,

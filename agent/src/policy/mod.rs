@@ -19,8 +19,11 @@ use serde::Serialize;
 use crate::{
     config::{
         Snapshot,
+        kinds::{
+            authorization_policy::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source},
+            peer_authentication::MtlsMode,
+        },
         model::{PodEntry, ROOT_NAMESPACE},
-        security::{Action, AuthorizationPolicy, Condition, MtlsMode, Operation, Rule, Source},
     },
     identity::Identity,
 };
@@ -117,7 +120,7 @@ pub fn decide(applicable: &[&AuthorizationPolicy], f: &Facts<'_>) -> Verdict {
     }
 }
 
-use crate::config::security::L4_CONDITION_KEYS as L4_KEYS;
+use crate::config::kinds::authorization_policy::L4_CONDITION_KEYS as L4_KEYS;
 
 fn uses_http_only(r: &Rule) -> bool {
     let src = |s: &Source| s.request_principals.is_some() || s.not_request_principals.is_some();

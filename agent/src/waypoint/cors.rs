@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderValue, Method, header};
 
 use super::routes::{RegexCache, string_match};
-use crate::config::networking::{CorsPolicy, UnmatchedPreflights};
+use crate::config::kinds::virtual_service::{CorsPolicy, UnmatchedPreflights};
 
 /// What the policy does with one request.
 #[derive(Debug, PartialEq, Eq)]

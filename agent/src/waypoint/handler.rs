@@ -21,8 +21,8 @@ use super::{
 use crate::{
     config::{
         Snapshot,
+        kinds::virtual_service::{HeaderOperations, HttpRetry, HttpRoute},
         model::{PodEntry, Service},
-        networking::{HeaderOperations, HttpRetry, HttpRoute},
     },
     identity::Identity,
     policy::{self, Facts, HttpFacts, admission},
@@ -77,7 +77,7 @@ fn jwt_rules<'a>(
     snap: &'a Snapshot,
     wp: &Waypoint,
     svc: Option<&Service>,
-) -> Vec<&'a crate::config::authn::JwtRule> {
+) -> Vec<&'a crate::config::kinds::request_authentication::JwtRule> {
     snap.request_authentications
         .iter()
         .filter(|ra| {
@@ -707,7 +707,7 @@ impl Waypoint {
 
         // 8. Mirror (a copy, answer ignored).
         if let (Some(r), ReqBody::Kept(b)) = (route, &body) {
-            let mirrors: Vec<(&crate::config::networking::Destination, Option<f64>)> = r
+            let mirrors: Vec<(&crate::config::kinds::virtual_service::Destination, Option<f64>)> = r
                 .mirror
                 .iter()
                 .map(|d| {
@@ -789,7 +789,11 @@ impl Waypoint {
 
     /// Makes sure the `jwksUri` documents of `rules` are there: fetched now (bounded by the rule's
     /// timeout) when never fetched, refreshed in the background when stale.
-    async fn fetch_jwks(self: &Arc<Self>, snap: &Snapshot, rules: &[&crate::config::authn::JwtRule]) {
+    async fn fetch_jwks(
+        self: &Arc<Self>,
+        snap: &Snapshot,
+        rules: &[&crate::config::kinds::request_authentication::JwtRule],
+    ) {
         use super::jwks::{DEFAULT_TIMEOUT, Fetch};
         for r in rules.iter().filter(|r| r.jwks.is_none()) {
             let Some(uri) = &r.jwks_uri else { continue };
@@ -979,8 +983,8 @@ struct InFlightBody {
 pub(crate) struct Cluster<'a> {
     /// `namespace/service/subset`.
     key: &'a str,
-    outlier: Option<&'a crate::config::networking::OutlierDetection>,
-    pool: Option<&'a crate::config::networking::ConnectionPoolSettings>,
+    outlier: Option<&'a crate::config::kinds::destination_rule::OutlierDetection>,
+    pool: Option<&'a crate::config::kinds::destination_rule::ConnectionPoolSettings>,
     /// All endpoints of the cluster (ejected or not).
     size: usize,
 }

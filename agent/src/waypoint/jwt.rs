@@ -14,7 +14,7 @@ use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::config::authn::JwtRule;
+use crate::config::kinds::request_authentication::JwtRule;
 
 /// A verified token.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,7 +24,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::networking::{ConnectionPoolSettings, OutlierDetection};
+use crate::config::kinds::destination_rule::{ConnectionPoolSettings, OutlierDetection};
 
 #[derive(Default, Debug)]
 struct Health {

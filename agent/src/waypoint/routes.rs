@@ -11,11 +11,15 @@ use regex::Regex;
 
 use crate::config::{
     Snapshot,
-    model::{Labels, Object, PodEntry, Service},
-    networking::{
-        DestinationRuleSpec, HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes,
-        LoadBalancerSettings, StringMatch, StringMatcher, Subset, TcpRoute, VirtualServiceSpec,
+    kinds::{
+        common::{StringMatch, StringMatcher},
+        destination_rule::{DestinationRuleSpec, LoadBalancerSettings, Subset},
+        virtual_service::{
+            HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes, TcpRoute,
+            VirtualServiceSpec,
+        },
     },
+    model::{Labels, Object, PodEntry, Service},
     references::{host_matches, resolve},
 };
 
@@ -316,7 +320,7 @@ impl Target<'_> {
     /// The load-balancer settings in force: the subset's, else the port's, else the rule's.
     pub fn load_balancer(&self) -> Option<&LoadBalancerSettings> {
         fn port_level(
-            tp: &crate::config::networking::TrafficPolicy,
+            tp: &crate::config::kinds::destination_rule::TrafficPolicy,
             port: u16,
         ) -> Option<&LoadBalancerSettings> {
             tp.port_level_settings
@@ -337,21 +341,23 @@ impl Target<'_> {
 
 impl<'a> Target<'a> {
     /// The outlier detection in force: the subset's, else the port's, else the rule's.
-    pub fn outlier_detection(&self) -> Option<&'a crate::config::networking::OutlierDetection> {
+    pub fn outlier_detection(&self) -> Option<&'a crate::config::kinds::destination_rule::OutlierDetection> {
         self.policy_field(|tp| tp.outlier_detection.as_ref(), |p| p.outlier_detection.as_ref())
     }
 
     /// The connection-pool limits in force: the subset's, else the port's, else the rule's.
-    pub fn connection_pool(&self) -> Option<&'a crate::config::networking::ConnectionPoolSettings> {
+    pub fn connection_pool(
+        &self,
+    ) -> Option<&'a crate::config::kinds::destination_rule::ConnectionPoolSettings> {
         self.policy_field(|tp| tp.connection_pool.as_ref(), |p| p.connection_pool.as_ref())
     }
 
     fn policy_field<T>(
         &self,
-        top: impl Fn(&'a crate::config::networking::TrafficPolicy) -> Option<&'a T>,
-        port: impl Fn(&'a crate::config::networking::PortTrafficPolicy) -> Option<&'a T>,
+        top: impl Fn(&'a crate::config::kinds::destination_rule::TrafficPolicy) -> Option<&'a T>,
+        port: impl Fn(&'a crate::config::kinds::destination_rule::PortTrafficPolicy) -> Option<&'a T>,
     ) -> Option<&'a T> {
-        let level = |tp: &'a crate::config::networking::TrafficPolicy| {
+        let level = |tp: &'a crate::config::kinds::destination_rule::TrafficPolicy| {
             tp.port_level_settings
                 .iter()
                 .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(u32::from(self.port)))

@@ -23,7 +23,7 @@ use sluice_common::INBOUND_HBONE_PORT;
 use crate::{
     config::{
         EnrollDecision, Snapshot,
-        networking::{LoadBalancerSettings, SimpleLb},
+        kinds::destination_rule::{LoadBalancerSettings, SimpleLb},
     },
     identity::Identity,
     tunnel::{

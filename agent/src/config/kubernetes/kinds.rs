@@ -1,9 +1,13 @@
 //! The API kinds the Kubernetes source watches: group, version, kind and resource (plural) of each,
 //! whether it comes from a CRD (and so may be absent), and what the mesh loses while it is absent.
 //!
-//! This table is the single list the watchers, the snapshot order and the RBAC check
-//! (`deploy/rbac.yaml`) are derived from.
+//! [`WATCHED`] is not written here: it is the watched rows of the one kind table,
+//! [`crate::config::kinds::KINDS`], so the watchers, the snapshot order and the RBAC check
+//! (`deploy/rbac.yaml`) follow that table. This module adds what only the Kubernetes source needs
+//! (CRD names, kube's `ApiResource`).
 use kube::core::ApiResource;
+
+use crate::config::kinds::KINDS;
 
 /// One watched API kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,60 +56,43 @@ impl WatchedKind {
     }
 }
 
-const fn k(
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    plural: &'static str,
-    namespaced: bool,
-    absent_means: &'static str,
-) -> WatchedKind {
-    WatchedKind { group, version, kind, plural, namespaced, absent_means }
+/// How many rows of [`KINDS`] the source watches.
+const fn watched_count() -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < KINDS.len() {
+        if KINDS[i].watch.is_some() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
 }
 
+/// [`WATCHED`], built at compile time from the watched rows of [`KINDS`], in table order.
+const WATCHED_KINDS: [WatchedKind; watched_count()] = {
+    let empty =
+        WatchedKind { group: "", version: "", kind: "", plural: "", namespaced: false, absent_means: "" };
+    let mut out = [empty; watched_count()];
+    let (mut i, mut n) = (0, 0);
+    while i < KINDS.len() {
+        if let Some(w) = KINDS[i].watch {
+            out[n] = WatchedKind {
+                group: w.group,
+                version: w.version,
+                kind: KINDS[i].name,
+                plural: w.plural,
+                namespaced: w.namespaced,
+                absent_means: w.absent_means,
+            };
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
 /// Every kind the source watches, in the order documents are handed to the compiler.
-pub const WATCHED: &[WatchedKind] = &[
-    k("", "v1", "Namespace", "namespaces", false, "no namespace is enrolled"),
-    k("", "v1", "Pod", "pods", true, "no pod is known"),
-    k("", "v1", "Service", "services", true, "no service VIP is resolved"),
-    k(
-        "security.istio.io",
-        "v1",
-        "PeerAuthentication",
-        "peerauthentications",
-        true,
-        "no PeerAuthentication applies (mesh-default mTLS mode)",
-    ),
-    k(
-        "security.istio.io",
-        "v1",
-        "AuthorizationPolicy",
-        "authorizationpolicies",
-        true,
-        "no AuthorizationPolicy applies (traffic is not restricted by policy)",
-    ),
-    k(
-        "security.istio.io",
-        "v1",
-        "RequestAuthentication",
-        "requestauthentications",
-        true,
-        "no RequestAuthentication applies",
-    ),
-    k("networking.istio.io", "v1", "VirtualService", "virtualservices", true, "no VirtualService applies"),
-    k("networking.istio.io", "v1", "DestinationRule", "destinationrules", true, "no DestinationRule applies"),
-    k("networking.istio.io", "v1", "ServiceEntry", "serviceentries", true, "no ServiceEntry is known"),
-    k("networking.istio.io", "v1", "Gateway", "gateways", true, "no Istio Gateway is known"),
-    k("telemetry.istio.io", "v1", "Telemetry", "telemetries", true, "no Telemetry applies"),
-    k(
-        "gateway.networking.k8s.io",
-        "v1",
-        "Gateway",
-        "gateways",
-        true,
-        "no Gateway API gateway (waypoint) is known",
-    ),
-];
+pub const WATCHED: &[WatchedKind] = &WATCHED_KINDS;
 
 #[cfg(test)]
 mod tests {
@@ -129,7 +116,7 @@ mod tests {
     #[test]
     fn every_watched_api_version_is_one_the_compiler_accepts() {
         for w in WATCHED {
-            let accepted = crate::config::model::api_versions(w.kind).unwrap_or_default();
+            let accepted = crate::config::kinds::api_versions(w.kind).unwrap_or_default();
             assert!(accepted.contains(&w.api_version().as_str()), "{} not accepted: {accepted:?}", w.label());
         }
     }

@@ -16,7 +16,11 @@ use super::{
     kinds::WATCHED,
     sync,
 };
-use crate::config::{EnrollDecision, Snapshot, SnapshotStore, security::Action, security::MtlsMode, yaml};
+use crate::config::{
+    EnrollDecision, Snapshot, SnapshotStore,
+    kinds::{authorization_policy::Action, peer_authentication::MtlsMode},
+    yaml,
+};
 
 const PODS: &str = "pods";
 const AUTHZ: &str = "authorizationpolicies.security.istio.io";

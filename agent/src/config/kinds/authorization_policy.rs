@@ -1,66 +1,17 @@
-//! Istio's security kinds as the snapshot holds them: PeerAuthentication and AuthorizationPolicy
-//! (security.istio.io v1/v1beta1), parsed from their `spec` exactly as Istio spells the fields.
+//! Istio's AuthorizationPolicy (security.istio.io v1/v1beta1): ALLOW/DENY rules over sources,
+//! operations and conditions, attached by a workload selector or by targetRefs (a waypoint), parsed
+//! from its `spec` exactly as Istio spells the fields.
 //!
 //! Every struct rejects unknown fields: a field sluice does not implement (or a typo such as
 //! `notNamespace`) must never be silently ignored, because ignoring a constraint of an ALLOW rule
 //! would allow more than the author meant. The error names the field and the accepted ones.
-use std::collections::BTreeMap;
-
+//!
+//! This module owns the wire shape and what it says about layers (which fields need HTTP); the
+//! verdicts belong to `policy`. It imports only [`super::common`], never another kind nor the
+//! compiler.
 use serde::{Deserialize, Serialize};
 
-use super::model::Labels;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadSelector {
-    #[serde(default)]
-    pub match_labels: Labels,
-}
-
-impl WorkloadSelector {
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
-
-/// PeerAuthentication mTLS modes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MtlsMode {
-    /// Inherit from the parent scope.
-    #[default]
-    Unset,
-    Disable,
-    Permissive,
-    Strict,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mtls {
-    #[serde(default)]
-    pub mode: MtlsMode,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerAuthenticationSpec {
-    pub selector: Option<WorkloadSelector>,
-    #[serde(default)]
-    pub mtls: Option<Mtls>,
-    /// Port -> mode; Istio only honours it together with a selector.
-    #[serde(default)]
-    pub port_level_mtls: BTreeMap<u16, Mtls>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PeerAuthentication {
-    pub namespace: String,
-    pub name: String,
-    pub spec: PeerAuthenticationSpec,
-}
+use super::common::{PolicyTargetReference, WorkloadSelector};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -135,10 +86,6 @@ pub struct Rule {
     pub when: Option<Vec<Condition>>,
 }
 
-/// `targetRef`/`targetRefs` attach a policy to a Gateway (a waypoint) or a Service instead of
-/// selecting workloads; such policies are enforced where that traffic is proxied (a waypoint).
-pub use super::networking::PolicyTargetReference;
-
 /// `provider` of a CUSTOM policy (external authorization).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +98,8 @@ pub struct ExtensionProvider {
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
+    /// `targetRef`/`targetRefs` attach a policy to a Gateway (a waypoint) or a Service instead of
+    /// selecting workloads; such policies are enforced where that traffic is proxied (a waypoint).
     pub target_ref: Option<PolicyTargetReference>,
     pub target_refs: Option<Vec<PolicyTargetReference>>,
     pub provider: Option<ExtensionProvider>,

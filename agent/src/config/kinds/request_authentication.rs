@@ -5,12 +5,13 @@
 //! This module owns the wire shape and its validation; fetching JWKS and verifying tokens belong
 //! to the waypoint. Every struct rejects unknown fields: an ignored JWT constraint (say a misspelt
 //! `audiences`) would accept tokens the author meant to refuse.
+//! It imports only [`super::common`] and the duration type, never another kind nor the compiler.
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::Duration;
-use super::networking::{Issue, PolicyTargetReference, WorkloadSelector, check_selector_target, join};
+use super::common::{Issue, PolicyTargetReference, WorkloadSelector, check_selector_target, join};
+use crate::config::duration::Duration;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,7 +230,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::networking::IssueSeverity;
+    use crate::config::kinds::common::IssueSeverity;
 
     fn example() -> Value {
         json!({

@@ -4,11 +4,12 @@
 //!
 //! This module owns the wire shape and its validation; turning a waypoint Gateway into a running
 //! waypoint belongs to the snapshot compiler. Every struct rejects unknown fields.
+//! It imports only [`super::common`], never another kind nor the compiler.
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::networking::{Issue, check_port, join};
+use super::common::{Issue, check_port, join};
 
 /// The class of Istio's waypoint proxies.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";

@@ -4,15 +4,16 @@
 //!
 //! This module owns the wire shape and its validation; applying the overrides belongs to the
 //! telemetry module. Every struct rejects unknown fields.
+//! It imports only [`super::common`] and the duration type, never another kind nor the compiler.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::Duration;
-use super::networking::{
+use super::common::{
     Double, Issue, PolicyTargetReference, WorkloadSelector, at_most_one, check_percent,
     check_selector_target, join, oneof_checked,
 };
+use crate::config::duration::Duration;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
