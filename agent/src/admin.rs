@@ -1,7 +1,8 @@
 //! Readiness, metrics and admin HTTP endpoints, on two listeners: the metrics surface
 //! (`--metrics-addr`, scraped from outside the node: `/healthz/ready`, `/stats/prometheus`) and the
-//! admin surface (`--admin-addr`, loopback by default: `/debug/pods`, `/debug/config_dump`, plus the
-//! metrics paths), so pod inventories are never exposed to the network by default.
+//! admin surface (`--admin-addr`, loopback by default: `/debug/pods`, `/debug/config_dump`,
+//! `/debug/connections` and `POST /debug/connections/close?id=N`, plus the metrics paths), so pod
+//! inventories and connection control are never exposed to the network by default.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
@@ -11,14 +12,29 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::debug;
 
-use crate::{agent::pods::Pods, config::SnapshotStore, redirect::Kernel, telemetry::metrics::Metrics};
+use crate::{
+    config::SnapshotStore,
+    conn::Registry,
+    redirect::Kernel,
+    telemetry::{metrics::Metrics, reason::Reason},
+};
+
+/// The pod inventory `/debug/pods` serves, as JSON; the agent's pod registry implements it (the
+/// admin module sits below the agent and does not know its types).
+pub trait Inventory: Send + Sync {
+    fn pods_json(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>>;
+}
 
 /// What the endpoints read.
 #[derive(Clone)]
 pub struct State {
     pub metrics: Arc<Metrics>,
     pub kernel: Arc<Kernel>,
-    pub pods: Arc<Pods>,
+    pub pods: Arc<dyn Inventory>,
+    /// The connections the agent carries now (`/debug/connections`).
+    pub connections: Arc<Registry>,
     pub store: Arc<SnapshotStore>,
     pub certs: Arc<crate::identity::certs::CertManager>,
 }
@@ -91,7 +107,12 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             }
             text(StatusCode::OK, s.metrics.render())
         }
-        "/debug/pods" | "/pods" => json(&s.pods.status().await),
+        "/debug/pods" | "/pods" => json(&s.pods.pods_json().await),
+        "/debug/connections" => json(&serde_json::json!({
+            "count": s.connections.count(),
+            "connections": s.connections.list(),
+        })),
+        "/debug/connections/close" => close_connection(&req, &s.connections),
         "/debug/config_dump" | "/config_dump" => {
             let snap = s.store.load();
             let mut workloads: Vec<_> = snap.pods.values().collect();
@@ -117,8 +138,34 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
         })),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/config_dump\n".into(),
+            "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/connections, /debug/config_dump\n".into(),
         ),
+    }
+}
+
+/// `POST /debug/connections/close?id=N`: closes one live connection (its access log and metrics
+/// say `admin_closed`). POST only, so a crawler or a stray GET never closes anything.
+fn close_connection(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /debug/connections/close?id=N\n".into());
+    }
+    let id = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("id="))
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(id) = id else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "query parameter id (a number from /debug/connections) is missing or not a number\n".into(),
+        );
+    };
+    if registry.close(id, Reason::AdminClosed) {
+        text(StatusCode::OK, format!("closing connection {id}\n"))
+    } else {
+        text(StatusCode::NOT_FOUND, format!("no live connection {id} (see /debug/connections)\n"))
     }
 }
 

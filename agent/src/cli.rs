@@ -21,11 +21,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::logging::LogFormat;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -284,6 +280,18 @@ pub struct IdentityArgs {
     /// Share of a certificate's lifetime after which it is replaced (0.05-0.95).
     #[arg(long, default_value_t = 0.5)]
     pub cert_rotate_after: f64,
+}
+
+impl IdentityArgs {
+    /// The settings these flags give the certificate manager.
+    pub fn settings(&self) -> crate::identity::CertSettings<'_> {
+        crate::identity::CertSettings {
+            ca_dir: &self.ca_dir,
+            trust_domain: &self.trust_domain,
+            lifetime: self.cert_lifetime,
+            rotate_after: self.cert_rotate_after,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

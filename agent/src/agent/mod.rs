@@ -81,7 +81,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let kernel = Arc::new(Kernel::load(&args.bpffs, &cgroup)?);
 
     let crate::cli::CaMode::Local = args.ca;
-    let certs = crate::identity::cert_manager(&args.identity)?;
+    let certs = crate::identity::cert_manager(&args.identity.settings())?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(
@@ -192,7 +192,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", handover_path.display()))?;
     let mut phase = handover_listener.serve(pods.clone()).context("cannot start the handover thread")?;
 
-    let state = admin::State { metrics, kernel: kernel.clone(), pods: pods.clone(), store, certs };
+    let state = admin::State {
+        metrics,
+        kernel: kernel.clone(),
+        pods: pods.clone(),
+        connections: proxy.registry().clone(),
+        store,
+        certs,
+    };
     // After a handover the previous agent lets go of these ports a moment after `Taken`.
     let metrics_srv = serve_admin(args.metrics_addr, &state, admin::Surface::Metrics).await?;
     let ready_srv = serve_admin(args.ready_addr, &state, admin::Surface::Ready).await?;

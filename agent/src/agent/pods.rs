@@ -110,6 +110,14 @@ fn pod_name(p: &PodRef) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
+impl crate::admin::Inventory for Pods {
+    fn pods_json(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
+        Box::pin(async move { serde_json::to_value(self.status().await).unwrap_or_default() })
+    }
+}
+
 impl Pods {
     pub fn new(
         proxy: Arc<Proxy>,
@@ -377,7 +385,8 @@ impl Pods {
             netns_cookie: pl.netns_cookie,
             transparent,
             ips: info.ips.clone(),
-            key: format!("{}/{}", info.namespace, info.name).into(),
+            pod_name: info.name.as_str().into(),
+            pod_namespace: info.namespace.as_str().into(),
             principal: crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account)
                 .to_string()
                 .into(),

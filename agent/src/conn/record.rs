@@ -5,7 +5,7 @@
 //! or once as a refusal when the connection was refused or failed before any byte moved.
 //!
 //! Access-log fields (the one vocabulary of the agent and the waypoint, docs/ARCHITECTURE.md):
-//! `conn_id`, `direction`, `path`, `pod` (the node-local pod, `namespace/name`, or the waypoint),
+//! `conn_id`, `direction`, `path`, `pod` and `namespace` (the node-local pod, or the waypoint),
 //! `src` and `dst` (addresses), `src_principal`, `dst_principal`, `dst_service`, `security`,
 //! `policy`, `reason` and `detail` (refusals), `sent`, `received`, `duration_ms`, `error`.
 use std::{
@@ -62,12 +62,13 @@ impl Recorder {
         &self,
         direction: &'static str,
         pod: &str,
+        namespace: &str,
         src: Option<std::net::SocketAddr>,
         reason: Reason,
         error: &dyn std::fmt::Display,
     ) {
         self.metrics.failure(direction, reason);
-        warn!(target: "sluice::access", direction, path = "hbone", pod, src = ?src, reason = reason.as_str(),
+        warn!(target: "sluice::access", direction, path = "hbone", pod, namespace, src = ?src, reason = reason.as_str(),
               error = %error, "HBONE connection refused");
     }
 }
@@ -78,7 +79,8 @@ pub struct ConnRecord {
     metrics: Arc<Metrics>,
     reg: Registration,
     labels: ConnLabels,
-    /// The destination's own view, when one agent reports both ends (the same-node path).
+    /// The destination's own view, when one agent reports both ends (the same-node path). Its
+    /// byte counters are the other way round (what the client sent, the destination received).
     peer_view: Option<ConnLabels>,
     /// Whether Istio's TCP metrics count this connection (a waypoint's HTTP streams are counted
     /// request by request instead).
@@ -102,7 +104,8 @@ impl ConnRecord {
         &mut self.labels
     }
 
-    /// Also reports the connection as its destination sees it (`reporter="destination"`).
+    /// Also reports the connection as its destination sees it (`reporter="destination"`), with
+    /// the bytes the other way round: what the client sent is what the destination received.
     pub fn set_peer_view(&mut self, labels: ConnLabels) {
         self.peer_view = Some(labels);
     }
@@ -144,7 +147,7 @@ impl ConnRecord {
         }
         let l = &self.labels;
         warn!(target: "sluice::access", conn_id = self.live().id, direction = i.direction, path = i.path,
-              pod = %i.pod, src = %i.src, dst = %i.dst, src_principal = %l.source_principal,
+              pod = %i.pod, namespace = %i.namespace, src = %i.src, dst = %i.dst, src_principal = %l.source_principal,
               dst_principal = %l.destination_principal, dst_service = %l.destination_service(),
               security = l.connection_security_policy, policy = %i.policy, reason = reason.as_str(),
               detail, "connection refused");
@@ -161,7 +164,7 @@ impl ConnRecord {
         {
             let (i, l) = (self.info(), &self.labels);
             debug!(target: "sluice::access", conn_id = self.live().id, direction = i.direction, path = i.path,
-                   pod = %i.pod, src = %i.src, dst = %i.dst, src_principal = %l.source_principal,
+                   pod = %i.pod, namespace = %i.namespace, src = %i.src, dst = %i.dst, src_principal = %l.source_principal,
                    dst_principal = %l.destination_principal, dst_service = %l.destination_service(),
                    security = l.connection_security_policy, policy = %i.policy, "connection opened");
         }
@@ -180,12 +183,15 @@ impl ConnRecord {
         self.done = true;
         let live = self.live();
         let (sent, received) = (live.sent.load(Ordering::Relaxed), live.received.load(Ordering::Relaxed));
-        for l in self.views() {
-            self.metrics.conn_closed(l, sent, received);
+        if self.tcp_metrics {
+            self.metrics.conn_closed(&self.labels, sent, received);
+            if let Some(v) = &self.peer_view {
+                self.metrics.conn_closed(v, received, sent);
+            }
         }
         let (i, l) = (self.info(), &self.labels);
         info!(target: "sluice::access", conn_id = live.id, direction = i.direction, path = i.path,
-              pod = %i.pod, src = %i.src, dst = %i.dst, sent, received,
+              pod = %i.pod, namespace = %i.namespace, src = %i.src, dst = %i.dst, sent, received,
               duration_ms = self.start.elapsed().as_millis() as u64, security = l.connection_security_policy,
               src_principal = %l.source_principal, dst_principal = %l.destination_principal,
               dst_service = %l.destination_service(), policy = %i.policy, flags = l.response_flags, error,
@@ -212,7 +218,8 @@ mod tests {
         ConnInfo {
             direction: "inbound",
             path: "hbone",
-            pod: "shop/web".into(),
+            pod: "web".into(),
+            namespace: "shop".into(),
             src: "10.0.0.1:40000".parse().expect("addr"),
             dst: "10.0.0.2:8080".parse().expect("addr"),
             src_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),

@@ -29,8 +29,9 @@ pub struct ConnInfo {
     pub direction: &'static str,
     /// How it arrived: `outbound`, `inbound`, `hbone`, `same_node`, `waypoint`.
     pub path: &'static str,
-    /// The node-local pod it belongs to (`namespace/name`), or the waypoint.
+    /// The node-local pod it belongs to (or the waypoint): its name and namespace.
     pub pod: Arc<str>,
+    pub namespace: Arc<str>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub src_principal: Arc<str>,
@@ -185,7 +186,8 @@ mod tests {
         ConnInfo {
             direction: "inbound",
             path: "hbone",
-            pod: "shop/web".into(),
+            pod: "web".into(),
+            namespace: "shop".into(),
             src: "10.0.0.1:40000".parse().expect("addr"),
             dst: SocketAddr::new("10.0.0.2".parse().expect("ip"), port),
             src_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),

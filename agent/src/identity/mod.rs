@@ -45,16 +45,21 @@ impl Identity {
 
 /// The certificate manager the identity flags describe: the local CA in `--ca-dir`, minting for
 /// `--trust-domain` with the configured lifetime and rotation point (agent and waypoint alike).
-pub fn cert_manager(
-    args: &crate::cli::IdentityArgs,
-) -> Result<std::sync::Arc<certs::CertManager>, ca::CaError> {
-    let ca = ca::LocalCa::load(&args.ca_dir)?;
-    Ok(std::sync::Arc::new(certs::CertManager::new(
-        ca,
-        &args.trust_domain,
-        args.cert_lifetime,
-        args.cert_rotate_after,
-    )))
+pub fn cert_manager(s: &CertSettings<'_>) -> Result<std::sync::Arc<certs::CertManager>, ca::CaError> {
+    let ca = ca::LocalCa::load(s.ca_dir)?;
+    Ok(std::sync::Arc::new(certs::CertManager::new(ca, s.trust_domain, s.lifetime, s.rotate_after)))
+}
+
+/// Where certificates come from and how long they live (the agent's and waypoint's identity flags).
+#[derive(Clone, Copy, Debug)]
+pub struct CertSettings<'a> {
+    /// The local CA's directory.
+    pub ca_dir: &'a std::path::Path,
+    pub trust_domain: &'a str,
+    /// Lifetime of minted certificates.
+    pub lifetime: std::time::Duration,
+    /// Share of the lifetime after which a certificate is replaced.
+    pub rotate_after: f64,
 }
 
 impl fmt::Display for Identity {

@@ -37,7 +37,8 @@ impl Proxy {
         if let Err(e) = result {
             self.recorder.handshake_refused(
                 Direction::Inbound.label(),
-                &pod.key,
+                &pod.name,
+                &pod.namespace,
                 Some(e.peer()),
                 e.reason(),
                 &e,

@@ -58,8 +58,9 @@ pub struct PodCtx {
     pub tls: Arc<ServerConfig>,
     /// The pod's addresses (the same-node fast path delivers from them).
     pub ips: Vec<std::net::IpAddr>,
-    /// `namespace/name`, as connection records name the pod.
-    pub key: Arc<str>,
+    /// The name and namespace as connection records name the pod (shared, not copied).
+    pub pod_name: Arc<str>,
+    pub pod_namespace: Arc<str>,
     /// The pod's SPIFFE principal, shared by its connection records.
     pub principal: Arc<str>,
 }
@@ -260,7 +261,8 @@ impl Proxy {
         let info = ConnInfo {
             direction: dir.label(),
             path,
-            pod: pod.key.clone(),
+            pod: pod.pod_name.clone(),
+            namespace: pod.pod_namespace.clone(),
             src,
             dst,
             src_principal: labels.source_principal.clone(),

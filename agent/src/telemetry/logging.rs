@@ -1,7 +1,12 @@
 //! tracing subscriber setup: text or JSON to stderr, filter from `--log-level`/`SLUICE_LOG`.
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::cli::LogFormat;
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber once; later calls are ignored (tests call it repeatedly).
 pub fn init(format: LogFormat, filter: &str) {

@@ -63,8 +63,8 @@ pub struct Waypoint {
     pub namespace: String,
     /// This waypoint's Gateway.
     pub me: WaypointRef,
-    /// `namespace/name`, as connection records name the waypoint.
-    pub key: Arc<str>,
+    /// The name and namespace as connection records name the waypoint (shared, not copied).
+    pub record_name: (Arc<str>, Arc<str>),
     /// The waypoint's own SPIFFE principal.
     pub principal: Arc<str>,
     pub trust_domain: String,
@@ -108,7 +108,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     let store = SnapshotStore::new(snap);
     let _watch = source.follow(store.clone())?;
 
-    let certs = crate::identity::cert_manager(&args.identity)?;
+    let certs = crate::identity::cert_manager(&args.identity.settings())?;
     let sa = args.service_account.clone().unwrap_or_else(|| name.clone());
     if sa != name {
         warn!(service_account = %sa, gateway = %name,
@@ -121,7 +121,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         name: name.clone(),
         namespace: namespace.clone(),
         me: WaypointRef { namespace: namespace.clone(), name: name.clone() },
-        key: format!("{namespace}/{name}").into(),
+        record_name: (name.as_str().into(), namespace.as_str().into()),
         principal: me.to_string().into(),
         trust_domain: args.identity.trust_domain.clone(),
         recorder: Recorder::new(Arc::new(Metrics::tcp_only()), Registry::new()),
@@ -192,7 +192,14 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
                     )
                     .await;
                     if let Err(e) = r {
-                        wp.recorder.handshake_refused("inbound", &wp.key, Some(e.peer()), e.reason(), &e);
+                        wp.recorder.handshake_refused(
+                            "inbound",
+                            &wp.name,
+                            &wp.namespace,
+                            Some(e.peer()),
+                            e.reason(),
+                            &e,
+                        );
                     }
                 });
             }
@@ -239,7 +246,8 @@ impl Waypoint {
         let info = ConnInfo {
             direction: "inbound",
             path: facts.path.label(),
-            pod: self.key.clone(),
+            pod: self.record_name.0.clone(),
+            namespace: self.record_name.1.clone(),
             src: stream.peer_addr,
             dst: stream.target,
             src_principal: labels.source_principal.clone(),
