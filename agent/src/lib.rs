@@ -5,20 +5,25 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`analyze`] | `sluice analyze`: offline config validation, compiler-style or JSON |
-//! | [`cli`] | the command line of the `sluice` binary |
-//! | [`config`] | mesh config model, the file source and the snapshot enrollment reads |
+//! | [`shutdown`] | waiting for SIGTERM/SIGINT |
 //! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
 //! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
+//! | [`cni`] | the CNI plugin, its installer and its wire protocol to the local agent |
+//! | [`config`] | mesh config: one file per kind, the kind table, sources, the compiled snapshot |
+//! | [`telemetry`] | metrics with Istio's names, the one reason vocabulary, logging setup |
+//! | [`policy`] | the admission gate, PeerAuthentication modes and AuthorizationPolicy decisions |
 //! | [`tunnel`] | HBONE: HTTP/2 CONNECT over mutual TLS on 15008, client pool and server |
-//! | [`policy`] | PeerAuthentication modes and L4 AuthorizationPolicy decisions over the snapshot |
-//! | [`proxy`] | the per-pod capture listeners and the byte copying between them and destinations |
-//! | [`cni`] | the CNI plugin and its wire protocol to the local agent |
-//! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
-//! | [`inspect`] | `sluice config` / `sluice status`: an agent's admin JSON rendered for a human |
+//! | [`conn`] | the connection record (metrics, access log) and the live-connection registry |
+//! | [`proxy`] | the per-pod capture listeners, routing, delivery and byte copying |
 //! | [`admin`] | readiness, metrics and admin HTTP endpoints |
-//! | [`telemetry`] | logging setup and metrics |
+//! | [`cli`] | the command line of the `sluice` binary |
 //! | [`waypoint`] | `sluice waypoint`: the L7 proxy (HTTP routing, L7 policy) |
+//! | [`inspect`] | `sluice config` / `sluice status`: an agent's admin JSON rendered for a human |
+//! | [`analyze`] | `sluice analyze`: offline config validation, compiler-style or JSON |
+//! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
+//!
+//! The rows run from the bottom layer to the top: a module uses only modules above it in this
+//! list (docs/ARCHITECTURE.md gives the layers; `tests/layers.rs` checks them).
 pub mod admin;
 pub mod agent;
 pub mod analyze;

@@ -286,9 +286,7 @@ mod tests {
 
     fn root_or_skip() -> bool {
         // Pooled sockets carry SO_MARK, which needs CAP_NET_ADMIN.
-        // SAFETY: geteuid has no preconditions.
-        #[allow(unsafe_code)]
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = nix::unistd::geteuid().is_root();
         if !root && std::env::var("SLUICE_E2E_ALLOW_SKIP").as_deref() != Ok("1") {
             panic!("this test needs root (SO_MARK); run as root or set SLUICE_E2E_ALLOW_SKIP=1");
         }

@@ -115,7 +115,8 @@ pub enum Decision {
     OrigDstRecordFailed = 5,
     /// Inbound TCP steered into the agent's capture listener.
     InboundSteered = 6,
-    /// Inbound TCP to an enrolled pod whose capture socket is missing; left to the normal lookup.
+    /// Inbound TCP to an enrolled pod whose capture socket is missing: dropped (fail closed), never
+    /// left to reach the application uncaptured.
     InboundNoListener = 7,
     /// bpf_sk_assign refused the capture socket.
     InboundAssignFailed = 8,
