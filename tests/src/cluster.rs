@@ -611,23 +611,37 @@ impl Cluster {
 
     /// GET `path` from node `n`'s agent (admin port for `/debug/*`, metrics port otherwise); the body.
     pub fn agent_get(&self, n: usize, path: &str) -> anyhow::Result<String> {
+        match self.agent_request(n, "GET", path)? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("GET {path}: {status} {body}"),
+        }
+    }
+
+    /// `method path` to node `n`'s agent (admin port for `/debug/*`, metrics port otherwise); the
+    /// status and the body, whatever the status.
+    pub fn agent_request(&self, n: usize, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
         let port = if path.starts_with("/debug/") { ADMIN_PORT } else { METRICS_PORT };
-        let path = path.to_string();
-        sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<String> {
+        let (method, path) = (method.to_string(), path.to_string());
+        sys::in_netns(&self.node_netns(n), move || -> anyhow::Result<(u16, String)> {
             use std::io::{Read as _, Write as _};
             let mut s = std::net::TcpStream::connect_timeout(
                 &([127, 0, 0, 1], port).into(),
                 scaled(Duration::from_secs(2)),
             )?;
             s.set_read_timeout(Some(scaled(Duration::from_secs(5))))?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
             let mut buf = String::new();
             s.read_to_string(&mut buf)?;
             let (head, body) = buf.split_once("\r\n\r\n").context("malformed HTTP response")?;
-            if !head.starts_with("HTTP/1.1 200") {
-                bail!("GET {path}: {head}");
-            }
-            Ok(body.to_string())
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .with_context(|| format!("{method} {path}: no status in {head:?}"))?;
+            Ok((status, body.to_string()))
         })?
     }
 

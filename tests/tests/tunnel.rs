@@ -524,3 +524,78 @@ fn metrics_and_access_logs_match_the_connections_and_bytes_exactly() {
         );
     }
 }
+
+#[test]
+fn live_connections_are_listed_with_their_admission_and_can_be_closed_from_the_admin_port() {
+    let name = "live_connections_are_listed_with_their_admission_and_can_be_closed_from_the_admin_port";
+    if !require_root(name) {
+        return;
+    }
+    let c = cluster();
+    let p = probe();
+    let client = c.add_pod(1, "mesh", "client").expect("client");
+    let server = c.add_pod_spec(2, PodSpec::new("mesh", "server").label("app", "server")).expect("server");
+    p.serve(&c, &server, &[8080]).expect("serve");
+    let allow = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: mesh}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]}]\n";
+    c.apply_config("allow.yaml", allow).expect("policy");
+    let dst = SocketAddr::new(server.ipv4, 8080);
+    // A connection that would run for 30 s: it ends only because it is closed from outside.
+    let hold = scaled(std::time::Duration::from_secs(30));
+    let long = p.client_bg(&c, &client, dst, 64 * 1024, hold.as_millis() as u64).expect("long");
+    let listed = |n: usize| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.agent_get(n, "/debug/connections").expect("connections")).expect("json");
+        assert_eq!(v["count"].as_u64().map(|x| x as usize), v["connections"].as_array().map(Vec::len), "{v}");
+        v["connections"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(10));
+    let inbound = loop {
+        let found = listed(2).into_iter().find(|x| x["dst"] == dst.to_string());
+        if let Some(x) = found {
+            break x;
+        }
+        assert!(std::time::Instant::now() < deadline, "the destination agent never listed the connection");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(inbound["path"], "hbone", "{inbound}");
+    assert_eq!(inbound["direction"], "inbound", "{inbound}");
+    assert_eq!(inbound["pod"], "server", "{inbound}");
+    assert_eq!(inbound["src_principal"], "spiffe://cluster.local/ns/mesh/sa/client", "{inbound}");
+    assert_eq!(
+        inbound["policy"], "mesh/allow-client",
+        "the record names the policy that admitted it: {inbound}"
+    );
+    let outbound =
+        listed(1).into_iter().find(|x| x["dst"] == dst.to_string()).expect("the source agent lists it");
+    assert_eq!(outbound["path"], "outbound", "{outbound}");
+    assert_eq!(outbound["dst_principal"], "spiffe://cluster.local/ns/mesh/sa/server", "{outbound}");
+
+    // Closing is POST only, names unknown ids, and ends exactly the chosen connection.
+    let id = inbound["id"].as_u64().expect("id");
+    let (status, _) = c.agent_request(2, "GET", &format!("/debug/connections/close?id={id}")).expect("get");
+    assert_eq!(status, 405, "a GET never closes anything");
+    let (status, body) = c.agent_request(2, "POST", "/debug/connections/close?id=999999").expect("post");
+    assert_eq!(status, 404, "{body}");
+    let flags = [("reporter", "destination"), ("response_flags", "admin_closed")];
+    assert_eq!(metric(&c, 2, "istio_tcp_connections_closed_total", &flags), 0.0);
+    let start = std::time::Instant::now();
+    let (status, body) =
+        c.agent_request(2, "POST", &format!("/debug/connections/close?id={id}")).expect("post");
+    assert_eq!(status, 200, "{body}");
+    let r = long.join().expect("join").expect("report");
+    assert!(!r.ok, "the closed connection must end for the client too");
+    assert!(start.elapsed() < hold / 2, "the close took {:?}", start.elapsed());
+    c.wait_metric_above(2, "istio_tcp_connections_closed_total", &flags, 0.0)
+        .expect("counted as admin_closed");
+    assert!(
+        listed(2).iter().all(|x| x["id"].as_u64() != Some(id)),
+        "a closed connection leaves the registry"
+    );
+    assert!(
+        c.agent_log(2).lines().any(|l| l.contains("connection closed") && l.contains("admin_closed")),
+        "the access log says why it closed"
+    );
+    // Other connections are untouched: a new one still works.
+    let r = p.client(&c, &client, dst, 4096, 0).expect("client");
+    assert!(r.ok, "{}", r.error);
+}
