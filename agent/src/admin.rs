@@ -149,6 +149,14 @@ fn close_connection(req: &Request<Incoming>, registry: &Registry) -> Response<Fu
     if req.method() != hyper::Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /debug/connections/close?id=N\n".into());
     }
+    if !from_a_local_tool(req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: a request with an Origin header or a Host other than localhost/127.0.0.1/[::1] \
+             (a web page, or DNS rebinding) may not close connections\n"
+                .into(),
+        );
+    }
     let id = req
         .uri()
         .query()
@@ -167,6 +175,22 @@ fn close_connection(req: &Request<Incoming>, registry: &Registry) -> Response<Fu
     } else {
         text(StatusCode::NOT_FOUND, format!("no live connection {id} (see /debug/connections)\n"))
     }
+}
+
+/// Whether a state-changing request comes from a tool on the node (curl, `sluice`), not from a
+/// browser page: no `Origin` header, and a loopback `Host` (what DNS rebinding cannot forge).
+fn from_a_local_tool(req: &Request<Incoming>) -> bool {
+    if req.headers().contains_key(header::ORIGIN) {
+        return false;
+    }
+    let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if !host.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => n,
+        _ => host,
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]")
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

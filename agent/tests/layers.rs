@@ -28,10 +28,12 @@ fn layer(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
 
-/// The code of `text` without `//` comments (doc comments included) and string literals' text.
+/// The code of `text` without `//` comments (doc comments included), string literals' text and
+/// char literals (`'"'` must not open a string).
 fn code(text: &str) -> String {
     text.lines()
         .map(|l| {
+            let l = l.replace("'\\''", "' '").replace("'\"'", "' '").replace("'\\\"'", "' '");
             let mut out = String::new();
             let mut in_str = false;
             let mut prev = ' ';
@@ -51,6 +53,19 @@ fn code(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `super::` paths that climb out of the file's top-level module to the crate root, rewritten as
+/// `crate::` paths: a file `depth` modules below the crate root reaches the root with `depth`
+/// `super::`s (`proxy/mod.rs` and `admin.rs` with one, `proxy/inbound.rs` with two).
+fn resolve_super(code: &str, depth: usize) -> String {
+    let root = "super::".repeat(depth);
+    code.replace(&root, "crate::")
+}
+
+/// Ways to name the crate root that the path scan would not see.
+fn aliases(code: &str) -> Vec<&'static str> {
+    ["crate as ", "self as ", "crate::*", "crate::{self"].into_iter().filter(|a| code.contains(a)).collect()
 }
 
 /// Every top-level module named by a `crate::` path in `code`, including the members of
@@ -123,7 +138,21 @@ fn no_module_imports_from_a_layer_above_it() {
         };
         checked += 1;
         let text = fs::read_to_string(f).expect("read");
-        for used in used_modules(&code(&text)) {
+        // Modules below the crate root: `proxy/mod.rs` and `admin.rs` are one, `proxy/inbound.rs` two.
+        let parts = rel.components().count();
+        let depth = if rel.ends_with("mod.rs") { parts - 1 } else { parts };
+        // An inline `mod tests { .. }` (at the end of a file, by convention) is one level deeper.
+        let text = code(&text);
+        let code = match text.find("mod tests {") {
+            Some(i) => {
+                format!("{}\n{}", resolve_super(&text[..i], depth), resolve_super(&text[i..], depth + 1))
+            }
+            None => resolve_super(&text, depth),
+        };
+        for a in aliases(&code) {
+            violations.push(format!("{}: `{a}` hides which modules are used; name them", rel.display()));
+        }
+        for used in used_modules(&code) {
             if used == module {
                 continue;
             }
@@ -139,6 +168,23 @@ fn no_module_imports_from_a_layer_above_it() {
     }
     assert!(checked > 50, "only {checked} files checked: is the source tree where this test expects it?");
     assert!(violations.is_empty(), "upward or unknown imports:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn the_checker_resolves_super_to_the_root_and_flags_aliases() {
+    // In `proxy/inbound.rs` (two below the root), `super::super::agent` is `crate::agent`.
+    let c = resolve_super(&code("use super::super::agent::Pods;\nuse super::Proxy;"), 2);
+    assert_eq!(used_modules(&c).into_iter().collect::<Vec<_>>(), vec!["agent"]);
+    // In `admin.rs` (one below), `super::agent` is `crate::agent`.
+    let c = resolve_super(&code("use super::agent::Pods;"), 1);
+    assert_eq!(used_modules(&c).into_iter().collect::<Vec<_>>(), vec!["agent"]);
+    assert_eq!(aliases("use crate as c;"), vec!["crate as "]);
+    assert_eq!(aliases("use crate::*;"), vec!["crate::*"]);
+    // A char literal holding a double quote opens no string.
+    assert_eq!(
+        used_modules(&code("let q = '\"'; use crate::agent;")).into_iter().collect::<Vec<_>>(),
+        vec!["agent"]
+    );
 }
 
 #[test]

@@ -631,7 +631,7 @@ impl Cluster {
             s.set_read_timeout(Some(scaled(Duration::from_secs(5))))?;
             write!(
                 s,
-                "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
             let mut buf = String::new();
             s.read_to_string(&mut buf)?;

@@ -4,6 +4,7 @@
 //!
 //! Admission is decided before a record is carried, by the gate in [`crate::policy::admission`];
 //! the record reports that decision and never makes one.
+pub mod counted;
 pub mod labels;
 pub mod record;
 pub mod registry;

@@ -52,6 +52,7 @@ impl Recorder {
             peer_view: None,
             tcp_metrics: true,
             start: Instant::now(),
+            opened: false,
             done: false,
         }
     }
@@ -63,12 +64,12 @@ impl Recorder {
         direction: &'static str,
         pod: &str,
         namespace: &str,
-        src: Option<std::net::SocketAddr>,
+        src: std::net::SocketAddr,
         reason: Reason,
         error: &dyn std::fmt::Display,
     ) {
         self.metrics.failure(direction, reason);
-        warn!(target: "sluice::access", direction, path = "hbone", pod, namespace, src = ?src, reason = reason.as_str(),
+        warn!(target: "sluice::access", direction, path = "hbone", pod, namespace, %src, reason = reason.as_str(),
               error = %error, "HBONE connection refused");
     }
 }
@@ -86,6 +87,8 @@ pub struct ConnRecord {
     /// request by request instead).
     tcp_metrics: bool,
     start: Instant,
+    /// Counted opened (carried).
+    opened: bool,
     done: bool,
 }
 
@@ -168,19 +171,33 @@ impl ConnRecord {
                    dst_principal = %l.destination_principal, dst_service = %l.destination_service(),
                    security = l.connection_security_policy, policy = %i.policy, "connection opened");
         }
+        self.opened = true;
         let live = self.live().clone();
+        // The copy first: copies that watch the close themselves reset both sides on the way out
+        // (see `Live::stopped`); a copy that does not is simply dropped.
         let error = tokio::select! {
+            biased;
             e = copy => e,
-            r = live.closed() => {
-                self.labels.response_flags = r.as_str();
-                Some(format!("closed: {r}"))
-            }
+            r = live.closed() => Some(format!("closed: {r}")),
         };
+        if let Some(r) = live.close_reason() {
+            self.labels.response_flags = r.as_str();
+            if let Some(v) = &mut self.peer_view {
+                v.response_flags = r.as_str();
+            }
+        }
         self.finish(error)
     }
 
     fn finish(&mut self, error: Option<String>) -> (u64, u64) {
         self.done = true;
+        if !self.opened {
+            // Abandoned before it was carried (its task was cancelled while connecting): counted
+            // opened too, so opened and closed always match.
+            for l in self.views() {
+                self.metrics.conn_opened(l);
+            }
+        }
         let live = self.live();
         let (sent, received) = (live.sent.load(Ordering::Relaxed), live.received.load(Ordering::Relaxed));
         if self.tcp_metrics {
@@ -301,11 +318,38 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_record_still_counts_its_close() {
+    fn a_dropped_record_still_counts_its_open_and_close_once() {
         let r = recorder();
         drop(r.open(info(), labels()));
         assert_eq!(r.registry().count(), 0);
+        assert_eq!(count(&r, "istio_tcp_connections_opened_total", ""), 1);
         assert_eq!(count(&r, "istio_tcp_connections_closed_total", ""), 1);
+    }
+
+    #[tokio::test]
+    async fn an_admin_close_flags_both_views_of_a_same_node_connection() {
+        let r = recorder();
+        let mut i = info();
+        i.direction = "outbound";
+        let mut rec = r.open(i, ConnLabels::new("source", "10.0.0.2:8080".parse().expect("addr")));
+        rec.set_peer_view(labels());
+        let id = rec.live().id;
+        let task = tokio::spawn(rec.carry(std::future::pending()));
+        tokio::task::yield_now().await;
+        assert!(r.registry().close(id, Reason::AdminClosed));
+        tokio::time::timeout(std::time::Duration::from_secs(5), task).await.expect("closed").expect("task");
+        for reporter in ["source", "destination"] {
+            let needle = format!(r#"reporter="{reporter}""#);
+            let closed: u64 = r
+                .metrics()
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("istio_tcp_connections_closed_total") && l.contains(&needle))
+                .filter(|l| l.contains(r#"response_flags="admin_closed""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            assert_eq!(closed, 1, "{reporter}");
+        }
     }
 
     #[test]

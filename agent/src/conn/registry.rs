@@ -3,9 +3,10 @@
 //! record with the facts admission decided it on, can be listed and counted, and can be closed
 //! from outside (`/debug/connections`; policy re-evaluation builds on [`Registry::close_where`]).
 //!
-//! Closing is cooperative and immediate: the carrying task waits on [`Live::closed`] beside its
-//! copy, and drops both sockets (with a reset) the moment a close is asked for. The registry owns
-//! no socket and makes no decision.
+//! Closing is cooperative and immediate: the copy loops wait on [`Live::closed`] beside the
+//! bytes and reset both sides (TCP RST, HTTP/2 RST_STREAM CONNECT_ERROR, which the peer agent
+//! turns into a reset too) the moment a close is asked for, so a client never mistakes a closed
+//! connection for a complete one. The registry owns no socket and makes no decision.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -36,8 +37,8 @@ pub struct ConnInfo {
     pub dst: SocketAddr,
     pub src_principal: Arc<str>,
     pub dst_principal: Arc<str>,
-    /// The AuthorizationPolicy that allowed it, or `-`.
-    pub policy: String,
+    /// The AuthorizationPolicy that allowed (or denied) it, or `-`.
+    pub policy: std::borrow::Cow<'static, str>,
 }
 
 /// One registered connection.
@@ -59,19 +60,30 @@ impl Live {
     /// Returns whether this call asked first.
     pub fn close(&self, reason: Reason) -> bool {
         let first = self.close.set(reason).is_ok();
-        // A permit is stored when nobody waits yet, so the close is never missed.
-        self.wake.notify_one();
+        // Wakes every waiter (the copy and the record may both wait); a waiter that registers
+        // later sees the reason before it sleeps (see `closed`).
+        self.wake.notify_waiters();
         first
     }
 
-    /// Resolves with the reason once a close was asked for.
+    /// Resolves with the reason once a close was asked for. Any number of futures may wait.
     pub async fn closed(&self) -> Reason {
         loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the check and the await is not lost.
+            notified.as_mut().enable();
             if let Some(r) = self.close.get() {
                 return *r;
             }
-            self.wake.notified().await;
+            notified.await;
         }
+    }
+
+    /// Resolves, with the text a copy reports as its error, once a close was asked for: the
+    /// `stop` argument of the copy loops.
+    pub async fn stopped(&self) -> String {
+        format!("closed: {}", self.closed().await)
     }
 
     /// The reason a close was asked for, if one was.
@@ -153,9 +165,10 @@ impl Registry {
     }
 
     /// Closes every live connection `pred` selects, for `reason`; returns how many were asked.
+    /// `pred` runs outside the registry's lock, so a slow check never stalls accepts.
     pub fn close_where(&self, reason: Reason, pred: impl Fn(&Live) -> bool) -> usize {
-        let chosen: Vec<Arc<Live>> = self.live.lock().values().filter(|l| pred(l)).cloned().collect();
-        chosen.iter().filter(|l| l.close(reason)).count()
+        let all: Vec<Arc<Live>> = self.live.lock().values().cloned().collect();
+        all.iter().filter(|l| pred(l)).filter(|l| l.close(reason)).count()
     }
 }
 
@@ -226,6 +239,21 @@ mod tests {
         assert_eq!(got.expect("woken").expect("task"), Reason::AdminClosed);
         assert_eq!(b.live().close_reason(), None, "only the chosen connection is closed");
         assert!(!r.close(999, Reason::AdminClosed), "an unknown id closes nothing");
+    }
+
+    #[tokio::test]
+    async fn every_waiter_is_woken() {
+        let r = Registry::new();
+        let a = r.register(info(80));
+        let (l1, l2) = (a.live().clone(), a.live().clone());
+        let w1 = tokio::spawn(async move { l1.closed().await });
+        let w2 = tokio::spawn(async move { l2.closed().await });
+        tokio::task::yield_now().await;
+        a.live().close(Reason::AdminClosed);
+        for w in [w1, w2] {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;
+            assert_eq!(got.expect("woken").expect("task"), Reason::AdminClosed);
+        }
     }
 
     #[tokio::test]

@@ -77,8 +77,9 @@ pub struct ConnFacts<'a> {
 pub enum Decision {
     /// Carry it; `policy` names the AuthorizationPolicy that allowed it, if one did.
     Admit { policy: Option<String> },
-    /// Refuse it, for `reason`; `detail` says which object decided and why.
-    Refuse { reason: Reason, detail: String },
+    /// Refuse it, for `reason`; `detail` says which object decided and why; `policy` names the
+    /// AuthorizationPolicy that denied it, if one did.
+    Refuse { reason: Reason, detail: String, policy: Option<String> },
 }
 
 impl Decision {
@@ -86,11 +87,19 @@ impl Decision {
         matches!(self, Decision::Admit { .. })
     }
 
-    /// `ns/name` of the deciding policy, or `-`.
+    /// `ns/name` of the AuthorizationPolicy that decided (allowed or denied), or `-`.
     pub fn policy(&self) -> &str {
         match self {
-            Decision::Admit { policy: Some(p) } => p,
+            Decision::Admit { policy: Some(p) } | Decision::Refuse { policy: Some(p), .. } => p,
             _ => "-",
+        }
+    }
+
+    /// [`Decision::policy`] as a connection record keeps it (no allocation for `-`).
+    pub fn policy_label(&self) -> std::borrow::Cow<'static, str> {
+        match self.policy() {
+            "-" => std::borrow::Cow::Borrowed("-"),
+            p => std::borrow::Cow::Owned(p.to_string()),
         }
     }
 }
@@ -108,7 +117,7 @@ pub fn opaque_tcp(snap: &Snapshot, target: SocketAddr) -> bool {
 
 /// The one admission decision for a connection described by `f`.
 pub fn admit(snap: &Snapshot, f: &ConnFacts<'_>) -> Decision {
-    let refuse = |reason, detail: String| Decision::Refuse { reason, detail };
+    let refuse = |reason, detail: String| Decision::Refuse { reason, detail, policy: None };
     match f.path {
         Path::Outbound => {
             if is_agent_port(f.dst) && f.dst.ip().is_loopback() {
@@ -170,9 +179,11 @@ fn l4<'a>(f: &ConnFacts<'a>, identity: Option<&'a Identity>) -> Facts<'a> {
 fn authorized(v: Verdict) -> Decision {
     match v {
         Verdict::Allow { by } => Decision::Admit { policy: by },
-        Verdict::Deny { by } => {
-            Decision::Refuse { reason: Reason::Deny, detail: format!("AuthorizationPolicy {by}") }
-        }
+        Verdict::Deny { by } => Decision::Refuse {
+            reason: Reason::Deny,
+            detail: format!("AuthorizationPolicy {by}"),
+            policy: Some(by),
+        },
     }
 }
 

@@ -57,13 +57,24 @@ pub async fn deliver_transparent(
 /// Copies both directions until both are closed, carrying each half-close (EOF becomes a write
 /// shutdown on the other side). If either direction fails the other is abandoned and both sockets
 /// are reset. Counts bytes a->b into `ab` and b->a into `ba` as they move; returns the first error.
-pub async fn splice(a: TcpStream, b: TcpStream, ab: &AtomicU64, ba: &AtomicU64) -> Option<String> {
+/// When `stop` resolves first, both sockets are reset and the error says why.
+pub async fn splice(
+    a: TcpStream,
+    b: TcpStream,
+    ab: &AtomicU64,
+    ba: &AtomicU64,
+    stop: impl std::future::Future<Output = String>,
+) -> Option<String> {
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
     let error = {
         let up = one_way(&mut ar, &mut bw, ab);
         let down = one_way(&mut br, &mut aw, ba);
-        crate::tunnel::copy::drive_both(up, down).await
+        tokio::select! {
+            biased;
+            e = crate::tunnel::copy::drive_both(up, down) => e,
+            why = stop => Some(why),
+        }
     };
     if error.is_some() {
         let _ = aw.as_ref().set_zero_linger();

@@ -39,7 +39,7 @@ impl Proxy {
                 Direction::Inbound.label(),
                 &pod.name,
                 &pod.namespace,
-                Some(e.peer()),
+                e.peer(),
                 e.reason(),
                 &e,
             );
@@ -78,9 +78,9 @@ impl Proxy {
             src,
             dst,
             labels,
-            decision.policy().to_string(),
+            decision.policy_label(),
         );
-        if let Decision::Refuse { reason, detail } = decision {
+        if let Decision::Refuse { reason, detail, .. } = decision {
             stream.refuse(reason.connect_status());
             return rec.refuse(reason, &detail);
         }
@@ -100,6 +100,6 @@ impl Proxy {
         };
         let live = rec.live().clone();
         // splice(tcp=app): app -> peer is what the client received, peer -> app what it sent.
-        rec.carry(copy::splice(app, send, recv, &live.received, &live.sent)).await;
+        rec.carry(copy::splice(app, send, recv, &live.received, &live.sent, live.stopped())).await;
     }
 }

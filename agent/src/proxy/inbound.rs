@@ -55,9 +55,9 @@ impl Proxy {
             peer,
             dst,
             labels,
-            decision.policy().to_string(),
+            decision.policy_label(),
         );
-        if let Decision::Refuse { reason, detail } = decision {
+        if let Decision::Refuse { reason, detail, .. } = decision {
             let _ = client.set_zero_linger();
             return rec.refuse(reason, &detail);
         }

@@ -6,7 +6,9 @@
 //! destination's AuthorizationPolicies are evaluated with it exactly as the HBONE inbound path does.
 //! Both reporters' Istio metrics are recorded by the one connection record
 //! (`connection_security_policy="mutual_tls"`: the peer identity is authenticated, nothing is
-//! sent in clear on any wire), each counting client -> server bytes as `sent`.
+//! sent in clear on any wire). The destination's view counts the bytes the other way round
+//! (`received` is what the client sent), as this path always has; the cross-node HBONE path's
+//! destination view does not (a difference kept for now, see docs/ARCHITECTURE.md).
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -87,11 +89,11 @@ impl Proxy {
             peer,
             target,
             src_labels,
-            decision.policy().to_string(),
+            decision.policy_label(),
         );
         rec.set_peer_view(dst_labels);
         let app = match decision {
-            Decision::Refuse { reason, detail } => Err((reason, detail)),
+            Decision::Refuse { reason, detail, .. } => Err((reason, detail)),
             Decision::Admit { .. } => self.deliver(dst_pod, src, target).await,
         };
         self.carry(rec, client, app.map(Upstream::Tcp)).await;

@@ -256,7 +256,7 @@ impl Proxy {
         src: SocketAddr,
         dst: SocketAddr,
         labels: ConnLabels,
-        policy: String,
+        policy: std::borrow::Cow<'static, str>,
     ) -> ConnRecord {
         let info = ConnInfo {
             direction: dir.label(),
@@ -285,9 +285,13 @@ impl Proxy {
         };
         let live = rec.live().clone();
         match other {
-            Upstream::Tcp(s) => rec.carry(copy::splice(client, s, &live.sent, &live.received)).await,
+            Upstream::Tcp(s) => {
+                rec.carry(copy::splice(client, s, &live.sent, &live.received, live.stopped())).await
+            }
             Upstream::Tunnel(send, recv, _guard) => {
-                rec.carry(crate::tunnel::copy::splice(client, send, recv, &live.sent, &live.received)).await
+                let stop = live.stopped();
+                rec.carry(crate::tunnel::copy::splice(client, send, recv, &live.sent, &live.received, stop))
+                    .await
             }
         }
     }

@@ -33,7 +33,7 @@ impl Proxy {
         };
         let mut labels = ConnLabels::new("source", dst).source(me.labels, me.principal);
         let facts = ConnFacts { path: Path::Outbound, src: peer.ip(), dst, trust_domain: &pod.trust_domain };
-        if let Decision::Refuse { reason, detail } = admission::admit(&snap, &facts) {
+        if let Decision::Refuse { reason, detail, .. } = admission::admit(&snap, &facts) {
             let rec = self.record(dir, "outbound", &pod, peer, dst, labels, "-".into());
             return rec.refuse(reason, &detail);
         }

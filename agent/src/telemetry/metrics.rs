@@ -305,8 +305,9 @@ impl Metrics {
         l.with_values(|v| self.tcp_opened.with_label_values(v).inc());
     }
 
-    /// Counts a connection closed; `sent` is client -> server bytes, `received` server -> client,
-    /// as Istio counts them. Only the connection record calls this.
+    /// Counts a connection closed with `sent` and `received` bytes as the caller orients them (the
+    /// source reporter: client -> server and server -> client). Only the connection record calls
+    /// this.
     pub(crate) fn conn_closed(&self, l: &ConnLabels, sent: u64, received: u64) {
         l.with_values(|v| {
             self.tcp_closed.with_label_values(v).inc();

@@ -14,15 +14,18 @@ const CHUNK: usize = 64 * 1024;
 /// stream -> TCP (END_STREAM becomes FIN). If either direction fails, the other is abandoned: the
 /// stream is reset and the TCP side gets a reset too, so neither peer hangs waiting. Counts bytes
 /// TCP->stream into `up_n` and stream->TCP into `down_n` as they move (the caller's connection
-/// record reads them, also when it closes the connection from outside); returns the first error.
+/// record reads them); returns the first error. When `stop` resolves first, both sides are reset
+/// (TCP RST; RST_STREAM CONNECT_ERROR, which the peer turns into a TCP reset) and the error says so.
 pub async fn splice(
     tcp: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
     up_n: &AtomicU64,
     down_n: &AtomicU64,
+    stop: impl std::future::Future<Output = String>,
 ) -> Option<String> {
     let (r, mut w) = tcp.into_split();
+    let mut stopped = false;
     let error = {
         let up = async {
             loop {
@@ -84,12 +87,20 @@ pub async fn splice(
                 }
             }
         };
-        drive_both(up, down).await
+        tokio::select! {
+            biased;
+            e = drive_both(up, down) => e,
+            why = stop => {
+                stopped = true;
+                Some(why)
+            }
+        }
     };
     if error.is_some() {
-        // Abandon the other direction loudly: the client sees a reset, the stream a cancel.
+        // Abandon the other direction loudly: the client sees a reset, the stream a cancel (a
+        // close from outside: CONNECT_ERROR, so the peer resets its client too).
         let _ = w.as_ref().set_zero_linger();
-        send.send_reset(h2::Reason::CANCEL);
+        send.send_reset(if stopped { h2::Reason::CONNECT_ERROR } else { h2::Reason::CANCEL });
     }
     error
 }

@@ -333,7 +333,7 @@ mod tests {
                                 };
                                 if let Ok((send, recv)) = stream.accept() {
                                     let n = (Default::default(), Default::default());
-                                    copy::splice(app, send, recv, &n.0, &n.1).await;
+                                    copy::splice(app, send, recv, &n.0, &n.1, std::future::pending()).await;
                                 }
                             });
                         },

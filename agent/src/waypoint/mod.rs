@@ -196,7 +196,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
                             "inbound",
                             &wp.name,
                             &wp.namespace,
-                            Some(e.peer()),
+                            e.peer(),
                             e.reason(),
                             &e,
                         );
@@ -252,14 +252,14 @@ impl Waypoint {
             dst: stream.target,
             src_principal: labels.source_principal.clone(),
             dst_principal: self.principal.clone(),
-            policy: decision.policy().to_string(),
+            policy: decision.policy_label(),
         };
         let mut rec = self.recorder.open(info, labels);
         if !opaque {
             // HTTP is counted request by request (istio_requests_total), not as TCP.
             rec.count_tcp(false);
         }
-        if let Decision::Refuse { reason, detail } = decision {
+        if let Decision::Refuse { reason, detail, .. } = decision {
             stream.refuse(reason.connect_status());
             return rec.refuse(reason, &detail);
         }
@@ -275,7 +275,7 @@ impl Waypoint {
                     .refuse(Reason::Connect, &format!("the peer left before the stream was answered: {e}"));
             }
         };
-        let io = StreamIo::new(send, recv, ());
+        let io = crate::conn::counted::Counted::new(StreamIo::new(send, recv, ()), rec.live().clone());
         if opaque {
             return self.tcp(conn, io, rec).await;
         }
@@ -304,7 +304,12 @@ impl Waypoint {
 
     /// Opaque TCP through the waypoint: the VirtualService's `tcp` route (weighted destinations and
     /// subsets) or else the Service itself; the next endpoint; bytes copied both ways.
-    async fn tcp(self: Arc<Self>, conn: Arc<handler::Conn>, mut io: StreamIo<()>, rec: ConnRecord) {
+    async fn tcp(
+        self: Arc<Self>,
+        conn: Arc<handler::Conn>,
+        mut io: crate::conn::counted::Counted<StreamIo<()>>,
+        rec: ConnRecord,
+    ) {
         let snap = self.store.load();
         let v6 = conn.target.is_ipv6();
         let ep = match snap.service_by_vip(conn.target) {
@@ -371,16 +376,9 @@ impl Waypoint {
         };
         match self.upstreams.open(&ep).await {
             Ok(mut up) => {
-                let live = rec.live().clone();
+                // Bytes are counted as they pass (`Counted`), also when the copy ends in an error.
                 rec.carry(async move {
-                    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
-                        Ok((sent, received)) => {
-                            live.sent.store(sent, std::sync::atomic::Ordering::Relaxed);
-                            live.received.store(received, std::sync::atomic::Ordering::Relaxed);
-                            None
-                        }
-                        Err(e) => Some(e.to_string()),
-                    }
+                    tokio::io::copy_bidirectional(&mut io, &mut up).await.err().map(|e| e.to_string())
                 })
                 .await;
             }

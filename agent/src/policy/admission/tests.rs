@@ -110,6 +110,16 @@ spec:
 ---
 ";
 
+const GATEWAY_ALLOW_FRONTEND_TCP: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: wp-allow, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]
+---
+";
+
 #[derive(Clone, Copy)]
 enum P {
     Outbound,
@@ -171,7 +181,7 @@ fn run_prefixed(prefix: &str, rows: &[Row]) {
         let got = admit(&snap, &facts);
         match (r.want, &got) {
             (None, Decision::Admit { .. }) => {}
-            (Some(want), Decision::Refuse { reason, detail }) => {
+            (Some(want), Decision::Refuse { reason, detail, .. }) => {
                 assert_eq!(*reason, want, "{name}: {detail}");
                 assert!(!detail.is_empty(), "{name}: a refusal names what decided it");
             }
@@ -384,6 +394,30 @@ fn waypoint_l4() {
             want: Some(Reason::Deny),
         },
         Row {
+            name: "opaque TCP under an ALLOW attached to the waypoint's Gateway: another principal is refused",
+            config: &[GATEWAY_ALLOW_FRONTEND_TCP],
+            path: P::Waypoint("client"),
+            src: "10.0.2.1",
+            dst: "10.96.0.2:5432",
+            want: Some(Reason::Deny),
+        },
+        Row {
+            name: "opaque TCP under an ALLOW attached to the waypoint's Gateway: the named principal passes",
+            config: &[GATEWAY_ALLOW_FRONTEND_TCP],
+            path: P::Waypoint("frontend"),
+            src: "10.0.2.1",
+            dst: "10.96.0.2:5432",
+            want: None,
+        },
+        Row {
+            name: "HTTP under the same Gateway policy is admitted at L4 (authorized per request)",
+            config: &[GATEWAY_ALLOW_FRONTEND_TCP],
+            path: P::Waypoint("client"),
+            src: "10.0.2.1",
+            dst: "10.96.0.1:80",
+            want: None,
+        },
+        Row {
             name: "the same policy admits another principal's opaque TCP",
             config: &[WAYPOINT_DENY_CLIENT_TCP],
             path: P::Waypoint("frontend"),
@@ -408,4 +442,13 @@ fn decisions_name_the_deciding_policy() {
     let d = admit(&snap, &f);
     assert_eq!(d.policy(), "shop/allow-fe");
     assert_eq!(f.path.label(), "hbone");
+
+    let text = format!("{MESH}{DENY_CLIENT_TO_WEB}");
+    let snap = compile_for_test(&text);
+    let peer = Identity::new("cluster.local", "shop", "client");
+    let f = ConnFacts { path: Path::Hbone { workload: pod(&snap, "web-1"), peer: &peer }, ..f };
+    let d = admit(&snap, &f);
+    assert!(!d.admitted());
+    assert_eq!(d.policy(), "shop/deny-client", "a refusal names the policy that denied it: {d:?}");
+    assert_eq!(d.policy_label(), "shop/deny-client");
 }
