@@ -88,7 +88,7 @@ impl Waypoint {
             Ok(r) => r,
             Err(l) => {
                 labels.conn.response_flags = l.flag;
-                l.resp
+                *l.resp
             }
         };
         labels.response_code = resp.status().as_u16();

@@ -181,6 +181,6 @@ spec:
         let l = refusal(&JwtError::Expired);
         assert_eq!((l.status(), l.flag), (StatusCode::UNAUTHORIZED, "-"));
         assert!(l.resp.headers().contains_key(header::WWW_AUTHENTICATE));
-        assert_eq!(super::super::body_text(l.resp), "Jwt is expired");
+        assert_eq!(super::super::body_text(*l.resp), "Jwt is expired");
     }
 }

@@ -108,7 +108,9 @@ spec:
         let other = WaypointRef { namespace: "shop".into(), name: "elsewhere".into() };
         let admin = token("idp/admin");
         let user = token("idp/user");
-        let rows: &[(&str, &WaypointRef, &str, &str, Option<&Authenticated>, bool)] = &[
+        // (row, waypoint, method, path, token, allowed)
+        type Row<'a> = (&'a str, &'a WaypointRef, &'a str, &'a str, Option<&'a Authenticated>, bool);
+        let rows: &[Row<'_>] = &[
             ("get_is_allowed", &me, "GET", "/", None, true),
             ("post_matches_no_allow", &me, "POST", "/", None, false),
             ("admin_without_token_denied", &me, "GET", "/admin", None, false),

@@ -44,7 +44,7 @@ pub fn decide(route: Option<&HttpRoute>, mut roll: impl FnMut() -> f64) -> Fault
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert("grpc-status", HeaderValue::from(g));
             h.insert("grpc-message", HeaderValue::from_static("fault filter abort"));
-            out.abort = Some(Local { resp, flag: "FI" });
+            out.abort = Some(Local::new(resp, "FI"));
         }
     }
     out

@@ -112,7 +112,9 @@ mod tests {
 
     #[test]
     fn mirrors_and_their_percentages() {
-        let rows: &[(&str, &str, &[(&str, Option<f64>)])] = &[
+        // (row, route, want (mirror host, percentage))
+        type Row<'a> = (&'a str, &'a str, &'a [(&'a str, Option<f64>)]);
+        let rows: &[Row<'_>] = &[
             ("none", r#"{}"#, &[]),
             ("single_mirror_always", r#"{"mirror": {"host": "a"}}"#, &[("a", None)]),
             (

@@ -37,13 +37,19 @@ use http_body_util::{BodyExt as _, Full};
 
 use super::upstream::{Body, BoxError};
 
-/// A response the waypoint makes itself, with the response flag it is counted with.
+/// A response the waypoint makes itself, with the response flag it is counted with (boxed: the
+/// phases return it as their error, and it should stay small).
 pub struct Local {
-    pub resp: Response<Body>,
+    pub resp: Box<Response<Body>>,
     pub flag: &'static str,
 }
 
 impl Local {
+    /// `resp`, counted with `flag`.
+    pub(crate) fn new(resp: Response<Body>, flag: &'static str) -> Local {
+        Local { resp: Box::new(resp), flag }
+    }
+
     /// The status of the answer.
     pub fn status(&self) -> StatusCode {
         self.resp.status()
@@ -67,7 +73,7 @@ pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body>
 pub(crate) fn local(status: StatusCode, flag: &'static str, body: impl Into<Bytes>) -> Local {
     let mut resp = full(status, body);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    Local { resp, flag }
+    Local::new(resp, flag)
 }
 
 /// Whether `percent` (Istio's Percent, unset = 100) fires, `roll` giving a number in `[0, 1)`

@@ -189,7 +189,7 @@ mod tests {
                 }
                 (Err(l), Err(why)) => {
                     assert_eq!((l.status(), l.flag), (StatusCode::BAD_REQUEST, "-"), "{name}");
-                    assert_eq!(super::super::body_text(l.resp), *why, "{name}");
+                    assert_eq!(super::super::body_text(*l.resp), *why, "{name}");
                 }
                 (got, _) => panic!("{name}: got {got:?}"),
             }

@@ -288,10 +288,10 @@ pub(crate) async fn send(
                 record(ep.addr, Outcome::Status(resp.status().as_u16()));
                 let retryable = attempt + 1 < attempts as usize && retry.on_status(resp.status());
                 if retryable {
-                    last = Some(Local {
-                        resp: resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
-                        flag: "URX",
-                    });
+                    last = Some(Local::new(
+                        resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+                        "URX",
+                    ));
                     continue;
                 }
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -382,7 +382,9 @@ mod tests {
         let default = RetryPolicy::of(None);
         assert_eq!((default.attempts, default.per_try), (2, None));
         assert_eq!(default.on, ["connect-failure", "refused-stream", "503"]);
-        let rows: &[(&str, &str, u32, Option<u64>, &[&str])] = &[
+        // (row, retries, want attempts, per-try ms, retryOn)
+        type Row<'a> = (&'a str, &'a str, u32, Option<u64>, &'a [&'a str]);
+        let rows: &[Row<'_>] = &[
             (
                 "attempts_only_keeps_envoys_retry_on",
                 r#"{"attempts": 4}"#,
@@ -461,7 +463,9 @@ mod tests {
         assert_eq!(timeout(None), None);
         assert_eq!(timeout(Some(&route(r#"{"timeout": "0s"}"#))), None, "zero is unset");
         assert_eq!(timeout(Some(&route(r#"{"timeout": "1.5s"}"#))), Some(Duration::from_millis(1500)));
-        let rows: &[(&str, Option<u32>, Option<u32>, Option<u32>)] = &[
+        // (row, deadline, per-try limit, want)
+        type Row<'a> = (&'a str, Option<u32>, Option<u32>, Option<u32>);
+        let rows: &[Row<'_>] = &[
             ("neither", None, None, None),
             ("deadline_only", Some(5), None, Some(5)),
             ("per_try_only", None, Some(2), Some(2)),
