@@ -124,6 +124,7 @@ impl Waypoint {
     /// fault        route, roll                             delay (DI), abort           abort status FI
     /// destination  snapshot, route, roll                   Service, subset, endpoints  503 NR, NC, UH
     /// rewrite      route, destination, head                upstream head               -
+    /// (body)       request body                            kept (64 KiB) or streamed   400 DPE
     /// mirror       route, kept body                        copies (answers ignored)    -
     /// send         endpoints, retries, timeout             upstream response           504 UT, 503 UO/UF/UC/UH, URX
     /// respond      route, destination, response            response headers            -

@@ -13,6 +13,7 @@
 //! | destination | [`destination`] | snapshot, route, a random roll | Service, subset, endpoints, cluster | 503 `NR`, `NC`, `UH` |
 //! | rewrite | [`rewrite`] | route, destination, request head | the upstream request head | — |
 //! | mirror | [`mirror`] | route, kept body | copies sent, answers ignored | — |
+//! | (body) | [`send`] | request body | kept for replay (up to 64 KiB) or streamed | 400 `DPE` |
 //! | send | [`send`] | endpoints, retry policy, timeout | the upstream's response | 504 `UT`, 503 `UO`, `UF`, `UC`, `URX`, `UH` |
 //! | respond | [`respond`] | route, destination, response | response headers set | — |
 //!
