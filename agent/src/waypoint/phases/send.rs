@@ -294,19 +294,7 @@ pub(crate) async fn send(
                     ));
                     continue;
                 }
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let mut resp = resp;
-                    if let Some(client) = upgrade.take() {
-                        let server = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(join_upgrade(client, server));
-                    }
-                    return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
-                }
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers, false);
-                // Keep the endpoint counted while the body streams.
-                let rbody = InFlightBody { inner: rbody, _flight: flight, _slot: slot.take() };
-                return Ok(Response::from_parts(rparts, BoxBody::new(rbody)));
+                return Ok(deliver(resp, flight, slot.take(), upgrade.take()));
             }
             Err(e) => {
                 if e.is_connect_failure() {
@@ -326,6 +314,29 @@ pub(crate) async fn send(
         }
     }
     Err(last.unwrap_or_else(|| local(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream\n")))
+}
+
+/// The client's response to an attempt the upstream answered (and that is not retried): a 101
+/// joined to the client's upgrade; otherwise hop-by-hop headers removed and a body that keeps the
+/// endpoint counted in flight, and the cluster's pool slot taken, until it is dropped.
+fn deliver(
+    mut resp: Response<Incoming>,
+    flight: InFlight,
+    slot: Option<Slot>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = upgrade {
+            let server = hyper::upgrade::on(&mut resp);
+            tokio::spawn(join_upgrade(client, server));
+        }
+        return resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, false);
+    // Keep the endpoint counted while the body streams.
+    let rbody = InFlightBody { inner: rbody, _flight: flight, _slot: slot };
+    Response::from_parts(rparts, BoxBody::new(rbody))
 }
 
 /// Copies bytes between the two sides of an upgraded connection (WebSocket) until both close.
