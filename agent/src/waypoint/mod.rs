@@ -25,6 +25,7 @@ pub mod handler;
 pub mod jwks;
 pub mod jwt;
 pub mod metrics;
+pub mod phases;
 pub mod resilience;
 pub mod routes;
 pub mod trace;

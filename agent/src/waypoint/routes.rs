@@ -2,7 +2,7 @@
 //! which of its `http` routes a request takes (Istio's match semantics), which weighted destination,
 //! and which endpoints that destination's host and subset stand for (DestinationRule subsets).
 //!
-//! Nothing here does I/O; the request pipeline ([`super::handler`]) acts on what these return.
+//! Nothing here does I/O; the request phases ([`super::phases`]) act on what these return.
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use http::HeaderMap;
