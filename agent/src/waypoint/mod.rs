@@ -9,7 +9,10 @@
 //! endpoint over HBONE presenting its own identity.
 //!
 //! - [`routes`]: route, destination and subset selection (pure functions of the snapshot).
-//! - [`handler`]: the request pipeline.
+//! - [`handler`]: one request's life (metrics, access-log line) and the pipeline's driver, which
+//!   runs the named phases of [`phases`] top to bottom (docs/waypoint.md has the chart).
+//! - Each stream is admitted by `crate::policy::admission` and has a connection record
+//!   (`crate::conn`): registered live, counted and logged once.
 //! - [`cors`]: a route's `corsPolicy`.
 //! - [`jwt`]: RequestAuthentication (JWT verification); [`jwks`]: JWKS fetched from `jwksUri`.
 //! - [`resilience`]: outlier detection and connection-pool limits (DestinationRule).
