@@ -12,9 +12,9 @@ use std::{
 use parking_lot::Mutex;
 
 use crate::{
-    config::{Snapshot, model::PodEntry},
+    config::{Service, Snapshot, model::PodEntry},
     identity::Identity,
-    telemetry::metrics::WorkloadLabels,
+    telemetry::metrics::{ServiceLabels, WorkloadLabels},
 };
 
 /// A workload's labels and its SPIFFE principal, as metrics report them.
@@ -34,23 +34,37 @@ struct Inner {
     snap: Weak<Snapshot>,
     /// namespace -> name -> labels (nested, so lookups borrow `&str` and never allocate).
     by_workload: HashMap<String, HashMap<String, Peer>>,
+    /// namespace -> Service name -> its labels.
+    by_service: HashMap<String, HashMap<String, ServiceLabels>>,
+}
+
+impl Inner {
+    /// Starts over when `snap` is not the snapshot the cache was built for.
+    fn follow(&mut self, snap: &Arc<Snapshot>) {
+        if !std::ptr::eq(self.snap.as_ptr(), Arc::as_ptr(snap)) {
+            self.snap = Arc::downgrade(snap);
+            self.by_workload.clear();
+            self.by_service.clear();
+        }
+    }
 }
 
 impl LabelCache {
     pub fn new(trust_domain: &str) -> LabelCache {
         LabelCache {
             trust_domain: trust_domain.to_string(),
-            inner: Mutex::new(Inner { snap: Weak::new(), by_workload: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                snap: Weak::new(),
+                by_workload: HashMap::new(),
+                by_service: HashMap::new(),
+            }),
         }
     }
 
     /// The shared labels of `w` (a workload of `snap`, or one the snapshot does not list yet).
     pub fn peer(&self, snap: &Arc<Snapshot>, w: &PodEntry) -> Peer {
         let mut inner = self.inner.lock();
-        if !std::ptr::eq(inner.snap.as_ptr(), Arc::as_ptr(snap)) {
-            inner.snap = Arc::downgrade(snap);
-            inner.by_workload.clear();
-        }
+        inner.follow(snap);
         if let Some(p) = inner.by_workload.get(&w.namespace).and_then(|m| m.get(&w.name)) {
             return p.clone();
         }
@@ -60,6 +74,18 @@ impl LabelCache {
         };
         inner.by_workload.entry(w.namespace.clone()).or_default().insert(w.name.clone(), p.clone());
         p
+    }
+
+    /// The shared labels of Service `svc` of `snap`.
+    pub fn service(&self, snap: &Arc<Snapshot>, svc: &Service) -> ServiceLabels {
+        let mut inner = self.inner.lock();
+        inner.follow(snap);
+        if let Some(s) = inner.by_service.get(&svc.namespace).and_then(|m| m.get(&svc.name)) {
+            return s.clone();
+        }
+        let s = ServiceLabels::of(svc);
+        inner.by_service.entry(svc.namespace.clone()).or_default().insert(svc.name.clone(), s.clone());
+        s
     }
 }
 

@@ -45,7 +45,7 @@ impl Proxy {
         };
         if let Some(wp) = waypoint {
             if let Some((svc, _)) = snap.service_by_vip(dst) {
-                labels = labels.service(svc);
+                labels.service = self.labels.service(&snap, svc);
             }
             let upstream = self.via_waypoint(&snap, &pod, &wp, dst, &mut labels).await;
             let rec = self.record(dir, "outbound", &pod, peer, dst, labels, "-".into());
@@ -55,7 +55,7 @@ impl Proxy {
         // A Service VIP becomes one of its endpoints.
         let target = match snap.service_by_vip(dst) {
             Some((svc, port)) => {
-                labels = labels.service(svc);
+                labels.service = self.labels.service(&snap, svc);
                 match self.pick_endpoint(svc, dst.is_ipv6()) {
                     Some(ip) => SocketAddr::new(ip, port.target_port),
                     None => {

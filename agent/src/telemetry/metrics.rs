@@ -68,6 +68,16 @@ pub enum ServiceLabels {
     Address(std::net::SocketAddr),
 }
 
+impl ServiceLabels {
+    pub fn of(svc: &crate::config::Service) -> ServiceLabels {
+        ServiceLabels::Service {
+            hostname: svc.hostname().into(),
+            name: svc.name.as_str().into(),
+            namespace: svc.namespace.as_str().into(),
+        }
+    }
+}
+
 /// Label values for one connection; `unknown` where nothing is known, as Istio reports it. The
 /// per-workload parts are shared, so a connection costs a few pointers, not 14 strings.
 #[derive(Clone, Debug)]
@@ -146,11 +156,7 @@ impl ConnLabels {
     }
 
     pub fn set_service(&mut self, svc: &crate::config::Service) {
-        self.service = ServiceLabels::Service {
-            hostname: svc.hostname().into(),
-            name: svc.name.as_str().into(),
-            namespace: svc.namespace.as_str().into(),
-        };
+        self.service = ServiceLabels::of(svc);
     }
 
     /// The `destination_service` label: the Service hostname or `ip:port`.
