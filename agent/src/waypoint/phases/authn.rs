@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, StatusCode, header};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Local, local};
 use crate::{
@@ -45,7 +45,7 @@ pub async fn authenticate<B>(
     let auth = match jwt::authenticate(&rules, req.headers(), &query, &wp.jwks, &remote) {
         Ok(a) => a,
         Err(e) => {
-            warn!(target: "sluice::access", src = %conn.peer, path = %req.uri().path(), error = %e, "request with an invalid JWT refused");
+            debug!(src_principal = %conn.peer, path = %req.uri().path(), error = %e, "request with an invalid JWT refused");
             return Err(refusal(&e));
         }
     };

@@ -5,7 +5,7 @@
 //! Owns the allow/deny decision for one request and nothing else. Pure: it reads the snapshot and
 //! the request, and must not change the request, do I/O, or count anything (the denial is logged).
 use http::{Request, StatusCode};
-use tracing::warn;
+use tracing::debug;
 
 use super::{Local, local};
 use crate::{
@@ -44,7 +44,7 @@ pub fn authorize<B>(
     };
     let verdict = policy::decide(&applicable, &facts);
     if !verdict.allowed() {
-        warn!(target: "sluice::access", policy = %verdict.policy(), src = %conn.peer, path = %req.uri().path(), "request denied");
+        debug!(policy = %verdict.policy(), src_principal = %conn.peer, path = %req.uri().path(), "request denied");
         return Err(local(StatusCode::FORBIDDEN, "DENY", "RBAC: access denied"));
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::{
 };
 
 use http::{HeaderMap, StatusCode};
-use tracing::warn;
+use tracing::debug;
 
 use super::{Local, headers::cookie, local, route::Routed};
 use crate::{
@@ -75,7 +75,7 @@ pub fn pick<'a>(
     };
     let target = routes::resolve_target(snap, &host, routed.namespace, dport, port, subset, v6).map_err(
         |e: DestError| {
-            warn!(target: "sluice::access", error = %e, "no upstream");
+            debug!(error = %e, "no upstream");
             local(StatusCode::SERVICE_UNAVAILABLE, e.flag(), format!("no healthy upstream: {e}\n"))
         },
     )?;

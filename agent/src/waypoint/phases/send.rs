@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri, Version, header, request::Parts};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Local, destination::Cluster, headers::strip_hop_by_hop, local};
 use crate::{
@@ -243,7 +243,7 @@ pub(crate) async fn send(
             && let Some(od) = c.outlier
             && wp.outliers.record(c.key, ep, outcome, od, c.size, std::time::Instant::now())
         {
-            warn!(target: "sluice::access", cluster = c.key, endpoint = %ep, "endpoint ejected by outlier detection");
+            warn!(cluster = c.key, endpoint = %ep, "endpoint ejected by outlier detection");
         }
     };
     parts.extensions = http::Extensions::new();
@@ -300,7 +300,7 @@ pub(crate) async fn send(
                 if e.is_connect_failure() {
                     record(ep.addr, Outcome::ConnectFailure);
                 }
-                warn!(target: "sluice::access", endpoint = %ep.addr, error = %e, attempt, "upstream failed");
+                debug!(endpoint = %ep.addr, error = %e, attempt, "upstream failed");
                 let again = retry.after_error(e.is_connect_failure());
                 last = Some(local(
                     StatusCode::SERVICE_UNAVAILABLE,
