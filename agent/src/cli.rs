@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "A sidecarless service-mesh data plane: eBPF capture, one per-node proxy, Istio config"
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`.
-    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sluice=debug`; `kernel=debug` adds the
+    /// eBPF programs' decision log (read at start). Given twice, the last one counts.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info", overrides_with = "log_level")]
     pub log_level: String,
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -4,6 +4,8 @@
 //! name, so a restarted or upgraded agent re-adopts the same maps (its enrolled pods stay enrolled)
 //! and replaces program links without a gap: it attaches its new links first, then removes the old
 //! pinned ones, then pins the new ones.
+//!
+//! The programs' decision log ([`super::klog`]) is switched here, at load, by a global in the object.
 use std::{
     collections::HashSet,
     fs::File,
@@ -21,11 +23,14 @@ use aya::{
 use parking_lot::Mutex;
 use sluice_common::{
     AF_INET, AF_INET6, Decision, DeliveryKey, ENROLL_OUTBOUND, EnrolledPod, InboundKey, LAYOUT_VERSION,
-    OrigDstKey, SockAddr,
+    LOG_DECISIONS_GLOBAL, OrigDstKey, SockAddr,
 };
 use tracing::{debug, info, warn};
 
-use super::sys::{self, NetNs};
+use super::{
+    klog,
+    sys::{self, NetNs},
+};
 
 /// The eBPF object compiled from `ebpf/` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
@@ -140,11 +145,16 @@ impl Kernel {
             .map_err(|source| KernelError::Cgroup { path: cgroup.to_path_buf(), source })?;
 
         let pin_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|(m, s)| (*m, dir.join(pin_name(s)))).collect();
+        // The decision log is compiled into the programs and switched here; off, the verifier drops it.
+        let log_decisions = klog::wanted() && tokio::runtime::Handle::try_current().is_ok();
+        let log_switch = u8::from(log_decisions);
         let mut loader = EbpfLoader::new();
         for (m, p) in &pin_paths {
             loader.map_pin_path(m, p.as_path());
         }
+        loader.override_global(LOG_DECISIONS_GLOBAL, &log_switch, true);
         let mut bpf = loader.load(EBPF_OBJECT).map_err(|e| KernelError::Load { source: Box::new(e) })?;
+        let log_decisions = log_decisions && klog::spawn(&mut bpf);
 
         let mut links = Vec::new();
         for (name, stem) in CGROUP_PROGRAMS {
@@ -174,7 +184,7 @@ impl Kernel {
             counters: take_map(&mut bpf, "COUNTERS")?,
             delivering: take_map(&mut bpf, "DELIVERING")?,
         };
-        info!(dir = %dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
+        info!(dir = %dir.display(), cgroup = %cgroup.display(), decision_log = log_decisions, "eBPF programs attached");
         let k = Kernel {
             bpf: Mutex::new(bpf),
             dir: dir.to_path_buf(),

@@ -1,6 +1,7 @@
 //! The agent's only raw syscalls: entering a pod's network namespace to create sockets there, receiving
 //! descriptors passed over a Unix socket (the upgrade handover), and the
-//! socket options the data path needs (SO_MARK, SO_NETNS_COOKIE). Everything unsafe lives here,
+//! socket options the data path needs (SO_MARK, SO_NETNS_COOKIE), and registering the kernel decision
+//! log's ring buffer with the async reactor. Everything unsafe lives here,
 //! each call wrapped in a safe function that checks its result.
 #![allow(unsafe_code, reason = "setns/setsockopt/getsockopt have no safe std equivalent")]
 
@@ -202,6 +203,17 @@ pub fn recv_with_fds<const MAX_FDS: usize>(sock: BorrowedFd<'_>, buf: &mut [u8])
         fds,
         truncated: r.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
     })
+}
+
+/// Registers aya-log's reader with the tokio reactor (current runtime) for readability, so the
+/// kernel decision log is drained when records arrive. Panics outside a runtime, like tokio.
+pub fn async_log_reader<L>(
+    logger: aya_log::EbpfLogger<L>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<L>>> {
+    // SAFETY: the logger owns its ring buffer's map fd (`RingBuf<MapData>`) for its whole life and
+    // always reports that same fd; the AsyncFd owns the logger, so the fd outlives the registration.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]

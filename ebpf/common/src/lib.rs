@@ -162,6 +162,37 @@ impl Decision {
     }
 }
 
+/// Decisions the kernel programs name in their debug log (see [`LOG_DECISIONS_GLOBAL`]) but do not
+/// count: they are about traffic that is not the mesh's (every connect() on the node passes the
+/// outbound hook), so a counter would measure the node, not the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uncounted {
+    /// connect() from a network namespace that is not enrolled: left alone.
+    OutboundNotEnrolled,
+    /// Inbound TCP in an enrolled pod's netns to an address that is not an enrolled pod IP (or a pod
+    /// released meanwhile): left alone.
+    InboundNotEnrolled,
+}
+
+impl Uncounted {
+    /// Every uncounted decision.
+    pub const ALL: [Uncounted; 2] = [Uncounted::OutboundNotEnrolled, Uncounted::InboundNotEnrolled];
+
+    /// Stable label in the decision log, in the same vocabulary as [`Decision::label`].
+    pub const fn label(self) -> &'static str {
+        match self {
+            Uncounted::OutboundNotEnrolled => "outbound_not_enrolled",
+            Uncounted::InboundNotEnrolled => "inbound_not_enrolled",
+        }
+    }
+}
+
+/// Name of the kernel programs' load-time switch (a `u8` in `.rodata`): 0, the default, leaves the
+/// decision log out of the loaded programs; 1 makes every decision point above write one debug
+/// record (`decision=<label>` and its facts) through aya-log. The loader freezes `.rodata`, so the
+/// verifier sees the constant and removes the logging code when it is 0.
+pub const LOG_DECISIONS_GLOBAL: &str = "LOG_DECISIONS";
+
 /// What the outbound connect hook should do with one connect() call. Pure, so it is unit-tested on
 /// the host and called unchanged by the kernel program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +388,21 @@ mod tests {
         assert_eq!(lookup_verdict(false, 8080, false), LookupVerdict::Pass);
         for p in [OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, INBOUND_HBONE_PORT] {
             assert_eq!(lookup_verdict(true, p, false), LookupVerdict::Pass, "port {p}");
+        }
+    }
+
+    #[test]
+    fn decision_log_labels_are_unique() {
+        let mut labels = [""; Decision::COUNT as usize + Uncounted::ALL.len()];
+        for (i, d) in Decision::ALL.iter().enumerate() {
+            labels[i] = d.label();
+        }
+        for (i, u) in Uncounted::ALL.iter().enumerate() {
+            labels[Decision::COUNT as usize + i] = u.label();
+        }
+        for (i, a) in labels.iter().enumerate() {
+            assert!(!a.is_empty());
+            assert!(labels[i + 1..].iter().all(|b| b != a), "{a} twice");
         }
     }
 
