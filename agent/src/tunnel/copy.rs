@@ -27,7 +27,7 @@ pub async fn splice(
     let (r, mut w) = tcp.into_split();
     let mut stopped = false;
     let error = {
-        let up = async {
+        let up = std::pin::pin!(async {
             loop {
                 // Wait for data holding no buffer, then read while the socket has some.
                 if let Err(e) = r.readable().await {
@@ -59,8 +59,8 @@ pub async fn splice(
                     }
                 }
             }
-        };
-        let down = async {
+        });
+        let down = std::pin::pin!(async {
             loop {
                 match recv.data().await {
                     Some(Ok(chunk)) => {
@@ -86,7 +86,7 @@ pub async fn splice(
                     }
                 }
             }
-        };
+        });
         tokio::select! {
             biased;
             e = drive_both(up, down) => e,
@@ -106,17 +106,22 @@ pub async fn splice(
 }
 
 /// Drives the two directions of one connection until both finished cleanly or one failed; then
-/// the other is abandoned (the caller resets both sides). Returns the first error.
-pub async fn drive_both(
-    up: impl std::future::Future<Output = Option<String>>,
-    down: impl std::future::Future<Output = Option<String>>,
-) -> Option<String> {
-    tokio::pin!(up, down);
+/// the other is abandoned (the caller resets both sides). Returns the first error. The directions
+/// are pinned by the caller, in place: taking them by value would store each twice in every
+/// connection's future (rust-lang/rust#62958).
+pub async fn drive_both<U, D>(
+    mut up: std::pin::Pin<&mut U>,
+    mut down: std::pin::Pin<&mut D>,
+) -> Option<String>
+where
+    U: std::future::Future<Output = Option<String>>,
+    D: std::future::Future<Output = Option<String>>,
+{
     let (mut up_done, mut down_done) = (false, false);
     loop {
         let failed = tokio::select! {
-            e = &mut up, if !up_done => { up_done = true; e }
-            e = &mut down, if !down_done => { down_done = true; e }
+            e = up.as_mut(), if !up_done => { up_done = true; e }
+            e = down.as_mut(), if !down_done => { down_done = true; e }
         };
         if failed.is_some() || (up_done && down_done) {
             return failed;
