@@ -6,6 +6,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`shutdown`] | waiting for SIGTERM/SIGINT |
+//! | [`limits`] | process limits (the open-file limit raised at start) |
 //! | [`identity`] | SPIFFE identities, the local CA, leaf certificates and rotation, TLS configs |
 //! | [`redirect`] | eBPF loading and pinning, in-pod sockets, pod enrollment |
 //! | [`cni`] | the CNI plugin, its installer and its wire protocol to the local agent |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod identity;
 pub mod inspect;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

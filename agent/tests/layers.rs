@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, fs, path::Path};
 /// table in docs/ARCHITECTURE.md.
 const LAYERS: &[(&str, u8)] = &[
     ("shutdown", 0),
+    ("limits", 0),
     ("identity", 0),
     ("redirect", 0),
     ("cni", 0),

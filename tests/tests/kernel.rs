@@ -73,3 +73,30 @@ fn kernel_releases_parse() {
     assert_eq!(major_minor("7.3.4+deb13-amd64"), (7, 3));
     assert!(major_minor("5.10.0") < MINIMUM && major_minor("6.1.0") >= MINIMUM);
 }
+
+/// (soft, hard) "Max open files" of process `pid`.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let mut n = line.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    (n.next().expect("soft"), n.next().expect("hard"))
+}
+
+#[test]
+fn the_agent_raises_its_open_file_limit_to_the_hard_limit_and_reports_it() {
+    if !require_root("the_agent_raises_its_open_file_limit_to_the_hard_limit_and_reports_it") {
+        return;
+    }
+    let c = Cluster::new(1).expect("cluster");
+    c.write_config(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n",
+    )
+    .expect("config");
+    c.start_agent(1).expect("agent");
+    let pid = c.agent_pid(1).expect("agent pid");
+    let (soft, hard) = nofile(pid);
+    assert_eq!(soft, hard, "the agent runs with its soft open-file limit raised to the hard one");
+    let reported = c.metric(1, "sluice_open_files_limit", &[]).expect("metric");
+    assert_eq!(reported, soft as f64, "sluice_open_files_limit reports the limit in force");
+}

@@ -31,15 +31,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     features.check()?;
     info!(kernel = %features.release, "kernel has every feature sluice needs");
     redirect::sys::init_home().context("cannot open the agent's own network namespace")?;
+    let nofile = crate::limits::raise_and_log();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(args, nofile))
 }
 
-async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     // Every agent of the node holds a lock on the state directory shared for its lifetime; an
     // uninstall takes it exclusively, so it never runs while a successor starts (and a successor
     // waits for it). Nothing is created before the config is checked: without a state directory
@@ -84,6 +85,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     let certs = crate::identity::cert_manager(&args.identity.settings())?;
     let pool = Pool::new(certs.clone(), args.connect_timeout, args.pool_idle_timeout);
     let metrics = Arc::new(Metrics::new());
+    if let Some(n) = nofile {
+        metrics.open_files_limit.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     let proxy = Arc::new(Proxy::new(
         kernel.clone(),
         metrics.clone(),

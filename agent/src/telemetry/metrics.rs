@@ -206,6 +206,8 @@ pub struct Metrics {
     failures: IntCounterVec,
     redirect: IntCounterVec,
     pub enrolled_pods: IntGauge,
+    /// The agent's soft open-file limit after raising it at start (RLIMIT_NOFILE).
+    pub open_files_limit: IntGauge,
     /// Snapshots loaded since start.
     pub config_generation: IntGauge,
     /// Mesh config changes rejected since start.
@@ -277,6 +279,10 @@ impl Metrics {
             false,
         );
         let enrolled_pods = gauge("sluice_enrolled_pods", "Pods enrolled on this node");
+        let open_files_limit = gauge(
+            "sluice_open_files_limit",
+            "The agent's open-file limit (soft RLIMIT_NOFILE, raised to hard at start)",
+        );
         let config_generation = gauge("sluice_config_generation", "Mesh config snapshots loaded since start");
         let config_rejections = gauge(
             "sluice_config_rejections",
@@ -299,6 +305,7 @@ impl Metrics {
             failures,
             redirect,
             enrolled_pods,
+            open_files_limit,
             config_generation,
             config_rejections,
             config_in_error,

@@ -88,6 +88,7 @@ pub struct Waypoint {
 
 /// Runs a waypoint until SIGTERM/SIGINT.
 pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
+    crate::limits::raise_and_log();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-waypoint")

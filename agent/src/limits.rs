@@ -1,0 +1,53 @@
+//! Process limits a proxy needs: the open-file limit raised from its soft to its hard value at
+//! start (as ztunnel does). Every carried connection holds descriptors; a runtime's default soft
+//! limit of 1,024 would otherwise cap a node's connections at a few hundred and then reset
+//! connections to every pod on the node. Imports nothing from the crate.
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) as they are afterwards.
+/// The hard limit itself is the runtime's to set (a DaemonSet can raise it with SYS_RESOURCE).
+pub fn raise_nofile() -> Result<(u64, u64), nix::Error> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    getrlimit(Resource::RLIMIT_NOFILE)
+}
+
+/// Raises the limit and logs the result (a warning when it stays low or cannot be raised).
+pub fn raise_and_log() -> Option<u64> {
+    match raise_nofile() {
+        Ok((soft, hard)) => {
+            if soft < 65_536 {
+                tracing::warn!(
+                    soft,
+                    hard,
+                    "open-file limit is low: each carried connection needs descriptors; \
+                               raise the hard limit of the agent's container (RLIMIT_NOFILE)"
+                );
+            } else {
+                tracing::info!(soft, hard, "open-file limit");
+            }
+            Some(soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE); keeping it");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_soft_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // As containerd starts many containers: soft 1,024 under a higher hard limit.
+        let low = hard.min(1024);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).expect("lower the soft limit");
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit"), (low, hard));
+        assert_eq!(raise_nofile().expect("raise"), (hard, hard));
+    }
+}
