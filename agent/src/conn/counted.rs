@@ -65,22 +65,12 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::conn::{ConnInfo, Registry};
+    use crate::conn::{Registry, registry::test_info};
 
     #[tokio::test]
     async fn reads_count_as_sent_and_writes_as_received() {
         let r = Registry::new();
-        let reg = r.register(ConnInfo {
-            direction: "inbound",
-            path: "waypoint",
-            pod: "wp".into(),
-            namespace: "shop".into(),
-            src: "10.0.0.1:1".parse().expect("addr"),
-            dst: "10.0.0.2:2".parse().expect("addr"),
-            src_principal: "a".into(),
-            dst_principal: "b".into(),
-            policy: "-".into(),
-        });
+        let reg = r.register(test_info("10.0.0.2:2".parse().expect("addr")));
         let (client, server) = tokio::io::duplex(64);
         let mut counted = Counted::new(server, reg.live().clone());
         let mut client = client;

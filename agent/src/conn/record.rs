@@ -243,17 +243,7 @@ mod tests {
     use super::*;
 
     fn info() -> ConnInfo {
-        ConnInfo {
-            direction: "inbound",
-            path: "hbone",
-            pod: "web".into(),
-            namespace: "shop".into(),
-            src: "10.0.0.1:40000".parse().expect("addr"),
-            dst: "10.0.0.2:8080".parse().expect("addr"),
-            src_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
-            dst_principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
-            policy: "-".into(),
-        }
+        crate::conn::registry::test_info("10.0.0.2:8080".parse().expect("addr"))
     }
 
     fn recorder() -> Arc<Recorder> {
@@ -387,17 +377,7 @@ mod size_budget {
     fn the_carry_future_holds_neither_the_copy_nor_the_record_twice() {
         let r = Recorder::new(Arc::new(Metrics::new()), Registry::new());
         let rec = r.open(
-            ConnInfo {
-                direction: "inbound",
-                path: "hbone",
-                pod: "p".into(),
-                namespace: "n".into(),
-                src: "10.0.0.1:1".parse().expect("addr"),
-                dst: "10.0.0.1:2".parse().expect("addr"),
-                src_principal: "x".into(),
-                dst_principal: "y".into(),
-                policy: "-".into(),
-            },
+            crate::conn::registry::test_info("10.0.0.1:2".parse().expect("addr")),
             ConnLabels::new("destination", "10.0.0.1:2".parse().expect("addr")),
         );
         let copy = async {

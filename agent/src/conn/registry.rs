@@ -191,22 +191,28 @@ impl Drop for Registration {
     }
 }
 
+/// A connection's facts for tests: an HBONE stream from `shop/client` to `shop/web` at `dst`.
+#[cfg(test)]
+pub(crate) fn test_info(dst: SocketAddr) -> ConnInfo {
+    ConnInfo {
+        direction: "inbound",
+        path: "hbone",
+        pod: "web".into(),
+        namespace: "shop".into(),
+        src: "10.0.0.1:40000".parse().expect("addr"),
+        dst,
+        src_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
+        dst_principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        policy: "-".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn info(port: u16) -> ConnInfo {
-        ConnInfo {
-            direction: "inbound",
-            path: "hbone",
-            pod: "web".into(),
-            namespace: "shop".into(),
-            src: "10.0.0.1:40000".parse().expect("addr"),
-            dst: SocketAddr::new("10.0.0.2".parse().expect("ip"), port),
-            src_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
-            dst_principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
-            policy: "-".into(),
-        }
+        test_info(SocketAddr::new("10.0.0.2".parse().expect("ip"), port))
     }
 
     #[test]

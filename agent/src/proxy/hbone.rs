@@ -57,18 +57,14 @@ impl Proxy {
             trust_domain: &pod.trust_domain,
         };
         let decision = admission::admit(&snap, &facts);
-        let me = pod.peer(&snap, &self.labels);
+        let me = pod.peer(&snap, &workload, &self.labels);
         let mut labels = ConnLabels::new("destination", dst).destination(me.labels, me.principal);
         labels.connection_security_policy = "mutual_tls";
         // The source workload's labels are metadata looked up by address; the principal is always
         // the verified certificate's.
         let src_labels = match snap.workload_by_ip(src.ip()) {
             Some(w) => self.labels.peer(&snap, w).labels,
-            None => {
-                let mut unknown = (*crate::telemetry::metrics::WorkloadLabels::unknown()).clone();
-                unknown.namespace = stream.peer.namespace.clone();
-                Arc::new(unknown)
-            }
+            None => crate::telemetry::metrics::WorkloadLabels::unknown_in(&stream.peer.namespace),
         };
         labels = labels.source(src_labels, stream.peer.to_string().into());
         let rec = self.record(

@@ -46,7 +46,7 @@ impl Proxy {
             trust_domain: &pod.trust_domain,
         };
         let decision = admission::admit(&snap, &facts);
-        let me = pod.peer(&snap, &self.labels);
+        let me = pod.peer(&snap, &workload, &self.labels);
         let labels = ConnLabels::new("destination", dst).destination(me.labels, me.principal);
         let rec = self.record(
             Direction::Inbound,

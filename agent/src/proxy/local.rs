@@ -75,7 +75,7 @@ impl Proxy {
             trust_domain: &dst_pod.trust_domain,
         };
         let decision = admission::admit(snap, &facts);
-        let dst_me = dst_pod.peer(snap, &self.labels);
+        let dst_me = dst_pod.peer(snap, &dst_workload, &self.labels);
         let mut dst_labels =
             ConnLabels::new("destination", target).destination(dst_me.labels, dst_me.principal);
         dst_labels.connection_security_policy = "mutual_tls";

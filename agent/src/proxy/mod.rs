@@ -87,9 +87,14 @@ impl PodCtx {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
     }
 
-    /// The shared Istio labels of this pod, as the snapshot in force describes it.
-    pub fn peer(&self, snap: &Arc<crate::config::Snapshot>, cache: &LabelCache) -> crate::conn::labels::Peer {
-        let mut p = cache.peer(snap, &self.workload(snap));
+    /// The shared Istio labels of this pod; `workload` is [`PodCtx::workload`] of `snap`.
+    pub fn peer(
+        &self,
+        snap: &Arc<crate::config::Snapshot>,
+        workload: &crate::config::model::PodEntry,
+        cache: &LabelCache,
+    ) -> crate::conn::labels::Peer {
+        let mut p = cache.peer(snap, workload);
         // The identity is the one this agent assigned to the pod (its certificate's).
         p.principal = self.principal.clone();
         p

@@ -20,7 +20,7 @@ impl Proxy {
     pub(super) async fn outbound(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         let dir = Direction::Outbound;
         let snap = self.store.load();
-        let me = pod.peer(&snap, &self.labels);
+        let me = pod.peer(&snap, &pod.workload(&snap), &self.labels);
         let Some(dst) = self.kernel.take_orig_dst(pod.netns_cookie, peer) else {
             // Named by the capture socket it arrived on: there is no other destination to name.
             let here = client.local_addr().unwrap_or(peer);

@@ -51,6 +51,12 @@ impl WorkloadLabels {
             .clone()
     }
 
+    /// A peer known only by its identity's namespace (no workload in the config has its address):
+    /// `unknown` everywhere but the namespace, as Istio reports it.
+    pub fn unknown_in(namespace: &str) -> Arc<WorkloadLabels> {
+        Arc::new(WorkloadLabels { namespace: namespace.to_string(), ..(*Self::unknown()).clone() })
+    }
+
     /// A workload's labels, with `app` and `version` derived as Istio does.
     pub fn of(w: &crate::config::model::PodEntry) -> WorkloadLabels {
         let (app, version) = app_version(&w.labels);

@@ -60,9 +60,7 @@ impl Waypoint {
             workload_labels(&mut labels, w, &self.trust_domain, true);
         } else {
             labels.conn.source_principal = conn.peer.to_string().into();
-            let mut unknown = (*crate::telemetry::metrics::WorkloadLabels::unknown()).clone();
-            unknown.namespace = conn.peer.namespace.clone();
-            labels.conn.source = Arc::new(unknown);
+            labels.conn.source = crate::telemetry::metrics::WorkloadLabels::unknown_in(&conn.peer.namespace);
         }
         let grpc = req
             .headers()

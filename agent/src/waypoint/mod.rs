@@ -233,11 +233,7 @@ impl Waypoint {
         let opaque = admission::opaque_tcp(&snap, stream.target);
         let src_labels = match snap.workload_by_ip(stream.peer_addr.ip()) {
             Some(w) => Arc::new(WorkloadLabels::of(w)),
-            None => {
-                let mut unknown = (*WorkloadLabels::unknown()).clone();
-                unknown.namespace = stream.peer.namespace.clone();
-                Arc::new(unknown)
-            }
+            None => WorkloadLabels::unknown_in(&stream.peer.namespace),
         };
         let mut labels =
             ConnLabels::new("waypoint", stream.target).source(src_labels, stream.peer.to_string().into());
