@@ -37,8 +37,13 @@ fn main() -> anyhow::Result<()> {
 /// resident memory (idle RSS +3.7 MiB). Uses LLVM 22's llvm-objcopy (installed with the llvm-22
 /// package `cargo xtask setup` brings for bpf-linker); without it the object stays as it is.
 fn strip_debug_info() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=LLVM_OBJCOPY");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR is not set")?);
     let object = out.join("sluice-ebpf");
+    if !object.is_file() {
+        // aya-build skipped the eBPF build (AYA_BUILD_SKIP): nothing to strip.
+        return Ok(());
+    }
     let candidates = [
         std::env::var_os("LLVM_OBJCOPY").map(std::path::PathBuf::from),
         Some(std::path::PathBuf::from("/usr/lib/llvm-22/bin/llvm-objcopy")),
@@ -55,7 +60,6 @@ fn strip_debug_info() -> anyhow::Result<()> {
     if !status.success() {
         return Err(anyhow!("{} --strip-debug {} failed: {status}", objcopy.display(), object.display()));
     }
-    println!("cargo:rerun-if-env-changed=LLVM_OBJCOPY");
     Ok(())
 }
 

@@ -36,18 +36,3 @@ pub fn raise_and_log() -> Option<u64> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_low_soft_limit_is_raised_to_the_hard_limit() {
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-        // As containerd starts many containers: soft 1,024 under a higher hard limit.
-        let low = hard.min(1024);
-        setrlimit(Resource::RLIMIT_NOFILE, low, hard).expect("lower the soft limit");
-        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit"), (low, hard));
-        assert_eq!(raise_nofile().expect("raise"), (hard, hard));
-    }
-}

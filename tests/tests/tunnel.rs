@@ -593,6 +593,7 @@ fn live_connections_are_listed_with_their_admission_and_can_be_closed_from_the_a
     assert_eq!(status, 200, "{body}");
     let r = long.join().expect("join").expect("report");
     assert!(!r.ok, "the closed connection must end for the client too");
+    assert!(r.error.contains("reset"), "the client sees a reset, never a clean end: {}", r.error);
     assert!(start.elapsed() < hold / 2, "the close took {:?}", start.elapsed());
     c.wait_metric_above(2, "istio_tcp_connections_closed_total", &flags, 0.0)
         .expect("counted as admin_closed");

@@ -190,7 +190,9 @@ impl ConnRecord {
                 r = live.closed() => Some(format!("closed: {r}")),
             };
             drop(copy);
-            if let Some(r) = live.close_reason() {
+            // Flagged as closed from outside only when that is what ended it (a copy that finished
+            // on its own while a close was being asked for keeps its own result).
+            if let Some(r) = live.close_reason().filter(|_| error.is_some()) {
                 self.labels.response_flags = r.as_str();
                 if let Some(v) = &mut self.peer_view {
                     v.response_flags = r.as_str();

@@ -79,6 +79,11 @@ pub async fn splice(
     if error.is_some() {
         let _ = aw.as_ref().set_zero_linger();
         let _ = bw.as_ref().set_zero_linger();
+        // Dropping a write half shuts it down (a FIN) before the socket closes, and a peer that
+        // read the FIN sees a clean end even once the reset arrives: forget them, so the sockets
+        // close with the reset alone when the read halves go.
+        aw.forget();
+        bw.forget();
     }
     error
 }
@@ -128,6 +133,40 @@ async fn copy_through_user_space(
 
 /// Read buffer per direction of a plaintext copy.
 const CHUNK: usize = 64 * 1024;
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    /// A close from outside must not look like a complete transfer to either side: both see a
+    /// reset, never a clean end of file.
+    #[tokio::test]
+    async fn a_stop_resets_both_sides() {
+        let (mut client, relay_in) = pair().await;
+        let (relay_out, mut server) = pair().await;
+        let (x, y) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+        let err = super::splice(relay_in, relay_out, &x, &y, async { "closed: test".to_string() }).await;
+        assert_eq!(err.as_deref(), Some("closed: test"));
+        for (side, s) in [("client", &mut client), ("server", &mut server)] {
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("in time");
+            assert_eq!(
+                r.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::ConnectionReset),
+                "{side} must see a reset"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod size_budget {
     /// Every live plaintext connection holds this future: the two directions are pinned in place

@@ -100,6 +100,8 @@ pub async fn splice(
         // Abandon the other direction loudly: the client sees a reset, the stream a cancel (a
         // close from outside: CONNECT_ERROR, so the peer resets its client too).
         let _ = w.as_ref().set_zero_linger();
+        // Not a FIN first (dropping a write half shuts it down): the reset alone, when `r` goes.
+        w.forget();
         send.send_reset(if stopped { h2::Reason::CONNECT_ERROR } else { h2::Reason::CANCEL });
     }
     error
