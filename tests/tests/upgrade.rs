@@ -202,10 +202,13 @@ fn kill_9_mid_handover_stays_fail_closed_and_the_next_agent_readopts() {
     // outbound is refused rather than sent around the mesh, inbound plaintext never reaches the
     // application.
     c.kill_agent(1).expect("kill -9 the old agent");
+    // Both are refused at once with a reset (docs/redirection.md), not left to time out.
     let down = p.client(&c, &client, dst, 4096, 0).expect("outbound, no agent");
     assert!(!down.ok, "an outbound connection bypassed the mesh with no agent");
+    assert!(down.error.contains("refused"), "outbound with no agent: {}", down.error);
     let down = p.client(&c, &outsider, inbound, 4096, 0).expect("inbound, no agent");
     assert!(!down.ok, "an inbound connection reached the app with no agent");
+    assert!(down.error.contains("refused"), "inbound with no agent: {}", down.error);
 
     // The next agent re-adopts both pods from the registry.
     c.start_agent(1).expect("next agent");
