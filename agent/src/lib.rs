@@ -22,6 +22,7 @@
 //! | [`inspect`] | `sluice config` / `sluice status`: an agent's admin JSON rendered for a human |
 //! | [`analyze`] | `sluice analyze`: offline config validation, compiler-style or JSON |
 //! | [`agent`] | the agent process: wires config, enrollment, proxies, CNI server and admin together |
+//! | [`fuzzing`] | the fuzz targets' bodies (`agent/fuzz`), replayed on stable by `tests/fuzz_corpus.rs` |
 //!
 //! The rows run from the bottom layer to the top: a module uses only modules above it in this
 //! list (docs/ARCHITECTURE.md gives the layers; `tests/layers.rs` checks them).
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod conn;
+pub mod fuzzing;
 pub mod identity;
 pub mod inspect;
 pub mod limits;

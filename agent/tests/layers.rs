@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("inspect", 6),
     ("analyze", 6),
     ("agent", 7),
+    ("fuzzing", 8),
 ];
 
 fn layer(module: &str) -> Option<u8> {

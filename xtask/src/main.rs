@@ -8,7 +8,7 @@
 //! - `bench`  mesh versus direct benchmarks and the mesh-config compile benchmark (`--quick`: smoke)
 //! - `manifests` / `vagrant-lint`  the offline deployment checks `test` runs (manifests and chart;
 //!   Vagrantfile and scripts)
-//! - `fuzz`   fuzz the mesh-config front end with cargo-fuzz on nightly (`--time SECS`, default 300)
+//! - `fuzz`   fuzz the parsers of outside input with cargo-fuzz on nightly (`--target T --time SECS --save`)
 mod chart;
 mod cmd;
 mod fuzz;
@@ -60,11 +60,18 @@ enum Command {
     /// Check vagrant/: the Vagrantfile parses (`ruby -c`), every script passes shellcheck (also part
     /// of `test`). The VM itself runs on a workstation (vagrant/README.md).
     VagrantLint,
-    /// Fuzz the mesh-config YAML front end (cargo-fuzz, nightly). Not part of `test`.
+    /// Fuzz the parsers of outside input (cargo-fuzz, nightly), one target after another. Not part
+    /// of `test` (which replays the committed corpus on stable).
     Fuzz {
-        /// How long to run, in seconds.
+        /// Only this target (default: every one).
+        #[arg(long)]
+        target: Option<String>,
+        /// How long to run each target, in seconds.
         #[arg(long, default_value_t = 300)]
         time: u64,
+        /// Minimise the corpus afterwards and write it to agent/fuzz/corpus-min (committed).
+        #[arg(long)]
+        save: bool,
     },
     /// Inside a kernel-matrix VM: run the plan in DIR (started by `test --kernel`).
     #[command(hide = true)]
@@ -79,7 +86,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo => demo(),
         Command::Bench { quick, only } => bench(quick, only.as_deref()),
-        Command::Fuzz { time } => fuzz::run(time),
+        Command::Fuzz { target, time, save } => fuzz::run(target.as_deref(), time, save),
         Command::Manifests => manifests::check(),
         Command::VagrantLint => vagrant::check(),
         Command::Image => image::run().map(|_| ()),

@@ -110,12 +110,7 @@ impl Channel {
     /// Sends `msg` with `fds` attached.
     pub fn send(&self, msg: &Msg, fds: &[RawFd]) -> Result<(), HandoverError> {
         let body = serde_json::to_vec(msg).map_err(|e| HandoverError::Protocol(e.to_string()))?;
-        let iov = [IoSlice::new(&body)];
-        let cmsg = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        nix::sys::socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(|e| (self.io())(io::Error::from(e)))?;
-        Ok(())
+        self.send_raw(&body, fds)
     }
 
     /// Receives one message and the descriptors attached to it (owned: closed when dropped).
@@ -136,6 +131,39 @@ impl Channel {
         let msg = serde_json::from_slice(&buf[..r.len])
             .map_err(|e| HandoverError::Protocol(format!("malformed message: {e}")))?;
         Ok((msg, r.fds))
+    }
+}
+
+impl Channel {
+    /// A connected pair of channels (both ends in this process), as the fuzz target and tests use.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let path = Path::new("<socketpair>");
+        Ok((Channel::with_timeouts(a, path)?, Channel::with_timeouts(b, path)?))
+    }
+
+    /// Ends this side's sending: the other side reads EOF after the messages already sent, and
+    /// can still send to this side.
+    pub fn finish(&self) -> Result<(), HandoverError> {
+        nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(|e| (self.io())(io::Error::from(e)))
+    }
+
+    /// Sends raw bytes as one message with `fds` attached (for the fuzz target: a peer that
+    /// speaks anything).
+    pub fn send_raw(&self, body: &[u8], fds: &[RawFd]) -> Result<(), HandoverError> {
+        let iov = [IoSlice::new(body)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        nix::sys::socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+            .map_err(|e| (self.io())(io::Error::from(e)))?;
+        Ok(())
     }
 }
 
@@ -263,6 +291,13 @@ pub fn take(path: &Path) -> Result<Option<Takeover>, HandoverError> {
     let Some(channel) = connect(path).map_err(io)? else {
         return Ok(None);
     };
+    take_over(channel).map(Some)
+}
+
+/// The new agent's side of the protocol on a connected `channel`: hello, then the old agent's pods
+/// until `Done`. Anything out of order, or a pod whose roles do not match its descriptors, is a
+/// protocol error.
+pub fn take_over(channel: Channel) -> Result<Takeover, HandoverError> {
     let version = env!("CARGO_PKG_VERSION").to_string();
     channel.send(&Msg::Hello { version: version.clone(), protocol: PROTOCOL }, &[])?;
     let peer_version = match channel.recv()? {
@@ -291,7 +326,7 @@ pub fn take(path: &Path) -> Result<Option<Takeover>, HandoverError> {
             }
         }
     }
-    Ok(Some(Takeover { channel, peer_version, pods }))
+    Ok(Takeover { channel, peer_version, pods })
 }
 
 /// The old agent's answer to `Hello`: welcome a peer of the same protocol, refuse another.
@@ -354,6 +389,41 @@ mod tests {
         received.accept().expect("accepted on the handed-over socket");
         t.channel.send(&Msg::Taken, &[]).expect("taken");
         old.join().expect("old side");
+    }
+
+    /// The committed fuzz seeds of a whole takeover and of a bad one mean what their names say
+    /// (so the stable replay exercises the success path and the checks, not only parse errors).
+    #[test]
+    fn the_handover_fuzz_seeds_reach_success_and_each_check() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-min/handover");
+        let run = |seed: &str| {
+            let data = std::fs::read(seeds.join(seed)).expect("seed");
+            let (ours, theirs) = Channel::pair().expect("pair");
+            for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let (fds, body) = match line {
+                    [b'#', n, b' ', rest @ ..] => (usize::from(n - b'0'), rest),
+                    _ => (0, line),
+                };
+                let files: Vec<std::fs::File> =
+                    (0..fds).map(|_| std::fs::File::open("/dev/null").expect("null")).collect();
+                let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+                theirs.send_raw(body, &raw).expect("send");
+            }
+            theirs.finish().expect("finish");
+            let r = take_over(ours);
+            drop(theirs);
+            r
+        };
+        let t = run("seed-full-takeover").expect("a whole takeover");
+        assert_eq!(t.pods.len(), 2);
+        assert_eq!(t.pods[0].listeners.len(), 2);
+        let e = run("seed-roles-mismatch").err().expect("roles do not match the sockets");
+        assert!(e.to_string().contains("0 roles for 1 sockets"), "{e}");
+        let e = run("seed-done-miscount").err().expect("done counts pods that never came");
+        assert!(e.to_string().contains("expected a pod or done"), "{e}");
+        let e = run("seed-too-many-fds").err().expect("more descriptors than a message may carry");
+        assert!(e.to_string().contains("8 descriptors"), "{e}");
+        assert!(matches!(run("seed-refused"), Err(HandoverError::Refused { .. })));
     }
 
     #[test]

@@ -177,11 +177,17 @@ pub struct Received {
     pub truncated: bool,
 }
 
-/// Receives one message into `buf` and up to `MAX_FDS` descriptors (close-on-exec, owned).
+/// Most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// Receives one message into `buf` and up to `MAX_FDS` descriptors (close-on-exec, owned). A
+/// message with more is `truncated`, and every descriptor it carried is closed: the control
+/// buffer has room for the most a sender can attach, so none is installed and then lost (a
+/// truncated control message would leave the ones that fit open and unowned).
 pub fn recv_with_fds<const MAX_FDS: usize>(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd as _;
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; SCM_MAX_FD]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let r = nix::sys::socket::recvmsg::<()>(
         sock.as_raw_fd(),
@@ -198,11 +204,11 @@ pub fn recv_with_fds<const MAX_FDS: usize>(sock: BorrowedFd<'_>, buf: &mut [u8])
             fds.extend(raw.into_iter().map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
         }
     }
-    Ok(Received {
-        len: r.bytes,
-        fds,
-        truncated: r.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
-    })
+    let truncated = r.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > MAX_FDS;
+    if truncated {
+        fds.clear();
+    }
+    Ok(Received { len: r.bytes, fds, truncated })
 }
 
 /// Registers aya-log's reader with the tokio reactor (current runtime) for readability, so the
@@ -219,6 +225,40 @@ pub fn async_log_reader<L>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_with_too_many_descriptors_is_truncated_and_leaks_none() {
+        use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+        use std::io::Read as _;
+        let (a, b) = nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        // Nine copies of the pipe's write end, one more than the receiver takes.
+        let fds = [w.as_raw_fd(); 9];
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[io::IoSlice::new(b"x")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .expect("sendmsg");
+        drop(w);
+        let got = recv_with_fds::<8>(b.as_fd(), &mut [0u8; 16]).expect("recv");
+        assert!(got.truncated, "nine descriptors for a receiver of eight");
+        assert!(got.fds.is_empty());
+        drop(got);
+        // Every copy of the write end is closed, so the read end sees EOF (a leaked copy would
+        // keep the pipe open: WouldBlock).
+        let n = std::fs::File::from(r).read(&mut [0u8; 1]).expect("EOF, not a still-open writer");
+        assert_eq!(n, 0);
+    }
 
     #[test]
     fn netns_cookie_of_a_socket_is_stable() {
