@@ -83,6 +83,7 @@ async fn handle(s: UnixStream, pods: Arc<Pods>) -> std::io::Result<()> {
             match req {
                 Request::Add { pod } => match pods.add(pod).await {
                     Ok(enrolled) => Reply::ok(enrolled),
+                    Err(super::pods::PodError::Claim(e)) => Reply::conflict(e.field(), e.to_string()),
                     Err(e) => Reply::err(e.to_string()),
                 },
                 Request::Del { pod } => match pods.del(&pod).await {
