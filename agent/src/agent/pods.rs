@@ -62,6 +62,8 @@ struct Enrolled {
     accept_loops: Vec<JoinHandle<()>>,
     /// Duplicates of the pod's listening sockets, to hand to the next agent on an upgrade.
     sockets: Vec<(Role, OwnedFd)>,
+    /// The pod's `fwmark_reflect` sysctls before enrollment set them, restored at release.
+    reflect: Option<(Arc<NetNs>, routing::SavedSysctls)>,
 }
 
 impl State {
@@ -470,6 +472,21 @@ impl Pods {
         let identity = crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account);
         let tls = crate::identity::tls::server_config(&self.proxy.certs, &identity)
             .map_err(|e| PodError::Tls { pod: pod.clone(), detail: e.to_string() })?;
+        // The pod's RST to a transparent delivery SYN (nothing listens on the port) must come back
+        // to the agent's socket, not leave the pod towards the client's address: the connect then
+        // fails at once instead of after the connect timeout.
+        let reflect = if transparent {
+            match routing::enable_fwmark_reflect(&netns) {
+                Ok(saved) => Some((netns.clone(), saved)),
+                Err(e) => {
+                    warn!(pod = %pod, error = %e,
+                          "connections to closed ports of this pod fail only after the connect timeout");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let k = &self.proxy.kernel;
         let kerr = |source| PodError::Kernel { pod: pod.clone(), source };
         let result = (|| {
@@ -493,6 +510,7 @@ impl Pods {
             ips: info.ips.clone(),
             accept_loops,
             sockets,
+            reflect: reflect.clone(),
         };
         if let Err(e) = result {
             // Sockets handed over by a running agent: the kernel entries are still its (shared
@@ -686,6 +704,11 @@ impl Pods {
         }
         if let Err(err) = k.detach_sk_lookup(key) {
             warn!(error = %err, "release: sk_lookup");
+        }
+        if let Some((netns, saved)) = &e.reflect
+            && let Err(err) = routing::restore_sysctls(netns, saved)
+        {
+            warn!(pod = key, error = %err, "release: fwmark_reflect");
         }
         for t in e.accept_loops {
             t.abort();
