@@ -91,6 +91,11 @@ pub struct Facts<'a> {
     /// (`namespace/name`), or None when no enrolled pod has that netns cookie (stale state of a
     /// previous agent, which the new entry replaces).
     pub kernel_owners: Vec<(IpAddr, Option<String>)>,
+    /// Whether an address of the object's `status.podIPs` is held by a live sandbox registered on
+    /// this node (the pod's own included). When none is, the addresses are those of a sandbox that
+    /// is gone: the kubelet keeps them in the status until the new sandbox, whose ADD this is,
+    /// reports its own, so they cannot be compared with.
+    pub object_ips_held: bool,
 }
 
 /// Checks a CNI ADD's claim; the first conflict found refuses it. What other pods hold is checked
@@ -137,9 +142,10 @@ pub fn check(claim: &PodRef, facts: &Facts<'_>) -> Result<(), ClaimError> {
                 this_node: facts.node.to_string(),
             });
         }
-        // Before the kubelet has written status.podIPs (a real ADD comes first) there is nothing to
-        // compare with; the ownership checks above still apply.
+        // Before the kubelet has written status.podIPs (a real ADD comes first), or while they are
+        // a gone sandbox's, there is nothing to compare with; the ownership checks above still apply.
         if !object.ips.is_empty()
+            && facts.object_ips_held
             && let Some(ip) = claim.ips.iter().find(|ip| !object.ips.contains(ip))
         {
             let object = object.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
@@ -191,12 +197,19 @@ mod tests {
         let unassigned = object("a", &[]);
         let elsewhere = PodEntry { node: Some("node2".into()), ..object("a", &["10.0.0.1"]) };
         fn base(o: &PodEntry) -> Facts<'_> {
-            Facts { node: "node1", object: Some(o), ..Default::default() }
+            Facts { node: "node1", object: Some(o), object_ips_held: true, ..Default::default() }
         }
         type Row<'a> = (&'a str, PodRef, Facts<'a>, Option<&'a str>, &'a str);
         let rows: Vec<Row<'_>> = vec![
             ("its own addresses", claim("a", &["10.0.0.1", "fd00::1"]), base(&a), None, ""),
             ("one family only", claim("a", &["10.0.0.1"]), base(&a), None, ""),
+            (
+                "a recreated sandbox: status.podIPs still the gone sandbox's",
+                claim("a", &["10.0.0.5"]),
+                Facts { object_ips_held: false, ..base(&a) },
+                None,
+                "",
+            ),
             (
                 "another pod's address, not in its object",
                 claim("evil", &["10.0.0.1"]),

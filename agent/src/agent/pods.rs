@@ -325,7 +325,10 @@ impl Pods {
                 Some((*ip, owner))
             })
             .collect();
-        Facts { node: &self.node, object, config_owners, others, kernel_owners }
+        let object_ips_held = object.is_some_and(|o| {
+            st.known.values().any(|p| p.ips.iter().any(|ip| o.ips.contains(ip)) && netns_live(p))
+        });
+        Facts { node: &self.node, object, config_owners, others, kernel_owners, object_ips_held }
     }
 
     /// CNI DEL: releases and forgets the pod. Unknown pods are fine; a DEL for an older sandbox of
