@@ -88,6 +88,20 @@ fn an_add_claiming_an_enrolled_pods_address_is_refused_and_its_del_leaves_that_p
     }
     assert_eq!(refusals(&c, "ips"), before + 1.0, "refusal not counted");
 
+    // Nor may it take over the victim's registration by sending the victim's UID (the key a
+    // re-ADD replaces) with its own name and addresses.
+    let mut with_victims_uid = evil.clone();
+    with_victims_uid.uid = victim.uid.clone();
+    let err = c
+        .cni(1, &with_victims_uid, "ADD", sluice_conf(&c), Some(prev_result(&ips(&evil))))
+        .expect_err("the victim's UID must be refused");
+    assert!(err.contains("\"code\":100") && err.contains("mesh/victim"), "{err}");
+    assert_eq!(status_of(&c, "victim").expect("victim registered")["enrolled"], true);
+    // A DEL with the victim's UID but evil's name does not release the victim either.
+    c.cni(1, &with_victims_uid, "DEL", sluice_conf(&c), Some(prev_result(&ips(&victim)))).expect("DEL");
+    assert_eq!(status_of(&c, "victim").expect("victim registered")["enrolled"], true);
+    assert!(c.agent_log(1).contains("DEL names a registration of another pod"), "{}", c.agent_log(1));
+
     // Its DEL (same addresses) removes nothing of the victim's.
     c.cni(1, &evil, "DEL", sluice_conf(&c), Some(claimed)).expect("DEL succeeds");
     let r = plain("after the DEL");

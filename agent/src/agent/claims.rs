@@ -48,6 +48,11 @@ pub enum ClaimError {
          it under another pod's identity"
     )]
     NetnsTaken { pod: String, netns: String, owner: String },
+    #[error(
+        "pod {pod}: its registration key {key} (K8S_POD_UID, else the container ID) is already pod \
+         {owner}'s; refusing to replace another pod's registration"
+    )]
+    KeyTaken { pod: String, key: String, owner: String },
 }
 
 impl ClaimError {
@@ -60,6 +65,7 @@ impl ClaimError {
             ClaimError::NotItsAddress { .. } | ClaimError::AddressOfAnotherPod { .. } => "ips",
             ClaimError::AddressTaken { .. } | ClaimError::KernelEntryTaken { .. } => "ips_taken",
             ClaimError::NetnsTaken { .. } => "netns",
+            ClaimError::KeyTaken { .. } => "uid",
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct Facts<'a> {
     pub config_owners: Vec<(IpAddr, String)>,
     /// The other pods this node has registered (the claimed pod's own registration excluded).
     pub others: Vec<Other>,
+    /// The pod (`namespace/name`) registered under the claim's key ([`PodRef::key`]), if any: a
+    /// re-ADD replaces that registration, so it must be the same pod's.
+    pub key_owner: Option<String>,
     /// For each claimed address the kernel's inbound map holds: the enrolled pod owning the entry
     /// (`namespace/name`), or None when no enrolled pod has that netns cookie (stale state of a
     /// previous agent, which the new entry replaces).
@@ -102,6 +111,9 @@ pub struct Facts<'a> {
 /// first (that refusal names the owner), then the claim against the pod's own object.
 pub fn check(claim: &PodRef, facts: &Facts<'_>) -> Result<(), ClaimError> {
     let pod = format!("{}/{}", claim.namespace, claim.name);
+    if let Some(owner) = facts.key_owner.as_ref().filter(|o| **o != pod) {
+        return Err(ClaimError::KeyTaken { pod, key: claim.key(), owner: owner.clone() });
+    }
     if let Some((ip, owner)) =
         facts.config_owners.iter().find(|(ip, owner)| claim.ips.contains(ip) && *owner != pod)
     {
@@ -203,6 +215,20 @@ mod tests {
         let rows: Vec<Row<'_>> = vec![
             ("its own addresses", claim("a", &["10.0.0.1", "fd00::1"]), base(&a), None, ""),
             ("one family only", claim("a", &["10.0.0.1"]), base(&a), None, ""),
+            (
+                "a re-ADD of its own registration",
+                claim("a", &["10.0.0.1"]),
+                Facts { key_owner: Some("mesh/a".into()), ..base(&a) },
+                None,
+                "",
+            ),
+            (
+                "another pod's UID (its registration key)",
+                PodRef { uid: "uid-victim".into(), ..claim("a", &["10.0.0.1"]) },
+                Facts { key_owner: Some("mesh/victim".into()), ..base(&a) },
+                Some("uid"),
+                "registration key uid-victim",
+            ),
             (
                 "a recreated sandbox: status.podIPs still the gone sandbox's",
                 claim("a", &["10.0.0.5"]),

@@ -301,8 +301,8 @@ impl Pods {
         let others = st
             .known
             .iter()
-            // The pod's own registration, and an older sandbox of the same pod (same identity),
-            // are replaced, not conflicts.
+            // The pod's own registration (under another pod's name it is `key_owner`'s conflict),
+            // and an older sandbox of the same pod (same identity), are replaced, not conflicts.
             .filter(|(k, p)| **k != key && !same_pod(p))
             .map(|(_, p)| {
                 let same_netns = super::discover::same_netns(&p.netns, &claim.netns);
@@ -328,7 +328,8 @@ impl Pods {
         let object_ips_held = object.is_some_and(|o| {
             st.known.values().any(|p| p.ips.iter().any(|ip| o.ips.contains(ip)) && netns_live(p))
         });
-        Facts { node: &self.node, object, config_owners, others, kernel_owners, object_ips_held }
+        let key_owner = st.known.get(&key).map(pod_name);
+        Facts { node: &self.node, object, config_owners, others, key_owner, kernel_owners, object_ips_held }
     }
 
     /// CNI DEL: releases and forgets the pod. Unknown pods are fine; a DEL for an older sandbox of
