@@ -374,3 +374,110 @@ fn cni_add_fails_while_the_agent_is_down_and_bad_invocations_do_not_disturb_it()
     let st = c.agent_get(1, "/debug/pods").expect("status");
     assert!(!st.contains("\"web\""), "DEL did not remove the pod: {st}");
 }
+
+/// Packets in a pcap file (records after the 24-byte global header, each with a 16-byte header).
+fn pcap_packets(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut at = 24;
+    while at + 16 <= raw.len() {
+        let len = u32::from_le_bytes([raw[at + 8], raw[at + 9], raw[at + 10], raw[at + 11]]) as usize;
+        at += 16 + len;
+        n += 1;
+    }
+    n
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn fwmark_reflect(pod: &Pod) -> (String, String) {
+    sluice_e2e::sys::in_netns(&pod.netns_path(), || {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        (read("/proc/sys/net/ipv4/fwmark_reflect"), read("/proc/sys/net/ipv6/fwmark_reflect"))
+    })
+    .expect("in netns")
+}
+
+#[test]
+fn a_closed_port_answers_at_once_and_the_pods_rst_stays_in_the_pod() {
+    if !require_root("a_closed_port_answers_at_once_and_the_pods_rst_stays_in_the_pod") {
+        return;
+    }
+    let w = world();
+    let p = probe();
+    let outsider = w.c.add_pod(2, "plain", "outsider").expect("outsider");
+    let v6 = |pod: &Pod| pod.ipv6.expect("pod has IPv6");
+    // Enrollment turned fwmark_reflect on in the pod (both families).
+    assert_eq!(fwmark_reflect(&w.near), ("1".into(), "1".into()));
+    // Nothing listens on 7777 (mesh clients) nor 7778 (plaintext from outside the mesh). Any packet
+    // of port 7777 on a server pod's own link is the pod's RST leaving it: the mesh legs are HBONE
+    // (15008) or stay inside the node.
+    let caps: Vec<_> = [&w.near, &w.far]
+        .iter()
+        .map(|pod| w.c.capture(&pod.netns_path(), "eth0", "tcp port 7777").expect("capture"))
+        .collect();
+    let rows: Vec<(&str, &Pod, IpAddr, u16)> = vec![
+        ("HBONE CONNECT cross-node v4", &w.client, w.far.ipv4, 7777),
+        ("HBONE CONNECT cross-node v6", &w.client, v6(&w.far), 7777),
+        ("same-node v4", &w.client, w.near.ipv4, 7777),
+        ("same-node v6", &w.client, v6(&w.near), 7777),
+        ("captured plaintext v4", &outsider, w.near.ipv4, 7778),
+        ("captured plaintext v6", &outsider, v6(&w.near), 7778),
+    ];
+    for (name, from, ip, port) in &rows {
+        // The path itself is warm first (a fresh link's neighbour discovery can take seconds): what
+        // is timed is the closed port's answer.
+        let warm = p.client(&w.c, from, SocketAddr::new(*ip, 8080), 16, 0).expect(name);
+        assert!(warm.ok, "{name}: the open port: {}", warm.error);
+        let start = std::time::Instant::now();
+        let r = p.client(&w.c, from, SocketAddr::new(*ip, *port), 1024, 0).expect(name);
+        let took = start.elapsed();
+        assert!(!r.ok, "{name}: nothing listens there: {r:?}");
+        eprintln!("{name}: failed after {took:?} ({})", r.error);
+        assert!(
+            took < scaled(std::time::Duration::from_secs(1)),
+            "{name}: took {took:?} (the connect timeout?)"
+        );
+    }
+    for (pod, cap) in [&w.near, &w.far].iter().zip(caps) {
+        let (file, report) = cap.stop().expect("stop capture");
+        let n = pcap_packets(&std::fs::read(&file).expect("pcap"));
+        assert_eq!(n, 0, "{}: {n} packets of port 7777 left the pod (tcpdump: {report})", pod.name);
+    }
+
+    // A port scan: the agents do not hold a descriptor per closed port for the connect timeout.
+    let pids = [w.c.agent_pid(1).expect("agent 1"), w.c.agent_pid(2).expect("agent 2")];
+    let base: Vec<usize> = pids.iter().map(|pid| open_fds(*pid)).collect();
+    let scan: Vec<_> = (7001..7021)
+        .map(|port| p.client_bg(&w.c, &w.client, SocketAddr::new(w.far.ipv4, port), 16, 0).expect("client"))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let during: Vec<usize> = pids.iter().map(|pid| open_fds(*pid)).collect();
+    let start = std::time::Instant::now();
+    for c in scan {
+        assert!(!c.join().expect("join").expect("report").ok);
+    }
+    let rest = start.elapsed();
+    eprintln!("open descriptors of the agents: before the scan {base:?}, 0.7 s into it {during:?}");
+    for i in 0..2 {
+        assert!(
+            during[i] <= base[i] + 4,
+            "agent {}: {} descriptors before, {} during the scan",
+            i + 1,
+            base[i],
+            during[i]
+        );
+    }
+    assert!(rest < scaled(std::time::Duration::from_secs(2)), "the scan took {rest:?} more");
+
+    // Releasing the pod (its namespace leaves the mesh) restores the sysctls it had.
+    w.c.write_config("namespaces.yaml", &namespaces(false)).expect("unlabel");
+    assert!(
+        sluice_e2e::wait_until(scaled(std::time::Duration::from_secs(10)), || {
+            w.c.agent_get(1, "/debug/pods").is_ok_and(|s| !s.contains("\"enrolled\": true"))
+        }),
+        "pods not released"
+    );
+    assert_eq!(fwmark_reflect(&w.near), ("0".into(), "0".into()));
+}

@@ -1,6 +1,7 @@
 //! The agent process: takes over from a running agent (upgrade) or re-adopts pods, loads config and
 //! eBPF, serves the CNI socket and the admin endpoints, reconciles enrollment whenever the config
 //! changes, and hands everything to the next agent when one asks.
+pub mod claims;
 mod cni_server;
 pub mod discover;
 pub mod handover;
@@ -115,6 +116,7 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
         store.clone(),
         registry::Registry::new(&args.state_dir),
         args.identity.trust_domain.clone(),
+        args.node_name.clone(),
     ));
     if let Some(t) = &mut takeover {
         let adopted = pods.adopt(std::mem::take(&mut t.pods)).await?;

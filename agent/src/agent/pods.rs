@@ -16,12 +16,13 @@ use tokio::{sync::Mutex, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{
+    claims::{self, ClaimError, Facts, Other},
     handover::{self, Channel, HandoverError, InheritedPod, Msg},
     registry::{Registry, RegistryError},
 };
 use crate::{
     cni::protocol::PodRef,
-    config::{EnrollDecision, SnapshotStore},
+    config::{EnrollDecision, Snapshot, SnapshotStore, model::PodEntry},
     proxy::{PodCtx, Proxy},
     redirect::{
         KernelError, NetNs,
@@ -45,6 +46,9 @@ pub enum PodError {
     NotInConfig { pod: String },
     #[error("pod {pod}: TLS configuration: {detail}")]
     Tls { pod: String, detail: String },
+    /// A CNI ADD whose claim conflicts with the Pod object or with another pod of this node.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("this agent handed its pods to a newer agent on the node; the runtime retries and reaches it")]
@@ -58,6 +62,8 @@ struct Enrolled {
     accept_loops: Vec<JoinHandle<()>>,
     /// Duplicates of the pod's listening sockets, to hand to the next agent on an upgrade.
     sockets: Vec<(Role, OwnedFd)>,
+    /// The pod's `fwmark_reflect` sysctls before enrollment set them, restored at release.
+    reflect: Option<(Arc<NetNs>, routing::SavedSysctls)>,
 }
 
 impl State {
@@ -94,6 +100,8 @@ pub struct Pods {
     store: Arc<SnapshotStore>,
     registry: Registry,
     trust_domain: String,
+    /// This agent's node (`--node-name`): a Pod object of another node is never enrolled here.
+    node: String,
     state: Mutex<State>,
     /// When discovery last scanned the host, for which pods, and when it may scan for the same
     /// pods again (from [`RESCAN`], doubling up to [`RESCAN_MAX`] while they stay missing).
@@ -110,6 +118,39 @@ fn pod_name(p: &PodRef) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
+/// Whether a registered pod's network namespace is still there (for one found through a process,
+/// whether it still holds the pod's addresses).
+fn netns_live(p: &PodRef) -> bool {
+    if super::discover::is_process_path(&p.netns) {
+        super::discover::holds(&p.netns, &p.ips)
+    } else {
+        p.netns.exists()
+    }
+}
+
+/// What a CNI DEL may do to the registration under its key.
+#[derive(Debug, PartialEq, Eq)]
+enum DelVerdict {
+    /// Release and forget it (also when nothing is registered: nothing to do).
+    Applies,
+    /// The registration is of a newer sandbox of the same pod.
+    OlderSandbox,
+    /// The registration under that key is another pod's (`namespace/name`).
+    OtherPod(String),
+}
+
+fn del_applies(registered: Option<&PodRef>, del: &PodRef) -> DelVerdict {
+    let Some(r) = registered else { return DelVerdict::Applies };
+    if r.namespace != del.namespace || r.name != del.name {
+        return DelVerdict::OtherPod(pod_name(r));
+    }
+    // A pod found by discovery has no container ID: any DEL for it is the current one.
+    if !r.container_id.is_empty() && r.container_id != del.container_id {
+        return DelVerdict::OlderSandbox;
+    }
+    DelVerdict::Applies
+}
+
 impl crate::admin::Inventory for Pods {
     fn pods_json(
         &self,
@@ -124,12 +165,14 @@ impl Pods {
         store: Arc<SnapshotStore>,
         registry: Registry,
         trust_domain: String,
+        node: String,
     ) -> Pods {
         Pods {
             proxy,
             store,
             registry,
             trust_domain,
+            node,
             state: Mutex::new(State::default()),
             last_scan: Default::default(),
         }
@@ -173,13 +216,27 @@ impl Pods {
         Ok(())
     }
 
-    /// CNI ADD: registers the pod and, if the config says so, enrolls it before returning.
+    /// CNI ADD: checks the claim ([`claims`]), registers the pod and, if the config says so,
+    /// enrolls it before returning. A refused ADD (a conflicting claim, a pod the config does not
+    /// list yet, an enrollment that failed) leaves no registration behind, in memory or on disk.
     pub async fn add(&self, pod: PodRef) -> Result<bool, PodError> {
         let info = pod;
         let key = info.key();
         let mut st = self.state.lock().await;
         if st.retired {
             return Err(PodError::HandedOver);
+        }
+        let snap = self.store.load();
+        let decision = snap.enrollment(&info.namespace, &info.name);
+        let object = snap.pods.get(&(info.namespace.clone(), info.name.clone()));
+        if decision == EnrollDecision::Enrolled && object.is_none() {
+            // Without the Pod object its identity and labels (policy selectors) are unknown:
+            // refuse, so the runtime retries once the config has it (fail closed).
+            return Err(self.refuse(&info, "not_in_config", PodError::NotInConfig { pod: pod_name(&info) }));
+        }
+        if let Err(e) = claims::check(&info, &self.claim_facts(&st, &snap, &info, object)) {
+            let field = e.field();
+            return Err(self.refuse(&info, field, PodError::Claim(e)));
         }
         // A re-ADD replaces the old registration; in the same network namespace (an ADD retried,
         // or a pod discovery found first) the pod keeps its listening sockets.
@@ -192,26 +249,87 @@ impl Pods {
         }
         st.known.insert(key.clone(), info.clone());
         self.registry.save(&st.known)?;
-        let snap = self.store.load();
-        match snap.enrollment(&info.namespace, &info.name) {
-            EnrollDecision::Enrolled
-                if !snap.pods.contains_key(&(info.namespace.clone(), info.name.clone())) =>
-            {
-                // Without the Pod object its identity and labels (policy selectors) are unknown:
-                // refuse, so the runtime retries once the config has it (fail closed).
-                Err(PodError::NotInConfig { pod: pod_name(&info) })
-            }
+        match decision {
             EnrollDecision::Enrolled => {
-                let e = self.enroll(&info, &snap.service_account(&info.namespace, &info.name), reuse).await?;
-                st.enrolled.insert(key, e);
-                self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
-                Ok(true)
+                let sa = snap.service_account(&info.namespace, &info.name);
+                match self.enroll(&info, &sa, reuse).await {
+                    Ok(e) => {
+                        st.enrolled.insert(key, e);
+                        self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        st.known.remove(&key);
+                        self.proxy.recorder.metrics().enrolled_pods.set(st.enrolled.len() as i64);
+                        self.registry.save(&st.known)?;
+                        Err(self.refuse(&info, "enrollment_failed", e))
+                    }
+                }
             }
             EnrollDecision::NotEnrolled(why) => {
                 info!(pod = %pod_name(&info), reason = why, "pod registered, not enrolled");
                 Ok(false)
             }
         }
+    }
+
+    /// Counts and logs a refused CNI ADD; returns the error for the reply.
+    fn refuse(&self, pod: &PodRef, reason: &'static str, e: PodError) -> PodError {
+        self.proxy.recorder.metrics().cni_refusals.with_label_values(&[reason]).inc();
+        warn!(pod = %pod_name(pod), uid = %pod.uid, netns = %pod.netns.display(), ips = ?pod.ips, reason,
+              error = %e, "CNI ADD refused");
+        e
+    }
+
+    /// What [`claims::check`] decides a claim on: the Pod object, the config's owners of the
+    /// claimed addresses, the other pods registered here (their netns compared by inode, their
+    /// liveness), and the owners of the kernel's inbound entries for the claimed addresses.
+    fn claim_facts<'a>(
+        &'a self,
+        st: &State,
+        snap: &Snapshot,
+        claim: &PodRef,
+        object: Option<&'a PodEntry>,
+    ) -> Facts<'a> {
+        let key = claim.key();
+        let same_pod = |p: &PodRef| p.namespace == claim.namespace && p.name == claim.name;
+        let config_owners = claim
+            .ips
+            .iter()
+            .filter_map(|ip| snap.pods_by_ip.get(ip).map(|(ns, name)| (*ip, format!("{ns}/{name}"))))
+            .collect();
+        let others = st
+            .known
+            .iter()
+            // The pod's own registration (under another pod's name it is `key_owner`'s conflict),
+            // and an older sandbox of the same pod (same identity), are replaced, not conflicts.
+            .filter(|(k, p)| **k != key && !same_pod(p))
+            .map(|(_, p)| {
+                let same_netns = super::discover::same_netns(&p.netns, &claim.netns);
+                // Liveness (which may enter the namespace) only matters for a possible conflict.
+                let overlaps = same_netns || p.ips.iter().any(|ip| claim.ips.contains(ip));
+                Other { name: pod_name(p), ips: p.ips.clone(), live: overlaps && netns_live(p), same_netns }
+            })
+            .collect();
+        let kernel_owners = claim
+            .ips
+            .iter()
+            .filter_map(|ip| {
+                let cookie = self.proxy.kernel.inbound_owner(*ip)?;
+                let owner = st
+                    .enrolled
+                    .iter()
+                    .find(|(_, e)| e.netns_cookie == cookie)
+                    .and_then(|(k, _)| st.known.get(k))
+                    .map(pod_name);
+                Some((*ip, owner))
+            })
+            .collect();
+        let object_ips_held = object.is_some_and(|o| {
+            st.known.values().any(|p| p.ips.iter().any(|ip| o.ips.contains(ip)) && netns_live(p))
+        });
+        let key_owner = st.known.get(&key).map(pod_name);
+        Facts { node: &self.node, object, config_owners, others, key_owner, kernel_owners, object_ips_held }
     }
 
     /// CNI DEL: releases and forgets the pod. Unknown pods are fine; a DEL for an older sandbox of
@@ -222,11 +340,19 @@ impl Pods {
         if st.retired {
             return Err(PodError::HandedOver);
         }
-        // A pod found by discovery has no container ID: any DEL for it is the current one.
-        if st.known.get(key).is_some_and(|k| !k.container_id.is_empty() && k.container_id != pod.container_id)
-        {
-            info!(pod = %pod_name(pod), container = %pod.container_id, "DEL for an older sandbox ignored");
-            return Ok(());
+        match del_applies(st.known.get(key), pod) {
+            DelVerdict::Applies => {}
+            DelVerdict::OlderSandbox => {
+                info!(pod = %pod_name(pod), container = %pod.container_id, "DEL for an older sandbox ignored");
+                return Ok(());
+            }
+            DelVerdict::OtherPod(owner) => {
+                // The registration (and its kernel entries) belongs to another pod: a DEL only
+                // ever removes what the pod it names owns.
+                warn!(pod = %pod_name(pod), key = %key, owner = %owner,
+                      "DEL names a registration of another pod; ignored");
+                return Ok(());
+            }
         }
         if let Some(e) = st.enrolled.remove(key) {
             self.release(key, e);
@@ -277,6 +403,13 @@ impl Pods {
             }
             let have = st.enrolled.contains_key(&info.key());
             if want && !have {
+                // A registration is enrolled only while its claim still holds (the Pod object may
+                // have changed, or a registry written by an older agent holds an unchecked one).
+                let object = snap.pods.get(&(info.namespace.clone(), info.name.clone()));
+                if let Err(e) = claims::check(&info, &self.claim_facts(&st, &snap, &info, object)) {
+                    warn!(pod = %pod_name(&info), reason = e.field(), error = %e, "not enrolling a registered pod");
+                    continue;
+                }
                 match self.enroll(&info, &snap.service_account(&info.namespace, &info.name), reuse).await {
                     Ok(e) => {
                         st.enrolled.insert(info.key(), e);
@@ -343,6 +476,21 @@ impl Pods {
         let identity = crate::identity::Identity::new(&self.trust_domain, &info.namespace, service_account);
         let tls = crate::identity::tls::server_config(&self.proxy.certs, &identity)
             .map_err(|e| PodError::Tls { pod: pod.clone(), detail: e.to_string() })?;
+        // The pod's RST to a transparent delivery SYN (nothing listens on the port) must come back
+        // to the agent's socket, not leave the pod towards the client's address: the connect then
+        // fails at once instead of after the connect timeout.
+        let reflect = if transparent {
+            match routing::enable_fwmark_reflect(&netns) {
+                Ok(saved) => Some((netns.clone(), saved)),
+                Err(e) => {
+                    warn!(pod = %pod, error = %e,
+                          "connections to closed ports of this pod fail only after the connect timeout");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let k = &self.proxy.kernel;
         let kerr = |source| PodError::Kernel { pod: pod.clone(), source };
         let result = (|| {
@@ -366,6 +514,7 @@ impl Pods {
             ips: info.ips.clone(),
             accept_loops,
             sockets,
+            reflect: reflect.clone(),
         };
         if let Err(e) = result {
             // Sockets handed over by a running agent: the kernel entries are still its (shared
@@ -560,6 +709,11 @@ impl Pods {
         if let Err(err) = k.detach_sk_lookup(key) {
             warn!(error = %err, "release: sk_lookup");
         }
+        if let Some((netns, saved)) = &e.reflect
+            && let Err(err) = routing::restore_sysctls(netns, saved)
+        {
+            warn!(pod = key, error = %err, "release: fwmark_reflect");
+        }
         for t in e.accept_loops {
             t.abort();
         }
@@ -591,5 +745,53 @@ impl Pods {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, container: &str) -> PodRef {
+        PodRef {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: "uid-1".into(),
+            container_id: container.into(),
+            netns: "/var/run/netns/x".into(),
+            ips: vec![],
+        }
+    }
+
+    #[test]
+    fn a_del_removes_only_the_registration_of_the_pod_it_names() {
+        let victim = pod("mesh", "victim", "c1");
+        let discovered = pod("mesh", "victim", "");
+        let rows: Vec<(&str, Option<&PodRef>, PodRef, DelVerdict)> = vec![
+            ("nothing registered", None, pod("mesh", "victim", "c1"), DelVerdict::Applies),
+            ("its own sandbox", Some(&victim), pod("mesh", "victim", "c1"), DelVerdict::Applies),
+            ("an older sandbox", Some(&victim), pod("mesh", "victim", "c0"), DelVerdict::OlderSandbox),
+            (
+                "another pod naming the victim's uid",
+                Some(&victim),
+                pod("mesh", "evil", "c1"),
+                DelVerdict::OtherPod("mesh/victim".into()),
+            ),
+            (
+                "same name in another namespace",
+                Some(&victim),
+                pod("plain", "victim", "c1"),
+                DelVerdict::OtherPod("mesh/victim".into()),
+            ),
+            (
+                "a discovered pod (no container id)",
+                Some(&discovered),
+                pod("mesh", "victim", "c9"),
+                DelVerdict::Applies,
+            ),
+        ];
+        for (row, registered, del, want) in rows {
+            assert_eq!(del_applies(registered, &del), want, "{row}");
+        }
     }
 }

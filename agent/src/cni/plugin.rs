@@ -46,6 +46,9 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// sluice's own (100 and up are the plugin's): the agent refused an ADD whose claim (UID,
+    /// node, addresses, network namespace) conflicts with the Pod object or another pod.
+    pub const CLAIM_CONFLICT: u32 = 100;
 }
 
 /// The environment of one invocation.
@@ -173,6 +176,16 @@ pub fn run(inv: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<Option<S
                 return Ok(Some(with_version(prev, version)));
             };
             let reply = call_agent(agent, &socket, &Request::Add { pod: pod.clone() })?;
+            if let (false, Some(field)) = (reply.ok, &reply.conflict) {
+                return Err(CniError::new(
+                    code::CLAIM_CONFLICT,
+                    format!(
+                        "sluice agent refused pod {}/{}: its claimed {field} conflict",
+                        pod.namespace, pod.name
+                    ),
+                    reply.error.unwrap_or_default(),
+                ));
+            }
             if !reply.ok {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
@@ -352,6 +365,12 @@ mod tests {
         assert!(e.msg.contains("not reachable at /tmp/x.sock"), "{e:?}");
         let e = run(&inv("ADD"), CONF.as_bytes(), &agent(Ok(Reply::err("boom")))).expect_err("refused");
         assert!(e.details.contains("boom"));
+        // A conflicting claim is its own named error, with the agent's explanation as details.
+        let refused = Reply::conflict("netns", "pod shop/web: network namespace ... is already registered");
+        let e = run(&inv("ADD"), CONF.as_bytes(), &agent(Ok(refused))).expect_err("conflict");
+        assert_eq!(e.code, code::CLAIM_CONFLICT, "{e:?}");
+        assert!(e.msg.contains("refused pod shop/web") && e.msg.contains("netns"), "{e:?}");
+        assert!(e.details.contains("already registered"), "{e:?}");
     }
 
     #[test]

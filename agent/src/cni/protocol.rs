@@ -43,13 +43,21 @@ pub struct Reply {
     pub enrolled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when an ADD was refused because its claim conflicts (with the Pod object or another
+    /// pod of the node): the claimed field in conflict (`uid`, `node`, `ips`, `ips_taken`, `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
 }
 
 impl Reply {
     pub fn ok(enrolled: bool) -> Reply {
-        Reply { ok: true, enrolled, error: None }
+        Reply { ok: true, enrolled, error: None, conflict: None }
     }
     pub fn err(msg: impl Into<String>) -> Reply {
-        Reply { ok: false, enrolled: false, error: Some(msg.into()) }
+        Reply { ok: false, enrolled: false, error: Some(msg.into()), conflict: None }
+    }
+    /// A refused claim: `field` is the claimed field in conflict.
+    pub fn conflict(field: &str, msg: impl Into<String>) -> Reply {
+        Reply { conflict: Some(field.to_string()), ..Reply::err(msg) }
     }
 }

@@ -3,6 +3,8 @@
 //! `ca-cert.pem` (signing certificate), `ca-key.pem` (its PKCS#8 key), `root-cert.pem` (trust bundle;
 //! defaults to `ca-cert.pem`).
 use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -57,6 +59,49 @@ fn certs_from_pem(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>
     Ok(certs)
 }
 
+/// Whether [`write_private`] may replace an existing file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+/// Mode of every private key file: owner read/write only.
+pub const PRIVATE_KEY_MODE: u32 = 0o600;
+
+/// Writes a private key to `path` so that no other user can ever open it: the file is created
+/// with mode [`PRIVATE_KEY_MODE`] (`O_CREAT|O_EXCL`, 0600; a umask can only narrow it), never
+/// created wider and chmod'ed after. `Replace::No` creates `path` itself and fails if it exists;
+/// `Replace::Yes` writes a new file beside it and renames it over `path`, so the old key (or an
+/// existing file's wider mode) is never reused.
+fn write_private(path: &Path, contents: &[u8], replace: Replace) -> std::io::Result<()> {
+    let target = match replace {
+        Replace::No => path.to_path_buf(),
+        Replace::Yes => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+        }
+    };
+    if replace == Replace::Yes {
+        // A leftover of this very process id (a crash): never ours to keep.
+        match std::fs::remove_file(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(PRIVATE_KEY_MODE).open(&target)?;
+    let written = f.write_all(contents).and_then(|()| f.sync_all());
+    let done = written.and_then(|()| match replace {
+        Replace::No => Ok(()),
+        Replace::Yes => std::fs::rename(&target, path),
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&target);
+    }
+    done
+}
+
 impl LocalCa {
     /// Creates a new self-signed root for `trust_domain` in `dir` (refuses to overwrite).
     pub fn init(dir: &Path, trust_domain: &str, lifetime: Duration) -> Result<(), CaError> {
@@ -82,12 +127,18 @@ impl LocalCa {
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = (now + lifetime).into();
         let cert = params.self_signed(&key).map_err(mint)?;
+        // The key first, created exclusively: a concurrent `init` loses here, before any
+        // certificate is written for a key that is not the one on disk.
+        let key_path = dir.join("ca-key.pem");
+        write_private(&key_path, key.serialize_pem().as_bytes(), Replace::No).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                CaError::Exists { path: dir.to_path_buf() }
+            } else {
+                CaError::Write { path: key_path.clone(), source }
+            }
+        })?;
         std::fs::write(dir.join("ca-cert.pem"), cert.pem()).map_err(w)?;
         std::fs::write(dir.join("root-cert.pem"), cert.pem()).map_err(w)?;
-        let key_path = dir.join("ca-key.pem");
-        std::fs::write(&key_path, key.serialize_pem()).map_err(w)?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(w)?;
         Ok(())
     }
 
@@ -118,9 +169,10 @@ impl LocalCa {
     /// Issues a certificate for any URI SAN and writes `<out>.crt` (leaf PEM) and `<out>.key`.
     pub fn issue_files(&self, uri: &str, lifetime: Duration, out: &Path) -> Result<(), CaError> {
         let (_, cert_pem, key_pem) = self.mint_uri(uri, lifetime)?;
-        let w = |source| CaError::Write { path: out.to_path_buf(), source };
-        std::fs::write(out.with_extension("crt"), cert_pem).map_err(w)?;
-        std::fs::write(out.with_extension("key"), key_pem).map_err(w)
+        let (crt, key) = (out.with_extension("crt"), out.with_extension("key"));
+        write_private(&key, key_pem.as_bytes(), Replace::Yes)
+            .map_err(|source| CaError::Write { path: key, source })?;
+        std::fs::write(&crt, cert_pem).map_err(|source| CaError::Write { path: crt, source })
     }
 
     /// Mints a leaf for `uri`; also returns the certificate and key as PEM.
@@ -156,7 +208,7 @@ impl LocalCa {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -182,6 +234,49 @@ mod tests {
             })
             .collect();
         assert_eq!(uris, vec![id.to_string()]);
+    }
+
+    /// Serializes the tests that change the process's umask (it is process-wide).
+    pub(crate) static UMASK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+    /// Runs `f` with umask 0, so any mode it checks comes from the code, not from the umask.
+    pub(crate) fn with_open_umask<R>(f: impl FnOnce() -> R) -> R {
+        use nix::sys::stat::{Mode, umask};
+        let _guard = UMASK.lock();
+        let old = umask(Mode::empty());
+        let r = f();
+        umask(old);
+        r
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn key_files_are_created_0600_whatever_the_umask() {
+        with_open_umask(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            LocalCa::init(dir.path(), "cluster.local", Duration::from_secs(3600)).expect("init");
+            assert_eq!(mode(&dir.path().join("ca-key.pem")), 0o600, "ca-key.pem");
+            let ca = LocalCa::load(dir.path()).expect("load");
+            let out = dir.path().join("leaf");
+            // An existing key file with a wide mode is replaced, not written into.
+            std::fs::write(out.with_extension("key"), "old").expect("old key");
+            assert_eq!(mode(&out.with_extension("key")), 0o666, "the umask is open in this test");
+            ca.issue_files("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(60), &out).expect("issue");
+            assert_eq!(mode(&out.with_extension("key")), 0o600, "leaf key");
+            let key = std::fs::read_to_string(out.with_extension("key")).expect("read key");
+            assert!(key.contains("PRIVATE KEY"), "{key}");
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("ls")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(left.is_empty(), "temporary files left: {left:?}");
+        });
     }
 
     #[test]

@@ -291,6 +291,11 @@ impl Kernel {
         maps.in_pods.insert(key, owner, 0).map_err(KernelError::map("IN_PODS", "insert"))
     }
 
+    /// The netns cookie of the enrolled pod whose inbound entry `ip` is, if any.
+    pub fn inbound_owner(&self, ip: IpAddr) -> Option<u64> {
+        self.maps.lock().in_pods.get(&inbound_key(ip), 0).ok()
+    }
+
     /// Forgets `ip` if the pod with netns cookie `owner` still holds it (another pod may have been
     /// given the address since): its inbound traffic is no longer steered or refused.
     pub fn remove_inbound(&self, ip: IpAddr, owner: u64) -> Result<(), KernelError> {

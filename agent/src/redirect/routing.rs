@@ -30,8 +30,8 @@ pub enum RoutingError {
     Socket { netns: String, source: io::Error },
     #[error("adding {what} in {netns}: {source} (needs CAP_NET_ADMIN)")]
     Netlink { netns: String, what: &'static str, source: NlError },
-    #[error("setting net.ipv4.tcp_fwmark_accept in {netns}: {source}")]
-    Sysctl { netns: String, source: io::Error },
+    #[error("setting net.ipv4/ipv6 {what} in {netns}: {source} (needs CAP_NET_ADMIN in the pod's namespace)")]
+    Sysctl { netns: String, what: &'static str, source: io::Error },
 }
 
 /// Installs the delivery rule and route (IPv4, and IPv6 when `v6`) and enables
@@ -77,11 +77,61 @@ pub async fn ensure_delivery_routing(netns: &NetNs, v6: bool) -> Result<(), Rout
         netns
             .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))
             .and_then(|r| r)
-            .map_err(|source| RoutingError::Sysctl { netns: name.clone(), source })
+            .map_err(|source| RoutingError::Sysctl { netns: name.clone(), what: "tcp_fwmark_accept", source })
     }
     .await;
     conn_task.abort();
     result
+}
+
+/// The sysctls that make the kernel's own replies in a pod (a RST from a closed port, an ICMP
+/// error) carry the mark of the packet they answer: a RST answering the agent's transparent
+/// delivery SYN then carries `INBOUND_DELIVERY_MARK`, the delivery rule routes it back to the
+/// agent's socket (the connect fails at once), and it never leaves the pod with the client's
+/// address as destination.
+pub const FWMARK_REFLECT: [&str; 2] =
+    ["/proc/sys/net/ipv4/fwmark_reflect", "/proc/sys/net/ipv6/fwmark_reflect"];
+
+/// The values [`enable_fwmark_reflect`] replaced, to restore at release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedSysctls(pub Vec<(&'static str, String)>);
+
+/// Sets [`FWMARK_REFLECT`] to 1 in `netns` (the IPv6 one where the namespace has IPv6) and returns
+/// what they were.
+pub fn enable_fwmark_reflect(netns: &NetNs) -> Result<SavedSysctls, RoutingError> {
+    let name = netns.path().display().to_string();
+    let err = |source| RoutingError::Sysctl { netns: name.clone(), what: "fwmark_reflect", source };
+    // The sysctl files resolve to the netns of the thread that opens them.
+    netns
+        .run(|| {
+            let mut saved = Vec::new();
+            for path in FWMARK_REFLECT {
+                let old = match std::fs::read_to_string(path) {
+                    Ok(v) => v.trim().to_string(),
+                    // No IPv6 in this kernel or namespace: nothing to reflect.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && path.contains("ipv6") => continue,
+                    Err(e) => return Err(e),
+                };
+                if old != "1" {
+                    std::fs::write(path, "1")?;
+                }
+                saved.push((path, old));
+            }
+            Ok(SavedSysctls(saved))
+        })
+        .and_then(|r| r)
+        .map_err(err)
+}
+
+/// Puts back what [`enable_fwmark_reflect`] changed in `netns`.
+pub fn restore_sysctls(netns: &NetNs, saved: &SavedSysctls) -> Result<(), RoutingError> {
+    let name = netns.path().display().to_string();
+    netns
+        .run(|| {
+            saved.0.iter().filter(|(_, old)| old != "1").try_for_each(|(path, old)| std::fs::write(path, old))
+        })
+        .and_then(|r| r)
+        .map_err(|source| RoutingError::Sysctl { netns: name, what: "fwmark_reflect", source })
 }
 
 fn ignore_exists(r: Result<(), NlError>) -> Result<(), NlError> {

@@ -212,6 +212,9 @@ pub struct Metrics {
     failures: IntCounterVec,
     redirect: IntCounterVec,
     pub enrolled_pods: IntGauge,
+    /// CNI ADDs the agent refused, by `reason` (the claimed field in conflict, `not_in_config`,
+    /// `enrollment_failed`).
+    pub cni_refusals: IntCounterVec,
     /// The agent's soft open-file limit after raising it at start (RLIMIT_NOFILE).
     pub open_files_limit: IntGauge,
     /// Snapshots loaded since start.
@@ -285,6 +288,12 @@ impl Metrics {
             false,
         );
         let enrolled_pods = gauge("sluice_enrolled_pods", "Pods enrolled on this node");
+        let cni_refusals = vec(
+            "sluice_cni_refusals_total",
+            "CNI ADDs refused, by reason (a conflicting claim's field, not_in_config, enrollment_failed)",
+            &["reason"],
+            false,
+        );
         let open_files_limit = gauge(
             "sluice_open_files_limit",
             "The agent's open-file limit (soft RLIMIT_NOFILE, raised to hard at start)",
@@ -311,6 +320,7 @@ impl Metrics {
             failures,
             redirect,
             enrolled_pods,
+            cni_refusals,
             open_files_limit,
             config_generation,
             config_rejections,
