@@ -9,6 +9,10 @@ use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
 use crate::{
     agent::handover::{self, Channel},
+    cni::{
+        plugin::{self, Invocation},
+        protocol::{Reply, Request},
+    },
     config::{Diagnostics, Snapshot, yaml},
 };
 
@@ -16,7 +20,56 @@ use crate::{
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its binary in `agent/fuzz/Cargo.toml`.
-pub const TARGETS: &[(&str, Target)] = &[("config_yaml", config_yaml), ("handover", handover)];
+pub const TARGETS: &[(&str, Target)] = &[("cni", cni), ("config_yaml", config_yaml), ("handover", handover)];
+
+/// The CNI plugin as the container runtime runs it: the first five lines of `data` are
+/// `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME` and `CNI_ARGS`, the rest is the
+/// network config on stdin. The agent answers every call with the reply the sum of the bytes picks
+/// (enrolled, refused, a claim conflict, unreachable). A result printed for the runtime must be
+/// JSON; whatever the plugin sends the agent must read back as the same request (the agent's
+/// decoder is fed the plugin's bytes, and the raw stdin too).
+pub fn cni(data: &[u8]) {
+    let mut parts = data.splitn(6, |b| *b == b'\n');
+    let mut field = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let inv = Invocation {
+        command: field(),
+        container_id: field(),
+        netns: field(),
+        ifname: field(),
+        args: field(),
+    };
+    let stdin = parts.next().unwrap_or_default();
+    let agent = FuzzAgent { pick: data.iter().fold(0u8, |a, b| a.wrapping_add(*b)) };
+    match plugin::run(&inv, stdin, &agent) {
+        Ok(Some(out)) => {
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&out) {
+                panic!("the plugin printed a result that is not JSON ({e}): {out}");
+            }
+        }
+        Ok(None) | Err(_) => {}
+    }
+    let _ = serde_json::from_slice::<Request>(stdin);
+}
+
+/// The agent's side of the CNI socket, answering without one.
+struct FuzzAgent {
+    pick: u8,
+}
+
+impl plugin::Agent for FuzzAgent {
+    fn call(&self, _socket: &std::path::Path, req: &Request) -> std::io::Result<Reply> {
+        let line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        let back: Request = serde_json::from_slice(&line)
+            .unwrap_or_else(|e| panic!("the agent cannot read the plugin's request ({e}): {req:?}"));
+        assert_eq!(&back, req, "the request changed on the wire");
+        match self.pick % 4 {
+            0 => Ok(Reply::ok(true)),
+            1 => Ok(Reply::err("refused")),
+            2 => Ok(Reply::conflict("ips", "address taken")),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }
+    }
+}
 
 /// Mesh config: bytes (as lossy UTF-8) through the YAML front end and, when they parse, the
 /// compiler and the cross-object checks; every diagnostic must render.
