@@ -40,13 +40,10 @@ pub fn cni(data: &[u8]) {
     };
     let stdin = parts.next().unwrap_or_default();
     let agent = FuzzAgent { pick: data.iter().fold(0u8, |a, b| a.wrapping_add(*b)) };
-    match plugin::run(&inv, stdin, &agent) {
-        Ok(Some(out)) => {
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(&out) {
-                panic!("the plugin printed a result that is not JSON ({e}): {out}");
-            }
-        }
-        Ok(None) | Err(_) => {}
+    if let Ok(Some(out)) = plugin::run(&inv, stdin, &agent)
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(&out)
+    {
+        panic!("the plugin printed a result that is not JSON ({e}): {out}");
     }
     let _ = serde_json::from_slice::<Request>(stdin);
 }
