@@ -273,9 +273,10 @@ pub struct WaypointArgs {
 /// Bounds on a mesh config directory, shared by the processes that read one (agent, waypoint).
 #[derive(Args, Debug, Clone)]
 pub struct ConfigLimitArgs {
-    /// Most bytes of YAML a config directory may hold in all (e.g. 64MiB, 128MiB, 1GiB); a change
-    /// beyond it is rejected and the last good config kept. See docs/config.md, "Limits".
-    #[arg(long, env = "SLUICE_CONFIG_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    /// Most bytes of YAML a config directory may hold in all (e.g. 8MiB, 32MiB, 1GiB); a change
+    /// beyond it is rejected and the last good config kept. A load peaks at about 35 times this in
+    /// memory: raise the container's memory limit with it. See docs/config.md, "Directory limits".
+    #[arg(long, env = "SLUICE_CONFIG_MAX_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
     pub config_max_bytes: u64,
 }
 

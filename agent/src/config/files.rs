@@ -42,9 +42,11 @@ pub const MAX_DEPTH: usize = 16;
 /// Most YAML files read in one load.
 pub const MAX_FILES: usize = 10_000;
 
-/// Default of [`Limits::max_total_bytes`] (`--config-max-bytes`): 64 MiB of YAML. 100,000
-/// AuthorizationPolicies take about 19 MiB; parsing holds several times the text at once.
-pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`Limits::max_total_bytes`] (`--config-max-bytes`): 8 MiB of YAML, about 26,000
+/// AuthorizationPolicies of 320 bytes. A load peaks at about 35 times the YAML's size (the parsed
+/// documents with their positions, ~9 KB per such policy, plus the snapshot, ~1.4 KB), so 8 MiB
+/// stays within the DaemonSet's 512 MiB memory limit; raise both together (docs/config.md).
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How often the watcher re-checks which directory the config path names.
 pub const IDENTITY_POLL: Duration = Duration::from_secs(1);
@@ -126,9 +128,20 @@ pub fn load_dir(dir: &Path, limits: &Limits) -> Result<(Snapshot, Diagnostics), 
 /// [`load_dir`] on a blocking thread, so the runtime's workers keep serving meanwhile.
 pub async fn load(dir: PathBuf, limits: Limits) -> Result<(Snapshot, Diagnostics), LoadError> {
     let path = dir.clone();
-    tokio::task::spawn_blocking(move || load_dir(&dir, &limits))
-        .await
-        .unwrap_or_else(|e| Err(LoadError::Task { path, detail: e.to_string() }))
+    tokio::task::spawn_blocking(move || {
+        let loaded = load_dir(&dir, &limits);
+        return_free_memory();
+        loaded
+    })
+    .await
+    .unwrap_or_else(|e| Err(LoadError::Task { path, detail: e.to_string() }))
+}
+
+/// Returns the heap memory a load left free to the kernel (see [`crate::limits::return_free_memory`]):
+/// parsing holds several times the YAML's size at once, and a replaced snapshot is freed whole.
+pub fn return_free_memory() {
+    let released = crate::limits::return_free_memory();
+    tracing::debug!(target: "sluice::config", released, "returned free heap memory after a config load");
 }
 
 /// The YAML files named by `paths`: files as given, directories searched recursively (within the
@@ -355,18 +368,22 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
 /// freeing the replaced snapshot does not happen on a runtime worker either.
 async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>) {
     let (dir, store) = (dir.to_path_buf(), store.clone());
-    let done = tokio::task::spawn_blocking(move || match load_dir(&dir, &limits) {
-        Ok((snap, warnings)) => {
-            for w in warnings.warnings() {
-                warn!(target: "sluice::config", "{w}");
+    let done = tokio::task::spawn_blocking(move || {
+        match load_dir(&dir, &limits) {
+            Ok((snap, warnings)) => {
+                for w in warnings.warnings() {
+                    warn!(target: "sluice::config", "{w}");
+                }
+                info!(target: "sluice::config", dir = %dir.display(), "mesh config reloaded");
+                store.store(snap);
             }
-            info!(target: "sluice::config", dir = %dir.display(), "mesh config reloaded");
-            store.store(snap);
+            Err(e) => {
+                error!(target: "sluice::config", dir = %dir.display(), "{e}; keeping the last good config");
+                store.reject(e.to_string());
+            }
         }
-        Err(e) => {
-            error!(target: "sluice::config", dir = %dir.display(), "{e}; keeping the last good config");
-            store.reject(e.to_string());
-        }
+        // The parse's (and a replaced snapshot's) memory is free now: give it back.
+        return_free_memory();
     })
     .await;
     if let Err(e) = done {

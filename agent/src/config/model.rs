@@ -515,7 +515,32 @@ impl Snapshot {
         }
         snap.link_services();
         snap.index_policies();
+        snap.shrink_to_fit();
         snap
+    }
+
+    /// Drops the spare capacity the compile's growing left in the snapshot's tables (up to half of
+    /// each): the snapshot is immutable from here on, and with 100,000 policies the slack is MiBs.
+    fn shrink_to_fit(&mut self) {
+        self.namespaces.shrink_to_fit();
+        self.pods.shrink_to_fit();
+        self.pods_by_ip.shrink_to_fit();
+        self.services.shrink_to_fit();
+        self.vips.shrink_to_fit();
+        self.peer_authentications.shrink_to_fit();
+        self.authorization_policies.shrink_to_fit();
+        self.waypoint_policies.shrink_to_fit();
+        self.virtual_services.shrink_to_fit();
+        self.destination_rules.shrink_to_fit();
+        self.service_entries.shrink_to_fit();
+        self.gateways.shrink_to_fit();
+        self.k8s_gateways.shrink_to_fit();
+        self.waypoint_for.shrink_to_fit();
+        self.request_authentications.shrink_to_fit();
+        self.telemetries.shrink_to_fit();
+        self.namespace_peer_auth.shrink_to_fit();
+        self.authz_by_namespace.values_mut().for_each(Vec::shrink_to_fit);
+        self.services_by_host.shrink_to_fit();
     }
 
     /// Cross-object checks for `sluice analyze`: selectors that select nothing. Only meaningful when
