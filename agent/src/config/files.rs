@@ -268,14 +268,9 @@ fn yaml_files(dir: &Path, limits: &Limits) -> Result<Vec<PathBuf>, LoadError> {
                 continue; // editor swap files; a ConfigMap mount's ..data and its timestamped dirs
             }
             let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-            // Follows symlinks; a dangling link to a YAML file is read below (and reported there).
-            let Ok(meta) = std::fs::metadata(&path) else {
-                if is_yaml {
-                    out.push(path);
-                }
-                continue;
-            };
-            if meta.is_dir() {
+            // Follows symlinks; a dangling link to a YAML file is counted and read (and reported) below.
+            let meta = std::fs::metadata(&path).ok();
+            if let Some(meta) = meta.as_ref().filter(|m| m.is_dir()) {
                 if depth + 1 > limits.max_depth {
                     return Err(WalkError::TooDeep { path, limit: limits.max_depth }.into());
                 }
@@ -289,7 +284,7 @@ fn yaml_files(dir: &Path, limits: &Limits) -> Result<Vec<PathBuf>, LoadError> {
                 }
                 stack.push((path, depth + 1));
             } else if is_yaml {
-                total = total.saturating_add(meta.len());
+                total = total.saturating_add(meta.map_or(0, |m| m.len()));
                 if out.len() >= limits.max_files {
                     let dir = dir.to_path_buf();
                     return Err(WalkError::TooManyFiles { dir, path, limit: limits.max_files }.into());
@@ -560,6 +555,14 @@ mod tests {
         }
         assert!(load_in_time(dir.path(), Limits { max_files: 4, ..Limits::default() }).is_ok());
         let e = load_in_time(dir.path(), Limits { max_files: 3, ..Limits::default() }).expect_err("files");
+        assert!(e.to_string().contains("more than 3 YAML files"), "{e}");
+        // Dangling links to YAML files count too (each would become a diagnostic).
+        let links = tempfile::tempdir().expect("tempdir");
+        for i in 0..4 {
+            std::os::unix::fs::symlink("/nonexistent", links.path().join(format!("l{i}.yaml")))
+                .expect("link");
+        }
+        let e = load_in_time(links.path(), Limits { max_files: 3, ..Limits::default() }).expect_err("links");
         assert!(e.to_string().contains("more than 3 YAML files"), "{e}");
         let total = 4 * NS_A.len() as u64 + 4;
         assert!(load_in_time(dir.path(), Limits { max_total_bytes: total, ..Limits::default() }).is_ok());
