@@ -126,6 +126,8 @@ pub struct AgentArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
@@ -258,12 +260,31 @@ pub struct WaypointArgs {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
     /// Timeout for connecting to an endpoint.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// PEM file of CA certificates trusted (besides the system's) for fetching `jwksUri`.
     #[arg(long, env = "SLUICE_JWKS_CA")]
     pub jwks_ca: Option<PathBuf>,
+}
+
+/// Bounds on a mesh config directory, shared by the processes that read one (agent, waypoint).
+#[derive(Args, Debug, Clone)]
+pub struct ConfigLimitArgs {
+    /// Most bytes of YAML a config directory may hold in all (e.g. 8MiB, 32MiB, 1GiB); a change
+    /// beyond it is rejected and the last good config kept. A load peaks at about 35 times this in
+    /// memory: raise the container's memory limit with it. See docs/config.md, "Directory limits".
+    #[arg(long, env = "SLUICE_CONFIG_MAX_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub config_max_bytes: u64,
+}
+
+impl ConfigLimitArgs {
+    /// The walk and size bounds these flags give the file source.
+    pub fn limits(&self) -> crate::config::files::Limits {
+        crate::config::files::Limits { max_total_bytes: self.config_max_bytes, ..Default::default() }
+    }
 }
 
 /// Identity and certificates, shared by the processes that mint their own (agent, waypoint).
@@ -330,6 +351,21 @@ pub enum CaCommand {
 }
 
 /// Parses `250ms`, `10s`, `5m`.
+/// A byte count: plain (`67108864`) or with a binary unit (`64KiB`, `64MiB`, `1GiB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size like 67108864, 64MiB or 1GiB");
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let unit: u64 = match &s[i..] {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).filter(|b| *b > 0).ok_or_else(bad)
+}
+
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
     let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 5m"))?;
@@ -358,6 +394,16 @@ mod tests {
         let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         for want in ["agent", "waypoint", "cni", "analyze", "config", "status"] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "0", "64MB", "-1", "99999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }
 

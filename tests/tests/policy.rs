@@ -229,3 +229,65 @@ fn a_live_policy_change_applies_within_one_second_and_a_broken_one_is_rejected()
     assert!(connects(&w, &w.a, 8080));
     assert_eq!(w.c.metric(1, "sluice_config_in_error", &[]).expect("metric"), 0.0);
 }
+
+#[test]
+fn a_misspelt_kind_keeps_a_live_deny_and_a_recreated_config_directory_reloads() {
+    let name = "a_misspelt_kind_keeps_a_live_deny_and_a_recreated_config_directory_reloads";
+    if !require_root(name) {
+        return;
+    }
+    let w = world();
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: mesh}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client-b]}}]}]\n";
+    w.c.apply_config("authz.yaml", deny).expect("deny");
+    assert!(!connects(&w, &w.b, 8080) && connects(&w, &w.a, 8080), "the DENY applies");
+    let dump = |n: usize| -> serde_json::Value {
+        serde_json::from_str(&w.c.agent_get(n, "/debug/config_dump").expect("dump")).expect("json")
+    };
+    let rejected_with = |what: &str| {
+        for n in [1, 2] {
+            let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
+            loop {
+                let text = dump(n)["rejections"]["current"].as_str().unwrap_or_default().to_string();
+                if text.contains(what) {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "node{n} never rejected with {what:?}: {text}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
+    // Item 5: the kind renamed is rejected on both agents, and the DENY keeps denying.
+    w.c.write_config("authz.yaml", &deny.replace("AuthorizationPolicy", "AuthorisationPolicy"))
+        .expect("write");
+    rejected_with("did you mean `AuthorizationPolicy`?");
+    assert!(!connects(&w, &w.b, 8080), "a misspelt kind must not drop the DENY");
+    // Item 6: the directory deleted (the DENY stays) and re-created without the DENY (it goes).
+    // Everything else the harness wrote (namespaces, the pods) comes back with the directory.
+    let keep: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&w.c.mesh_dir)
+        .expect("ls mesh")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "authz.yaml"))
+        .map(|p| (p.file_name().unwrap_or_default().to_owned(), std::fs::read(&p).expect("read")))
+        .collect();
+    std::fs::remove_dir_all(&w.c.mesh_dir).expect("rm -r mesh");
+    rejected_with("mesh config directory");
+    assert!(!connects(&w, &w.b, 8080), "the last good config stays while the directory is missing");
+    let next = w.c.mesh_dir.with_extension("next");
+    std::fs::create_dir(&next).expect("mkdir");
+    for (name, bytes) in &keep {
+        std::fs::write(next.join(name), bytes).expect("write");
+    }
+    let generation = [dump(1)["generation"].as_u64(), dump(2)["generation"].as_u64()];
+    std::fs::rename(&next, &w.c.mesh_dir).expect("re-create");
+    for n in [1, 2] {
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
+        while dump(n)["generation"].as_u64() == generation[n - 1] {
+            assert!(std::time::Instant::now() < deadline, "node{n} never loaded the re-created directory");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    assert!(connects(&w, &w.b, 8080), "the DENY removed with the re-created directory no longer applies");
+    // Later edits still apply (the watch moved to the new directory).
+    w.c.apply_config("authz.yaml", deny).expect("deny again");
+    assert!(!connects(&w, &w.b, 8080), "an edit after the re-creation applies");
+}

@@ -69,7 +69,7 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     if let Some(t) = &takeover {
         info!(from = %t.peer_version, pods = t.pods.len(), "a running agent handed its pods over");
     }
-    let (snap, source) = config::source::load(&args.config).await?;
+    let (snap, source) = config::source::load(&args.config, args.config_limits.limits()).await?;
     let store = SnapshotStore::new(snap);
     let lock = match early_lock {
         Some(l) => l,

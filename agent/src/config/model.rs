@@ -224,7 +224,10 @@ impl Snapshot {
     pub fn compile(docs: &[(PathBuf, Document)], diags: &mut Diagnostics) -> Snapshot {
         let mut snap = Snapshot::default();
         let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
-        for (file, doc) in docs {
+        let mut doc_index = 0;
+        for (i, (file, doc)) in docs.iter().enumerate() {
+            // 1-based position of the document in its file, named by diagnostics about its kind.
+            doc_index = if i > 0 && docs[i - 1].0 == *file { doc_index + 1 } else { 1 };
             let mut cx = Cx { file, doc, diags, object: None };
             let Some(kind) = cx.string("kind", true) else {
                 continue;
@@ -270,11 +273,7 @@ impl Snapshot {
             }
             let labels = cx.labels("metadata.labels");
             let Some(resolved) = resolved else {
-                cx.warning(
-                    "kind",
-                    format!("unknown kind `{kind}` ignored"),
-                    "check the spelling; sluice reads Istio and Kubernetes kinds",
-                );
+                cx.unknown_kind(&kind, api_version.as_deref(), doc_index);
                 continue;
             };
             match resolved {
@@ -516,7 +515,32 @@ impl Snapshot {
         }
         snap.link_services();
         snap.index_policies();
+        snap.shrink_to_fit();
         snap
+    }
+
+    /// Drops the spare capacity the compile's growing left in the snapshot's tables (up to half of
+    /// each): the snapshot is immutable from here on, and with 100,000 policies the slack is MiBs.
+    fn shrink_to_fit(&mut self) {
+        self.namespaces.shrink_to_fit();
+        self.pods.shrink_to_fit();
+        self.pods_by_ip.shrink_to_fit();
+        self.services.shrink_to_fit();
+        self.vips.shrink_to_fit();
+        self.peer_authentications.shrink_to_fit();
+        self.authorization_policies.shrink_to_fit();
+        self.waypoint_policies.shrink_to_fit();
+        self.virtual_services.shrink_to_fit();
+        self.destination_rules.shrink_to_fit();
+        self.service_entries.shrink_to_fit();
+        self.gateways.shrink_to_fit();
+        self.k8s_gateways.shrink_to_fit();
+        self.waypoint_for.shrink_to_fit();
+        self.request_authentications.shrink_to_fit();
+        self.telemetries.shrink_to_fit();
+        self.namespace_peer_auth.shrink_to_fit();
+        self.authz_by_namespace.values_mut().for_each(Vec::shrink_to_fit);
+        self.services_by_host.shrink_to_fit();
     }
 
     /// Cross-object checks for `sluice analyze`: selectors that select nothing. Only meaningful when
@@ -762,6 +786,37 @@ impl Cx<'_> {
 
     fn warning(&mut self, field: &str, message: String, hint: &str) {
         self.push(Severity::Warning, field, message, hint);
+    }
+
+    /// A `kind:` no row of the kind table reads. A misspelt kind of a group sluice reads is an
+    /// error (ignoring it would drop the object: a DENY would stop denying); anything else is
+    /// ignored with a warning.
+    fn unknown_kind(&mut self, kind: &str, api_version: Option<&str>, doc_index: usize) {
+        let did_you_mean =
+            |nearest: Option<&str>| nearest.map(|n| format!("did you mean `{n}`? ")).unwrap_or_default();
+        match kinds::classify_unknown(kind, api_version) {
+            kinds::Unknown::Misspelt { group, known, nearest } => {
+                let reads = if known.is_empty() {
+                    String::new()
+                } else {
+                    let group = if group.is_empty() { "the core group".to_string() } else { group };
+                    format!("; sluice reads {} from {group}", known.join(", "))
+                };
+                self.error(
+                    "kind",
+                    format!(
+                        "unknown kind `{kind}` (document {doc_index} of the file){reads}; an object of a \
+                         misspelt kind is never ignored, it would silently drop a policy"
+                    ),
+                    &format!("{}fix the `kind:` spelling; the last good config stays in force until then", did_you_mean(nearest)),
+                );
+            }
+            kinds::Unknown::Unrelated { nearest } => self.warning(
+                "kind",
+                format!("unknown kind `{kind}` ignored (document {doc_index} of the file)"),
+                &format!("{}sluice reads Istio and Kubernetes kinds; nothing to do if this object is for another controller", did_you_mean(nearest)),
+            ),
+        }
     }
 
     fn string(&mut self, path: &str, required: bool) -> Option<String> {
@@ -1132,6 +1187,52 @@ spec:
         assert!(errors[0].contains("field `kind`: is required"), "{}", errors[0]);
         assert!(errors[1].contains("duplicate object, first defined at mesh.yaml:3"), "{}", errors[1]);
         assert!(d.warnings().any(|w| w.message.contains("unknown kind `Frobnicator`")));
+    }
+
+    #[test]
+    fn a_misspelt_kind_of_a_group_sluice_reads_is_an_error_never_a_dropped_policy() {
+        let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: a}\nspec: {action: DENY, rules: [{}]}\n";
+        let (s, d) = compile(deny);
+        assert!(!d.has_errors(), "{d}");
+        assert_eq!(s.authorization_policies.len(), 1);
+        // The kind renamed: an error naming file, line, document, kind, the group's kinds and the fix.
+        let (_, d) = compile(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n{}",
+            deny.replace("AuthorizationPolicy", "AuthorisationPolicy")
+        ));
+        let e: Vec<String> = d.errors().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("mesh.yaml:6:7: error: AuthorisationPolicy/a/d: field `kind`: unknown kind `AuthorisationPolicy` (document 2 of the file)"), "{}", e[0]);
+        assert!(
+            e[0].contains(
+                "PeerAuthentication, AuthorizationPolicy, RequestAuthentication from security.istio.io"
+            ),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].contains("did you mean `AuthorizationPolicy`?"), "{}", e[0]);
+        // v1 ConfigMap (document 1) stays a warning.
+        assert!(d.warnings().any(|w| w.message.contains("unknown kind `ConfigMap` ignored")), "{d}");
+        // The other ways a known kind could be dropped are errors too: a wrong or missing apiVersion.
+        for (changed, want) in [
+            (
+                deny.replace("security.istio.io/v1", "security.istio.io/v2"),
+                "is not an apiVersion of AuthorizationPolicy",
+            ),
+            (deny.replace("apiVersion: security.istio.io/v1\n", ""), "field `apiVersion`: is required"),
+            (
+                deny.replace("kind: AuthorizationPolicy", "kind: ''"),
+                "field `kind`: must be a non-empty string",
+            ),
+            (
+                deny.replace("kind: AuthorizationPolicy", "kind: authorizationpolicy"),
+                "did you mean `AuthorizationPolicy`?",
+            ),
+        ] {
+            let (s, d) = compile(&changed);
+            assert!(d.errors().any(|e| e.to_string().contains(want)), "{changed}: {d}");
+            assert!(s.authorization_policies.is_empty());
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub enum SourceError {
 
 /// A source whose first snapshot is loaded, ready to be followed.
 pub enum Source {
-    Files(PathBuf),
+    Files(PathBuf, files::Limits),
     Kubernetes(kubernetes::Follower),
 }
 
@@ -32,26 +32,27 @@ pub enum SourceGuard {
     Kubernetes(kubernetes::WatchGuard),
 }
 
-/// Loads the first snapshot from `config`; warnings are logged (`sluice::config`).
-pub async fn load(config: &Path) -> Result<(Snapshot, Source), SourceError> {
+/// Loads the first snapshot from `config`; warnings are logged (`sluice::config`). `limits` bound
+/// a directory's walk and size (the Kubernetes source is bounded by the API server's object limits).
+pub async fn load(config: &Path, limits: files::Limits) -> Result<(Snapshot, Source), SourceError> {
     if kubernetes::selected_by(config) {
         // Warnings of the first snapshot are logged by the source.
         let client = kubernetes::client_from_env().await?;
         let synced = kubernetes::sync(client, kubernetes::Options::default()).await?;
         return Ok((synced.snapshot, Source::Kubernetes(synced.follower)));
     }
-    let (snap, warnings) = files::load_dir(config)?;
+    let (snap, warnings) = files::load(config.to_path_buf(), limits).await?;
     for w in warnings.warnings() {
         tracing::warn!(target: "sluice::config", "{w}");
     }
-    Ok((snap, Source::Files(config.to_path_buf())))
+    Ok((snap, Source::Files(config.to_path_buf(), limits)))
 }
 
 impl Source {
     /// Follows changes: each good one is swapped into `store`, a broken one rejected.
     pub fn follow(self, store: Arc<SnapshotStore>) -> Result<SourceGuard, SourceError> {
         match self {
-            Source::Files(dir) => files::watch(dir.clone(), store)
+            Source::Files(dir, limits) => files::watch(dir.clone(), limits, store)
                 .map(SourceGuard::Files)
                 .map_err(|e| SourceError::Watch(dir, e)),
             Source::Kubernetes(follower) => Ok(SourceGuard::Kubernetes(follower.follow(store))),

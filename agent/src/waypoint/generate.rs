@@ -300,7 +300,8 @@ mod tests {
         std::fs::write(dir.path().join("waypoint.yaml"), &text).expect("write");
         let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
         std::fs::write(dir.path().join("ns.yaml"), ns).expect("write");
-        let (snap, diags) = crate::config::files::load_dir(dir.path()).expect("the config accepts it");
+        let (snap, diags) =
+            crate::config::files::load_dir(dir.path(), &Default::default()).expect("the config accepts it");
         assert_eq!(diags.errors().count(), 0);
         let kind = snap.waypoint_for.get(&("shop".to_string(), "shop-waypoint".to_string()));
         assert_eq!(kind, Some(&crate::config::waypoints::WaypointFor::All));

@@ -105,7 +105,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         anyhow::bail!("`sluice waypoint` needs --config, --name and --namespace");
     };
     // The same two config sources as the agent: a watched directory, or the Kubernetes API.
-    let (snap, source) = config::source::load(&config_path).await?;
+    let (snap, source) = config::source::load(&config_path, args.config_limits.limits()).await?;
     if !snap.k8s_gateways.iter().any(|g| g.name == name && g.namespace == namespace && g.spec.is_waypoint()) {
         warn!(gateway = %name, namespace = %namespace,
               "no Gateway of class istio-waypoint with this name in the config yet; serving anyway (agents send traffic here only once it exists)");

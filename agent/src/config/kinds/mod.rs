@@ -229,6 +229,111 @@ pub fn api_versions(name: &str) -> Option<Vec<&'static str>> {
     Some(rows.iter().flat_map(|k| k.api_versions.iter().copied()).collect())
 }
 
+/// The API group of an apiVersion: `security.istio.io` for `security.istio.io/v1`, empty for the core
+/// group (`v1`).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+/// The kinds sluice reads from API group `group`, in [`KINDS`] order without repeats; empty for a
+/// group it reads nothing from. Derived from the table, so a new row extends it.
+pub fn kinds_of_group(group: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for k in KINDS {
+        if k.api_versions.iter().any(|v| group_of(v) == group) && !out.contains(&k.name) {
+            out.push(k.name);
+        }
+    }
+    out
+}
+
+/// Real kinds of the groups sluice reads that it deliberately does not read (upstream Istio and
+/// Gateway API kinds): ignored with a warning, never mistaken for a misspelt kind of that group.
+pub const IGNORED_KINDS: &[(&str, &[&str])] = &[
+    ("networking.istio.io", &["Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter", "ProxyConfig"]),
+    (
+        "gateway.networking.k8s.io",
+        &[
+            "GatewayClass",
+            "HTTPRoute",
+            "GRPCRoute",
+            "TCPRoute",
+            "TLSRoute",
+            "UDPRoute",
+            "ReferenceGrant",
+            "BackendTLSPolicy",
+        ],
+    ),
+];
+
+/// What a document's unknown `kind:` is, given its apiVersion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    /// Not a kind sluice reads, in a group it reads nothing from (`apps/v1 Deployment`, `v1
+    /// ConfigMap`), or a real upstream kind sluice ignores ([`IGNORED_KINDS`]): ignored, a warning.
+    Unrelated { nearest: Option<&'static str> },
+    /// A kind that does not exist in a group sluice reads (`security.istio.io`), or a near miss of
+    /// a kind sluice reads with no or a core apiVersion: almost certainly a typo, and ignoring it
+    /// would drop the object (a DENY would stop denying). An error.
+    Misspelt { group: String, known: Vec<&'static str>, nearest: Option<&'static str> },
+}
+
+/// Classifies a `kind: name` that [`is_known`] says sluice does not read.
+pub fn classify_unknown(name: &str, api_version: Option<&str>) -> Unknown {
+    let group = api_version.map(group_of);
+    let known = group.map(kinds_of_group).unwrap_or_default();
+    let ignored =
+        group.is_some_and(|g| IGNORED_KINDS.iter().any(|(ig, kinds)| *ig == g && kinds.contains(&name)));
+    // The kinds a typo could have meant: of its group when sluice reads that group, else all.
+    let candidates: Vec<&'static str> = if known.is_empty() || group == Some("") {
+        KINDS.iter().map(|k| k.name).collect()
+    } else {
+        known.clone()
+    };
+    let nearest = nearest(name, &candidates);
+    match group {
+        _ if ignored => Unknown::Unrelated { nearest: None },
+        // A non-core group sluice reads: every kind sluice does not know there is a typo.
+        Some(g) if !g.is_empty() && !known.is_empty() => {
+            Unknown::Misspelt { group: g.to_string(), known, nearest }
+        }
+        // The core group or no apiVersion: only a near miss is a typo (`Namespce`, not `ConfigMap`).
+        Some("") | None if nearest.is_some() => Unknown::Misspelt {
+            group: group.unwrap_or_default().to_string(),
+            known: if group.is_some() { known } else { Vec::new() },
+            nearest,
+        },
+        _ => Unknown::Unrelated { nearest },
+    }
+}
+
+/// The candidate closest to `name` by edit distance (ignoring case), if close enough to be a typo:
+/// at most 2 edits and fewer than a third of the name's length (`Pod` is not a typo of `Node`).
+pub fn nearest(name: &str, candidates: &[&'static str]) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&name, &c.to_ascii_lowercase()), *c))
+        .filter(|(d, c)| *d <= 2 && *d * 3 < c.len().max(name.len()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters (kind names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +397,58 @@ mod tests {
         assert_eq!(gw.len(), 5);
         assert_eq!(api_versions("Frobnicator"), None);
         assert!(is_known("Workload") && !is_known("Frobnicator"));
+    }
+
+    #[test]
+    fn unknown_kinds_of_groups_sluice_reads_are_typos_others_are_unrelated() {
+        // The groups come from the table: a new row's group is covered without a list to update.
+        for r in KINDS {
+            for v in r.api_versions {
+                assert!(kinds_of_group(group_of(v)).contains(&r.name), "{v}");
+            }
+        }
+        assert_eq!(
+            kinds_of_group("security.istio.io"),
+            ["PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"]
+        );
+        let typo = classify_unknown("AuthorisationPolicy", Some("security.istio.io/v1"));
+        let Unknown::Misspelt { group, known, nearest } = typo else { panic!("{typo:?}") };
+        assert_eq!(group, "security.istio.io");
+        assert_eq!(known.len(), 3);
+        assert_eq!(nearest, Some("AuthorizationPolicy"));
+        // Far from every kind of the group: still an error, just without a suggestion.
+        assert!(matches!(
+            classify_unknown("Frobnicator", Some("networking.istio.io/v1")),
+            Unknown::Misspelt { nearest: None, .. }
+        ));
+        assert!(matches!(
+            classify_unknown("Telemetri", Some("telemetry.istio.io/v1")),
+            Unknown::Misspelt { .. }
+        ));
+        assert!(matches!(
+            classify_unknown("Gatewy", Some("gateway.networking.k8s.io/v1")),
+            Unknown::Misspelt { nearest: Some("Gateway"), .. }
+        ));
+        // Real upstream kinds sluice ignores, and unrelated groups, are warnings.
+        for (name, v) in [
+            ("HTTPRoute", "gateway.networking.k8s.io/v1"),
+            ("Sidecar", "networking.istio.io/v1"),
+            ("Deployment", "apps/v1"),
+            ("ConfigMap", "v1"),
+            ("Node", "v1"),
+            ("WasmPlugin", "extensions.istio.io/v1alpha1"),
+        ] {
+            assert!(matches!(classify_unknown(name, Some(v)), Unknown::Unrelated { .. }), "{v} {name}");
+        }
+        // The core group and a missing apiVersion: a near miss of a kind sluice reads is a typo.
+        assert!(matches!(
+            classify_unknown("Namespce", Some("v1")),
+            Unknown::Misspelt { nearest: Some("Namespace"), .. }
+        ));
+        assert!(matches!(
+            classify_unknown("authorizationpolicy", None),
+            Unknown::Misspelt { nearest: Some("AuthorizationPolicy"), .. }
+        ));
+        assert!(matches!(classify_unknown("Frobnicator", None), Unknown::Unrelated { nearest: None }));
     }
 }
