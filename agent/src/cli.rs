@@ -96,6 +96,40 @@ impl Command {
     }
 }
 
+/// Overload protection (docs/security.md, "Limits").
+#[derive(Args, Debug, Clone)]
+pub struct CapsArgs {
+    /// Concurrent connections (plaintext and HBONE streams) to one node-local pod; more are
+    /// refused (`overload_pod`).
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_POD)]
+    pub max_conns_per_pod: usize,
+    /// Concurrent connections and HBONE streams from one client address; more are refused
+    /// (`overload_source`).
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_SOURCE)]
+    pub max_conns_per_source: usize,
+    /// Descriptors all carried connections may hold together (default: 90% of the open-file
+    /// limit; plaintext from outside the mesh may take half of it). More are refused
+    /// (`overload_budget`).
+    #[arg(long)]
+    pub connection_budget: Option<usize>,
+    /// Concurrent connections to each admin, metrics and readiness listener; more are closed at
+    /// accept.
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_ADMIN_CONNECTIONS)]
+    pub max_admin_conns: usize,
+}
+
+impl CapsArgs {
+    /// The caps for a process whose open-file limit is `nofile`.
+    pub fn caps(&self, nofile: u64) -> crate::limits::caps::Caps {
+        crate::limits::caps::Caps::derive(
+            nofile,
+            self.connection_budget,
+            self.max_conns_per_pod,
+            self.max_conns_per_source,
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Mesh config: a directory of YAML files (watched), or the literal `kubernetes` to watch the
@@ -126,6 +160,8 @@ pub struct AgentArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub caps: CapsArgs,
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,

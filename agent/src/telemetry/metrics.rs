@@ -211,6 +211,12 @@ pub struct Metrics {
     tcp_received: IntCounterVec,
     failures: IntCounterVec,
     redirect: IntCounterVec,
+    accept_errors: IntCounterVec,
+    admin_refused: IntCounterVec,
+    /// Descriptors carried connections may hold together (`limits::caps`).
+    pub connection_budget: IntGauge,
+    /// Descriptors carried connections hold now.
+    pub connection_budget_used: IntGauge,
     pub enrolled_pods: IntGauge,
     /// The agent's soft open-file limit after raising it at start (RLIMIT_NOFILE).
     pub open_files_limit: IntGauge,
@@ -284,6 +290,25 @@ impl Metrics {
             &["decision"],
             false,
         );
+        let accept_errors = vec(
+            "sluice_accept_errors_total",
+            "Failed accepts (EMFILE and the like) by listener; each is followed by a back-off pause",
+            &["listener"],
+            true,
+        );
+        let admin_refused = vec(
+            "sluice_admin_connections_closed_total",
+            "Connections the admin, metrics or readiness server closed on its own, by reason \
+             (over_cap, evicted_idle, idle_timeout)",
+            &["listener", "reason"],
+            true,
+        );
+        let connection_budget = gauge(
+            "sluice_connection_budget_fds",
+            "Descriptors all carried connections may hold together (a share of the open-file limit)",
+        );
+        let connection_budget_used =
+            gauge("sluice_connection_budget_used_fds", "Descriptors carried connections hold now");
         let enrolled_pods = gauge("sluice_enrolled_pods", "Pods enrolled on this node");
         let open_files_limit = gauge(
             "sluice_open_files_limit",
@@ -310,6 +335,10 @@ impl Metrics {
             tcp_received,
             failures,
             redirect,
+            accept_errors,
+            admin_refused,
+            connection_budget,
+            connection_budget_used,
             enrolled_pods,
             open_files_limit,
             config_generation,
@@ -317,6 +346,16 @@ impl Metrics {
             config_in_error,
             cert_expiry_seconds,
         }
+    }
+
+    /// The `sluice_accept_errors_total` series of `listener`, for its accept loop's back-off.
+    pub fn accept_errors(&self, listener: &str) -> prometheus::IntCounter {
+        self.accept_errors.with_label_values(&[listener])
+    }
+
+    /// Counts a connection the admin, metrics or readiness server `listener` closed for `reason`.
+    pub fn admin_closed(&self, listener: &str, reason: &str) {
+        self.admin_refused.with_label_values(&[listener, reason]).inc();
     }
 
     /// Counts a connection opened. Only the connection record (`crate::conn::record`) calls this.

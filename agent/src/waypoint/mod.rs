@@ -170,12 +170,16 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     let accept = {
         let wp = wp.clone();
         tokio::spawn(async move {
+            let errors = wp.recorder.metrics().accept_errors("hbone");
+            let mut backoff = crate::limits::accept::AcceptBackoff::new("hbone", Some(errors));
             loop {
                 let (tcp, _) = match listener.accept().await {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff.succeeded();
+                        x
+                    }
                     Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.failed(&e).await;
                         continue;
                     }
                 };
@@ -391,30 +395,21 @@ impl Waypoint {
 /// `/stats/prometheus` and `/healthz/ready` for the waypoint.
 async fn serve_metrics(addr: SocketAddr, wp: Arc<Waypoint>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
-            let wp = wp.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let wp = wp.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/stats/prometheus" | "/metrics" => {
-                                (200, wp.metrics.render() + &wp.recorder.metrics().render())
-                            }
-                            "/healthz/ready" => (200, "ready\n".to_string()),
-                            _ => (404, "not found\n".to_string()),
-                        };
-                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() =
-                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
-            });
+    let metrics = wp.recorder.metrics().clone();
+    let limits = crate::admin::HttpLimits::default();
+    Ok(tokio::spawn(crate::admin::serve_http(listener, "metrics", limits, metrics, move |req| {
+        let wp = wp.clone();
+        async move {
+            let (status, body) = match req.uri().path() {
+                "/stats/prometheus" | "/metrics" => {
+                    (200, wp.metrics.render() + &wp.recorder.metrics().render())
+                }
+                "/healthz/ready" => (200, "ready\n".to_string()),
+                _ => (404, "not found\n".to_string()),
+            };
+            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+            r
         }
-    }))
+    })))
 }
