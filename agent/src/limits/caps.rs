@@ -75,14 +75,18 @@ pub enum Refused {
     Source,
 }
 
+/// Identifies a node-local pod to the caps: its network namespace cookie.
+pub type PodKey = u64;
+
 /// What one connection asks for.
 #[derive(Clone, Copy, Debug)]
-pub struct Ask<'a> {
+pub struct Ask {
     pub class: Class,
     /// Descriptors it holds while idle (a plaintext connection: 2, an HBONE stream: 1).
     pub fds: usize,
-    /// The node-local pod it is for, if it counts against that pod's cap.
-    pub pod: Option<&'a Arc<str>>,
+    /// The node-local pod it is for (its network namespace cookie: unique per pod, unlike a
+    /// name without its namespace), if it counts against that pod's cap.
+    pub pod: Option<PodKey>,
     /// The client address, if it counts against that address's cap.
     pub source: Option<IpAddr>,
 }
@@ -91,7 +95,7 @@ pub struct Ask<'a> {
 struct Counts {
     fds: usize,
     plaintext_fds: usize,
-    pods: HashMap<Arc<str>, usize>,
+    pods: HashMap<PodKey, usize>,
     sources: HashMap<IpAddr, usize>,
 }
 
@@ -121,7 +125,7 @@ impl Limiter {
     }
 
     /// Takes what `ask` needs from every cap it counts against, or none of them.
-    pub fn acquire(self: &Arc<Self>, ask: Ask<'_>) -> Result<Permit, Refused> {
+    pub fn acquire(self: &Arc<Self>, ask: Ask) -> Result<Permit, Refused> {
         let mut c = self.counts.lock();
         if c.fds.saturating_add(ask.fds) > self.caps.budget {
             return Err(Refused::Budget);
@@ -131,7 +135,7 @@ impl Limiter {
             return Err(Refused::Budget);
         }
         if let Some(p) = ask.pod
-            && c.pods.get(p).copied().unwrap_or(0) >= self.caps.per_pod
+            && c.pods.get(&p).copied().unwrap_or(0) >= self.caps.per_pod
         {
             return Err(Refused::Pod);
         }
@@ -145,18 +149,12 @@ impl Limiter {
             c.plaintext_fds += ask.fds;
         }
         if let Some(p) = ask.pod {
-            *c.pods.entry(p.clone()).or_default() += 1;
+            *c.pods.entry(p).or_default() += 1;
         }
         if let Some(s) = ask.source {
             *c.sources.entry(s).or_default() += 1;
         }
-        Ok(Permit {
-            limiter: self.clone(),
-            fds: ask.fds,
-            plaintext,
-            pod: ask.pod.cloned(),
-            source: ask.source,
-        })
+        Ok(Permit { limiter: self.clone(), fds: ask.fds, plaintext, pod: ask.pod, source: ask.source })
     }
 
     pub fn usage(&self) -> Usage {
@@ -165,8 +163,8 @@ impl Limiter {
     }
 
     /// Connections counted against `pod` now.
-    pub fn pod_count(&self, pod: &str) -> usize {
-        self.counts.lock().pods.get(pod).copied().unwrap_or(0)
+    pub fn pod_count(&self, pod: PodKey) -> usize {
+        self.counts.lock().pods.get(&pod).copied().unwrap_or(0)
     }
 
     /// Connections counted against `source` now.
@@ -181,7 +179,7 @@ pub struct Permit {
     limiter: Arc<Limiter>,
     fds: usize,
     plaintext: bool,
-    pod: Option<Arc<str>>,
+    pod: Option<PodKey>,
     source: Option<IpAddr>,
 }
 
@@ -193,12 +191,12 @@ impl Drop for Permit {
             c.plaintext_fds = c.plaintext_fds.saturating_sub(self.fds);
         }
         // Entries at zero go, so a scan of many addresses leaves no memory behind.
-        if let Some(p) = &self.pod
-            && let Some(n) = c.pods.get_mut(p)
+        if let Some(p) = self.pod
+            && let Some(n) = c.pods.get_mut(&p)
         {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.pods.remove(p);
+                c.pods.remove(&p);
             }
         }
         if let Some(s) = self.source
@@ -216,7 +214,7 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
-    fn ask<'a>(class: Class, pod: Option<&'a Arc<str>>, source: &str) -> Ask<'a> {
+    fn ask(class: Class, pod: Option<PodKey>, source: &str) -> Ask {
         Ask { class, fds: 2, pod, source: Some(source.parse().expect("ip")) }
     }
 
@@ -230,19 +228,19 @@ mod tests {
     #[test]
     fn each_cap_refuses_on_its_own_and_permits_give_back_on_drop() {
         let l = Limiter::new(Caps { budget: 100, plaintext_budget: 8, per_pod: 3, per_source: 2 });
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b) = (1, 2);
         // Per source: the third from one address is refused, another address still gets in.
-        let p1 = l.acquire(ask(Class::Mesh, Some(&a), "10.0.0.1")).expect("first");
-        let p2 = l.acquire(ask(Class::Mesh, Some(&a), "10.0.0.1")).expect("second");
-        assert_eq!(l.acquire(ask(Class::Mesh, Some(&b), "10.0.0.1")).expect_err("refused"), Refused::Source);
+        let p1 = l.acquire(ask(Class::Mesh, Some(a), "10.0.0.1")).expect("first");
+        let p2 = l.acquire(ask(Class::Mesh, Some(a), "10.0.0.1")).expect("second");
+        assert_eq!(l.acquire(ask(Class::Mesh, Some(b), "10.0.0.1")).expect_err("refused"), Refused::Source);
         // Per pod: the fourth to `a` is refused, `b` still gets in.
-        let p3 = l.acquire(ask(Class::Mesh, Some(&a), "10.0.0.2")).expect("third");
-        assert_eq!(l.acquire(ask(Class::Mesh, Some(&a), "10.0.0.3")).expect_err("refused"), Refused::Pod);
-        let p4 = l.acquire(ask(Class::Mesh, Some(&b), "10.0.0.3")).expect("other pod");
-        assert_eq!(l.pod_count("a"), 3);
+        let p3 = l.acquire(ask(Class::Mesh, Some(a), "10.0.0.2")).expect("third");
+        assert_eq!(l.acquire(ask(Class::Mesh, Some(a), "10.0.0.3")).expect_err("refused"), Refused::Pod);
+        let p4 = l.acquire(ask(Class::Mesh, Some(b), "10.0.0.3")).expect("other pod");
+        assert_eq!(l.pod_count(a), 3);
         drop((p1, p2, p3, p4));
         assert_eq!(l.usage(), Usage { fds: 0, plaintext_fds: 0, pods: 0, sources: 0 });
-        assert!(l.acquire(ask(Class::Mesh, Some(&a), "10.0.0.1")).is_ok());
+        assert!(l.acquire(ask(Class::Mesh, Some(a), "10.0.0.1")).is_ok());
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Proxy {
         per_pod: bool,
         src: SocketAddr,
     ) -> Option<Permit> {
-        let ask = Ask { class, fds, pod: per_pod.then_some(&pod.pod_name), source: Some(src.ip()) };
+        let ask = Ask { class, fds, pod: per_pod.then_some(pod.netns_cookie), source: Some(src.ip()) };
         match self.limiter.acquire(ask) {
             Ok(p) => Some(p),
             Err(refused) => {
