@@ -139,3 +139,51 @@ fn a_plaintext_flood_is_capped_per_source_and_per_pod_while_another_pod_stays_fa
     assert!(ok, "the caps were not given back when the held connections closed");
     drop(held_b);
 }
+
+/// Descriptors the agent process holds now.
+fn agent_fds(c: &Cluster, n: usize) -> usize {
+    let pid = c.agent_pid(n).expect("agent pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn plaintext_cannot_take_the_budget_share_kept_for_hbone() {
+    if !require_root("plaintext_cannot_take_the_budget_share_kept_for_hbone") {
+        return;
+    }
+    // A budget of 2,000 descriptors: plaintext may hold 1,000 of them (500 connections); the
+    // per-source and per-pod caps are out of the way.
+    const BUDGET: usize = 2000;
+    const FLOOD: usize = 1500;
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent_with(
+        1,
+        &["--connection-budget", "2000", "--max-conns-per-source", "100000", "--max-conns-per-pod", "100000"],
+    )
+    .expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    let target = c.add_pod(1, "mesh", "budget-flooded").expect("target");
+    let other = c.add_pod(1, "mesh", "budget-bystander").expect("other");
+    let outsider = c.add_pod(2, "plain", "budget-flooder").expect("outsider");
+    let mesh_client = c.add_pod(2, "mesh", "budget-mesh-client").expect("mesh client");
+    Probe::new(env!("CARGO_BIN_EXE_sl-probe")).serve(&c, &target, &[8080]).expect("serve");
+    serve_load(&c, &other);
+    let before = agent_fds(&c, 1);
+
+    let (held, refused) = flood(&outsider.netns_path(), SocketAddr::new(target.ipv4, 8080), FLOOD);
+    assert_eq!((held.len(), refused), (BUDGET / 4, FLOOD - BUDGET / 4), "plaintext share of the budget");
+    assert_eq!(failures(&c, "overload_budget") as usize, FLOOD - BUDGET / 4);
+    let during = agent_fds(&c, 1);
+    eprintln!("agent descriptors: {before} before, {during} with {} plaintext connections held", held.len());
+    assert!(during <= before + BUDGET / 2 + 64, "the agent holds {during} descriptors (before: {before})");
+
+    // HBONE still has its share.
+    let hbone = churn(&c, &mesh_client, SocketAddr::new(other.ipv4, 7001));
+    eprintln!("HBONE during the flood: {hbone}");
+    assert_eq!(hbone["errors"], 0, "{hbone}");
+    assert!(p99_ms(&hbone) < 100.0, "HBONE p99 {} ms during the flood", p99_ms(&hbone));
+    let used = c.metric(1, "sluice_connection_budget_used_fds", &[]).expect("metrics");
+    assert!(used >= (BUDGET / 2) as f64, "sluice_connection_budget_used_fds = {used}");
+    drop(held);
+}
