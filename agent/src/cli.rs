@@ -293,6 +293,8 @@ pub struct WaypointArgs {
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
+    pub caps: CapsArgs,
+    #[command(flatten)]
     pub identity: IdentityArgs,
     /// Timeout for connecting to an endpoint.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

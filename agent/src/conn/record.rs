@@ -82,19 +82,22 @@ impl Recorder {
     /// exists (none is made: a flood must cost as little as possible). Counted by reason
     /// (`sluice_proxy_failures_total`); logged at most once every 5 s, with how many refusals the
     /// interval saw, since a flood would otherwise write a line per connection.
-    #[allow(clippy::too_many_arguments, reason = "each argument is one fact of the refusal")]
     pub fn overloaded(
         &self,
         direction: &'static str,
         path: &'static str,
-        pod: &str,
-        namespace: &str,
+        (pod, namespace): (&str, &str),
         src: std::net::SocketAddr,
-        reason: Reason,
-        detail: &dyn std::fmt::Display,
+        refused: crate::limits::caps::Refused,
     ) {
+        use crate::limits::caps::Refused;
+        let reason = match refused {
+            Refused::Budget => Reason::OverloadBudget,
+            Refused::Pod => Reason::OverloadPod,
+            Refused::Source => Reason::OverloadSource,
+        };
         self.metrics.failure(direction, reason);
-        let refused = {
+        let refused_since = {
             let mut l = self.overload_log.lock();
             l.1 += 1;
             let now = Instant::now();
@@ -105,7 +108,7 @@ impl Recorder {
             std::mem::take(&mut l.1)
         };
         warn!(target: "sluice::access", direction, path, pod, namespace, %src, reason = reason.as_str(),
-              detail = %detail, refused_since_last_line = refused, "connection refused: overload");
+              detail = %refused, refused_since_last_line = refused_since, "connection refused: overload");
     }
 }
 

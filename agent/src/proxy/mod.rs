@@ -36,7 +36,7 @@ use crate::{
     identity::{Identity, certs::CertManager},
     limits::{
         accept::AcceptBackoff,
-        caps::{Ask, Caps, Class, Limiter, Permit, Refused},
+        caps::{Ask, Caps, Class, Limiter, Permit},
     },
     redirect::{Kernel, NetNs, inpod::Role},
     telemetry::{
@@ -211,12 +211,7 @@ impl Proxy {
             Ok(p) => Some(p),
             Err(refused) => {
                 let direction = if path == "outbound" { "outbound" } else { "inbound" };
-                let reason = match refused {
-                    Refused::Budget => Reason::OverloadBudget,
-                    Refused::Pod => Reason::OverloadPod,
-                    Refused::Source => Reason::OverloadSource,
-                };
-                self.recorder.overloaded(direction, path, &pod.name, &pod.namespace, src, reason, &refused);
+                self.recorder.overloaded(direction, path, (&pod.name, &pod.namespace), src, refused);
                 None
             }
         }
