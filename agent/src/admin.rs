@@ -200,8 +200,11 @@ pub async fn serve_http<H, F>(
                 };
                 tokio::select! {
                     r = served.as_mut() => {
-                        if let Err(e) = r {
-                            debug!(listener = name, error = %e, "HTTP connection");
+                        match r {
+                            // hyper's header-read timeout: the same idle close, counted the same.
+                            Err(e) if e.is_timeout() => metrics.admin_closed(name, "idle_timeout"),
+                            Err(e) => debug!(listener = name, error = %e, "HTTP connection"),
+                            Ok(()) => {}
                         }
                         break;
                     }

@@ -107,6 +107,11 @@ fn a_plaintext_flood_is_capped_per_source_and_per_pod_while_another_pod_stays_fa
     assert_eq!(failures(&c, "overload_source") as usize, FLOOD - PER_SOURCE);
     assert_eq!(failures(&c, "overload_pod") as usize, FLOOD - (PER_POD - PER_SOURCE));
     assert!(c.agent_log(1).contains("connection refused: overload"), "no overload log line");
+    // The pod is full for HBONE too: a mesh client's stream is refused (503, a reset for the
+    // client) and counted by the destination agent.
+    let r = Probe::new(env!("CARGO_BIN_EXE_sl-probe")).client(&c, &mesh_client, to, 100, 0).expect("client");
+    assert!(!r.ok, "an HBONE stream to the full pod was carried");
+    assert_eq!(failures(&c, "overload_pod") as usize, FLOOD - (PER_POD - PER_SOURCE) + 1);
 
     // While the flood is held: another pod's new connections, plaintext from the flooding client
     // itself (under its cap) and HBONE from a mesh pod on the other node.
@@ -186,4 +191,61 @@ fn plaintext_cannot_take_the_budget_share_kept_for_hbone() {
     let used = c.metric(1, "sluice_connection_budget_used_fds", &[]).expect("metrics");
     assert!(used >= (BUDGET / 2) as f64, "sluice_connection_budget_used_fds = {used}");
     drop(held);
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_are_closed_and_readiness_answers() {
+    if !require_root("idle_connections_to_the_metrics_port_are_closed_and_readiness_answers") {
+        return;
+    }
+    let c = Cluster::new(1).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent(1).expect("agent 1");
+    let before = agent_fds(&c, 1);
+    // 200 connections to 15020 that never send a byte (as in the issue).
+    let idle: Vec<TcpStream> = in_netns(&c.node_netns(1), || {
+        (0..200).map(|_| TcpStream::connect(("127.0.0.1", 15020)).expect("connect")).collect()
+    })
+    .expect("netns");
+    std::thread::sleep(Duration::from_millis(500));
+    let held = agent_fds(&c, 1);
+    assert!(
+        held <= before + 64 + 8,
+        "the agent holds {held} descriptors for 200 idle connections (before {before})"
+    );
+    assert!(c.agent_get(1, "/healthz/ready").is_ok(), "readiness with 200 idle connections");
+    // All closed by the agent after the 10 s idle timeout.
+    let is_closed = |s: &TcpStream| {
+        let _ = s.set_nonblocking(true);
+        let mut r = s;
+        match std::io::Read::read(&mut r, &mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    let t = std::time::Instant::now();
+    let closed = sluice_e2e::wait_until(scaled(Duration::from_secs(15)), || idle.iter().all(is_closed));
+    eprintln!("all 200 closed after {:?}", t.elapsed());
+    assert!(closed, "idle connections to 15020 were not closed");
+    let evicted = c
+        .metric(
+            1,
+            "sluice_admin_connections_closed_total",
+            &[("listener", "metrics"), ("reason", "evicted_idle")],
+        )
+        .expect("metrics");
+    let timed_out = c
+        .metric(
+            1,
+            "sluice_admin_connections_closed_total",
+            &[("listener", "metrics"), ("reason", "idle_timeout")],
+        )
+        .expect("metrics");
+    eprintln!(
+        "agent descriptors: {before} before, {held} with 200 idle connections; evicted {evicted}, timed out {timed_out}"
+    );
+    // Each of the 200 was either evicted for a newer one or timed out (the readiness and metrics
+    // requests' own connections closed normally).
+    assert!(evicted >= 136.0 && evicted + timed_out >= 200.0, "evicted {evicted}, timed out {timed_out}");
 }
