@@ -400,6 +400,28 @@ mod tests {
     }
 
     #[test]
+    fn connection_caps_default_from_the_open_file_limit_and_are_set_by_flags() {
+        let caps = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from([&["sluice", "agent", "--config", "/x"], args].concat()).expect("parse");
+            let Command::Agent(a) = cli.command else { panic!("not the agent") };
+            (a.caps.caps(20_000), a.caps.max_admin_conns)
+        };
+        let (c, admin) = caps(&[]);
+        assert_eq!(
+            (c.budget, c.plaintext_budget, c.per_pod, c.per_source, admin),
+            (18_000, 9_000, 8192, 2048, 64)
+        );
+        let (c, admin) = caps(&[
+            "--connection-budget=100",
+            "--max-conns-per-pod=3",
+            "--max-conns-per-source=2",
+            "--max-admin-conns=5",
+        ]);
+        assert_eq!((c.budget, c.plaintext_budget, c.per_pod, c.per_source, admin), (100, 50, 3, 2, 5));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
         assert_eq!(parse_duration("10s"), Ok(std::time::Duration::from_secs(10)));
