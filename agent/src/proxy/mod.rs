@@ -206,11 +206,18 @@ impl Proxy {
         per_pod: bool,
         src: SocketAddr,
     ) -> Option<Permit> {
-        let ask = Ask { class, fds, pod: per_pod.then_some(pod.netns_cookie), source: Some(src.ip()) };
+        // A captured outbound connection comes from the pod itself: no per-source cap for it.
+        let outbound = path == "outbound";
+        let ask = Ask {
+            class,
+            fds,
+            pod: per_pod.then_some(pod.netns_cookie),
+            source: (!outbound).then_some(src.ip()),
+        };
         match self.limiter.acquire(ask) {
             Ok(p) => Some(p),
             Err(refused) => {
-                let direction = if path == "outbound" { "outbound" } else { "inbound" };
+                let direction = if outbound { "outbound" } else { "inbound" };
                 self.recorder.overloaded(direction, path, (&pod.name, &pod.namespace), src, refused);
                 None
             }
