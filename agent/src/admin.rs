@@ -3,7 +3,16 @@
 //! admin surface (`--admin-addr`, loopback by default: `/debug/pods`, `/debug/config_dump`,
 //! `/debug/connections` and `POST /debug/connections/close?id=N`, plus the metrics paths), so pod
 //! inventories and connection control are never exposed to the network by default.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+//!
+//! Every listener is bounded ([`serve_http`]): a connection with no request in progress is closed
+//! after 10 s, at most 64 connections are open at once (the one idle longest makes room for a
+//! new one), and accept errors back off instead of spinning.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +24,7 @@ use tracing::debug;
 use crate::{
     config::SnapshotStore,
     conn::Registry,
+    limits::accept::AcceptBackoff,
     redirect::Kernel,
     telemetry::{metrics::Metrics, reason::Reason},
 };
@@ -48,29 +58,169 @@ pub enum Surface {
     Admin,
 }
 
+/// Longest a connection may go without a request in progress (sending nothing, sending headers
+/// slowly, or idle between keep-alive requests) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits of one HTTP listener (admin, metrics, readiness; the waypoint's metrics).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Concurrent connections; at the cap the connection idle longest is closed to make room,
+    /// and a new connection is refused only when every connection has a request in progress.
+    pub max_connections: usize,
+    /// See [`IDLE_TIMEOUT`]; also hyper's header-read timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: crate::limits::caps::DEFAULT_ADMIN_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// Binds `addr` and serves `surface` until the returned task is aborted.
-pub async fn serve(addr: SocketAddr, state: State, surface: Surface) -> std::io::Result<JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: State,
+    surface: Surface,
+    limits: HttpLimits,
+) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    let name = match surface {
+        Surface::Ready => "ready",
+        Surface::Metrics => "metrics",
+        Surface::Admin => "admin",
+    };
+    let metrics = state.metrics.clone();
+    Ok(tokio::spawn(serve_http(listener, name, limits, metrics, move |req| {
+        let state = state.clone();
+        async move { route(req, &state, surface).await }
+    })))
+}
+
+/// One open connection of an HTTP listener.
+struct HttpConn {
+    /// A request is being answered.
+    busy: std::sync::atomic::AtomicBool,
+    /// When the last request was answered (or the connection accepted).
+    last: parking_lot::Mutex<tokio::time::Instant>,
+    /// Closes the connection (to make room for a new one).
+    evict: tokio::sync::Notify,
+}
+
+/// The open connections of one listener, oldest first.
+#[derive(Default)]
+struct HttpConns {
+    next: u64,
+    open: std::collections::BTreeMap<u64, Arc<HttpConn>>,
+}
+
+/// Serves HTTP/1 on `listener` with `handler`, within `limits`: accept errors back off
+/// (`sluice_accept_errors_total{listener=name}`), idle connections are closed after the idle
+/// timeout, and at the connection cap the connection idle longest makes room (so a readiness
+/// probe still gets in while idle connections are held open); closes are counted in
+/// `sluice_admin_connections_closed_total{listener=name, reason}`.
+pub async fn serve_http<H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    limits: HttpLimits,
+    metrics: Arc<Metrics>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let conns = Arc::new(parking_lot::Mutex::new(HttpConns::default()));
+    let mut backoff = AcceptBackoff::new(name, Some(metrics.accept_errors(name)));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
                 continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(req, &state, surface).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(error = %e, "admin connection");
+            }
+        };
+        let (id, conn) = {
+            let mut c = conns.lock();
+            if c.open.len() >= limits.max_connections {
+                let idle = c.open.iter().find(|(_, x)| !x.busy.load(Ordering::Relaxed)).map(|(id, _)| *id);
+                match idle.and_then(|id| c.open.remove(&id)) {
+                    Some(old) => {
+                        old.evict.notify_one();
+                        metrics.admin_closed(name, "evicted_idle");
+                    }
+                    None => {
+                        drop(c);
+                        metrics.admin_closed(name, "over_cap");
+                        let _ = stream.set_zero_linger();
+                        continue;
+                    }
+                }
+            }
+            c.next += 1;
+            let conn = Arc::new(HttpConn {
+                busy: false.into(),
+                last: parking_lot::Mutex::new(tokio::time::Instant::now()),
+                evict: tokio::sync::Notify::new(),
+            });
+            let id = c.next;
+            c.open.insert(id, conn.clone());
+            (id, conn)
+        };
+        let (handler, conns, metrics) = (handler.clone(), conns.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let c2 = conn.clone();
+            let svc = service_fn(move |req| {
+                let (handler, conn) = (handler.clone(), c2.clone());
+                conn.busy.store(true, Ordering::Relaxed);
+                async move {
+                    let r = handler(req).await;
+                    *conn.last.lock() = tokio::time::Instant::now();
+                    conn.busy.store(false, Ordering::Relaxed);
+                    Ok::<_, Infallible>(r)
                 }
             });
-        }
-    }))
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.idle_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            let mut served = std::pin::pin!(served);
+            loop {
+                let wait = if conn.busy.load(Ordering::Relaxed) {
+                    limits.idle_timeout
+                } else {
+                    (*conn.last.lock() + limits.idle_timeout)
+                        .saturating_duration_since(tokio::time::Instant::now())
+                };
+                tokio::select! {
+                    r = served.as_mut() => {
+                        match r {
+                            // hyper's header-read timeout: the same idle close, counted the same.
+                            Err(e) if e.is_timeout() => metrics.admin_closed(name, "idle_timeout"),
+                            Err(e) => debug!(listener = name, error = %e, "HTTP connection"),
+                            Ok(()) => {}
+                        }
+                        break;
+                    }
+                    () = conn.evict.notified() => break,
+                    () = tokio::time::sleep(wait) => {
+                        let idle = conn.last.lock().elapsed();
+                        if !conn.busy.load(Ordering::Relaxed) && idle >= limits.idle_timeout {
+                            metrics.admin_closed(name, "idle_timeout");
+                            break;
+                        }
+                    }
+                }
+            }
+            conns.lock().open.remove(&id);
+        });
+    }
 }
 
 async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<Full<Bytes>> {
@@ -210,5 +360,109 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
             r
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("serialization failed: {e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Serves `/healthz/ready`; a request to `/hold` stays in progress until `release` is notified.
+    async fn server(limits: HttpLimits) -> (SocketAddr, Arc<Metrics>, Arc<tokio::sync::Notify>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = release.clone();
+        tokio::spawn(serve_http(listener, "admin", limits, metrics.clone(), move |req| {
+            let r = r.clone();
+            async move {
+                if req.uri().path() == "/hold" {
+                    r.notified().await;
+                }
+                text(StatusCode::OK, "ready\n".into())
+            }
+        }));
+        (addr, metrics, release)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+        let mut buf = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Waits until the peer closes `s` (EOF or a reset); returns how long that took.
+    async fn closed_after(s: &mut tokio::net::TcpStream) -> Duration {
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "expected a close, got {r:?}");
+        t.elapsed()
+    }
+
+    fn closes(m: &Metrics, reason: &str) -> u64 {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("sluice_admin_connections_closed_total") && l.contains(reason))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_half_a_request_is_closed_after_the_idle_timeout() {
+        let idle = Duration::from_millis(300);
+        let (addr, metrics, _) = server(HttpLimits { max_connections: 8, idle_timeout: idle }).await;
+        let t = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: loc").await.expect("half a request");
+        for s in [&mut silent, &mut slow] {
+            closed_after(s).await;
+            let after = t.elapsed();
+            assert!(after >= idle && after < Duration::from_secs(2), "closed after {after:?}");
+        }
+        // A keep-alive connection idle after its answer goes the same way.
+        let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        kept.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("request");
+        let mut buf = vec![0; 1024];
+        let n = kept.read(&mut buf).await.expect("answer");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        closed_after(&mut kept).await;
+        assert!(closes(&metrics, "idle_timeout") >= 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_over_the_cap_make_room_and_readiness_still_answers() {
+        let limits = HttpLimits { max_connections: 4, idle_timeout: Duration::from_secs(30) };
+        let (addr, metrics, release) = server(limits).await;
+        // Twenty silent connections held open: the oldest are closed to make room for the newer.
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let ready = get(addr, "/healthz/ready").await.expect("readiness");
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        assert!(closes(&metrics, "evicted_idle") >= 17, "{}", metrics.render());
+        closed_after(&mut held[0]).await;
+        drop(held);
+        // Four requests in progress: nothing can make room, a fifth connection is refused.
+        let mut busy = Vec::new();
+        for _ in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("request");
+            busy.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = get(addr, "/healthz/ready").await;
+        assert!(!matches!(&refused, Ok(r) if r.starts_with("HTTP/1.1 200")), "{refused:?}");
+        assert!(closes(&metrics, "over_cap") >= 1);
+        release.notify_waiters();
     }
 }

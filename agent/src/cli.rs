@@ -96,6 +96,40 @@ impl Command {
     }
 }
 
+/// Overload protection (docs/security.md, "Limits").
+#[derive(Args, Debug, Clone)]
+pub struct CapsArgs {
+    /// Concurrent connections (plaintext and HBONE streams) to one node-local pod; more are
+    /// refused (`overload_pod`).
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_POD)]
+    pub max_conns_per_pod: usize,
+    /// Concurrent connections and HBONE streams from one client address; more are refused
+    /// (`overload_source`).
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_SOURCE)]
+    pub max_conns_per_source: usize,
+    /// Descriptors all carried connections may hold together (default: 90% of the open-file
+    /// limit; plaintext from outside the mesh may take half of it). More are refused
+    /// (`overload_budget`).
+    #[arg(long)]
+    pub connection_budget: Option<usize>,
+    /// Concurrent connections to each admin, metrics and readiness listener; more are closed at
+    /// accept.
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_ADMIN_CONNECTIONS)]
+    pub max_admin_conns: usize,
+}
+
+impl CapsArgs {
+    /// The caps for a process whose open-file limit is `nofile`.
+    pub fn caps(&self, nofile: u64) -> crate::limits::caps::Caps {
+        crate::limits::caps::Caps::derive(
+            nofile,
+            self.connection_budget,
+            self.max_conns_per_pod,
+            self.max_conns_per_source,
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Mesh config: a directory of YAML files (watched), or the literal `kubernetes` to watch the
@@ -128,6 +162,8 @@ pub struct AgentArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub config_limits: ConfigLimitArgs,
+    #[command(flatten)]
+    pub caps: CapsArgs,
     /// Timeout for connecting to an original destination.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: std::time::Duration,
@@ -258,6 +294,8 @@ pub struct WaypointArgs {
     /// Metrics and readiness listener (/stats/prometheus, /healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub caps: CapsArgs,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -405,6 +443,28 @@ mod tests {
         for bad in ["", "0", "64MB", "-1", "99999999999GiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn connection_caps_default_from_the_open_file_limit_and_are_set_by_flags() {
+        let caps = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from([&["sluice", "agent", "--config", "/x"], args].concat()).expect("parse");
+            let Command::Agent(a) = cli.command else { panic!("not the agent") };
+            (a.caps.caps(20_000), a.caps.max_admin_conns)
+        };
+        let (c, admin) = caps(&[]);
+        assert_eq!(
+            (c.budget, c.plaintext_budget, c.per_pod, c.per_source, admin),
+            (18_000, 9_000, 8192, 2048, 64)
+        );
+        let (c, admin) = caps(&[
+            "--connection-budget=100",
+            "--max-conns-per-pod=3",
+            "--max-conns-per-source=2",
+            "--max-admin-conns=5",
+        ]);
+        assert_eq!((c.budget, c.plaintext_budget, c.per_pod, c.per_source, admin), (100, 50, 3, 2, 5));
     }
 
     #[test]

@@ -20,9 +20,11 @@ pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinH
     }
     let listener = bind_private(&tmp)?;
     Ok(tokio::spawn(async move {
+        let mut backoff = crate::limits::accept::AcceptBackoff::new("cni", None);
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {
+                    backoff.succeeded();
                     let pods = pods.clone();
                     tokio::spawn(async move {
                         if let Err(e) = handle(s, pods).await {
@@ -30,10 +32,7 @@ pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinH
                         }
                     });
                 }
-                Err(e) => {
-                    warn!(error = %e, "CNI socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                Err(e) => backoff.failed(&e).await,
             }
         }
     }))

@@ -89,7 +89,17 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     if let Some(n) = nofile {
         metrics.open_files_limit.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    let caps = args.caps.caps(nofile.unwrap_or(1024));
+    info!(
+        budget_fds = caps.budget,
+        plaintext_budget_fds = caps.plaintext_budget,
+        per_pod = caps.per_pod,
+        per_source = caps.per_source,
+        "connection caps"
+    );
+    metrics.connection_budget.set(i64::try_from(caps.budget).unwrap_or(i64::MAX));
     let proxy = Arc::new(Proxy::new(
+        caps,
         kernel.clone(),
         metrics.clone(),
         store.clone(),
@@ -98,6 +108,17 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
         args.connect_timeout,
         &args.identity.trust_domain,
     ));
+    // What the caps count now, for sluice_connection_budget_used_fds.
+    let usage = {
+        let (proxy, metrics) = (proxy.clone(), metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                let used = proxy.limiter().usage().fds;
+                metrics.connection_budget_used.set(i64::try_from(used).unwrap_or(i64::MAX));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        })
+    };
     let reaper = {
         let proxy = proxy.clone();
         let every = (args.pool_idle_timeout / 4).max(std::time::Duration::from_millis(100));
@@ -207,9 +228,10 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
         certs,
     };
     // After a handover the previous agent lets go of these ports a moment after `Taken`.
-    let metrics_srv = serve_admin(args.metrics_addr, &state, admin::Surface::Metrics).await?;
-    let ready_srv = serve_admin(args.ready_addr, &state, admin::Surface::Ready).await?;
-    let admin_srv = serve_admin(args.admin_addr, &state, admin::Surface::Admin).await?;
+    let http = admin::HttpLimits { max_connections: args.caps.max_admin_conns, ..Default::default() };
+    let metrics_srv = serve_admin(args.metrics_addr, &state, admin::Surface::Metrics, http).await?;
+    let ready_srv = serve_admin(args.ready_addr, &state, admin::Surface::Ready, http).await?;
+    let admin_srv = serve_admin(args.admin_addr, &state, admin::Surface::Admin, http).await?;
     info!(node = %args.node_name, cni_socket = %sock.display(), metrics = %args.metrics_addr,
           admin = %args.admin_addr, "agent ready");
 
@@ -261,6 +283,7 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
         info!("shutting down; enrollment and the CNI plugin stay for the next agent (fail closed)");
     }
     reaper.abort();
+    usage.abort();
     Ok(())
 }
 
@@ -270,10 +293,11 @@ async fn serve_admin(
     addr: std::net::SocketAddr,
     state: &admin::State,
     surface: admin::Surface,
+    limits: admin::HttpLimits,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut tries = 0;
     loop {
-        match admin::serve(addr, state.clone(), surface).await {
+        match admin::serve(addr, state.clone(), surface, limits).await {
             Ok(h) => return Ok(h),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
                 tries += 1;

@@ -26,11 +26,16 @@ use crate::telemetry::{
 pub struct Recorder {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    /// When an overload refusal was last logged, and how many were not logged since.
+    overload_log: parking_lot::Mutex<(Option<Instant>, u64)>,
 }
+
+/// Overload refusals come in floods: at most one log line per this interval (with a count).
+const OVERLOAD_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Recorder {
     pub fn new(metrics: Arc<Metrics>, registry: Arc<Registry>) -> Arc<Recorder> {
-        Arc::new(Recorder { metrics, registry })
+        Arc::new(Recorder { metrics, registry, overload_log: Default::default() })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -71,6 +76,39 @@ impl Recorder {
         self.metrics.failure(direction, reason);
         warn!(target: "sluice::access", direction, path = "hbone", pod, namespace, %src, reason = reason.as_str(),
               error = %error, "HBONE connection refused");
+    }
+
+    /// A connection refused at accept because a cap was reached (`overload_*`), before any record
+    /// exists (none is made: a flood must cost as little as possible). Counted by reason
+    /// (`sluice_proxy_failures_total`); logged at most once every 5 s, with how many refusals the
+    /// interval saw, since a flood would otherwise write a line per connection.
+    pub fn overloaded(
+        &self,
+        direction: &'static str,
+        path: &'static str,
+        (pod, namespace): (&str, &str),
+        src: std::net::SocketAddr,
+        refused: crate::limits::caps::Refused,
+    ) {
+        use crate::limits::caps::Refused;
+        let reason = match refused {
+            Refused::Budget => Reason::OverloadBudget,
+            Refused::Pod => Reason::OverloadPod,
+            Refused::Source => Reason::OverloadSource,
+        };
+        self.metrics.failure(direction, reason);
+        let refused_since = {
+            let mut l = self.overload_log.lock();
+            l.1 += 1;
+            let now = Instant::now();
+            if l.0.is_some_and(|t| now.duration_since(t) < OVERLOAD_LOG_EVERY) {
+                return;
+            }
+            l.0 = Some(now);
+            std::mem::take(&mut l.1)
+        };
+        warn!(target: "sluice::access", direction, path, pod, namespace, %src, reason = reason.as_str(),
+              detail = %refused, refused_since_last_line = refused_since, "connection refused: overload");
     }
 }
 

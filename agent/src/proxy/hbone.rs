@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use super::{Direction, PodCtx, Proxy};
 use crate::{
+    limits::caps::Class,
     policy::admission::{self, ConnFacts, Decision, Path},
     telemetry::metrics::ConnLabels,
     tunnel::{copy, server},
@@ -24,11 +25,17 @@ impl Proxy {
             server::Targets::OwnAddress,
             self.draining(),
             move |stream| {
+                // Each stream holds the application socket it is delivered to: it counts against
+                // the pod's and the source's caps and the budget, or is refused with 503 at once.
+                let Some(permit) = me.admit_load("hbone", Class::Mesh, 1, &pod2, true, stream.peer_addr)
+                else {
+                    return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+                };
                 let me = me.clone();
                 let pod = pod2.clone();
                 let guard = me.track();
                 tokio::spawn(async move {
-                    let _guard = guard;
+                    let _held = (guard, permit);
                     me.hbone_stream(stream, pod).await
                 });
             },

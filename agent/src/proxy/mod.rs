@@ -34,6 +34,10 @@ use crate::{
     config::{Service, SnapshotStore},
     conn::{ConnInfo, ConnRecord, Recorder, Registry, labels::LabelCache},
     identity::{Identity, certs::CertManager},
+    limits::{
+        accept::AcceptBackoff,
+        caps::{Ask, Caps, Class, Limiter, Permit},
+    },
     redirect::{Kernel, NetNs, inpod::Role},
     telemetry::{
         metrics::{ConnLabels, Metrics},
@@ -120,6 +124,8 @@ pub struct Proxy {
     active: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when the agent drains: HBONE connections get a GOAWAY so peers open new ones elsewhere.
     drain: tokio::sync::watch::Sender<bool>,
+    /// Connection caps (per pod, per source, the node's budget), taken at accept.
+    limiter: Arc<Limiter>,
 }
 
 /// Counts one carried connection while it lives.
@@ -157,7 +163,9 @@ impl Direction {
 type Failed = (Reason, String);
 
 impl Proxy {
+    #[allow(clippy::too_many_arguments, reason = "each argument is a shared service of the proxy")]
     pub fn new(
+        caps: Caps,
         kernel: Arc<Kernel>,
         metrics: Arc<Metrics>,
         store: Arc<SnapshotStore>,
@@ -178,6 +186,41 @@ impl Proxy {
             local: Default::default(),
             active: Default::default(),
             drain: tokio::sync::watch::channel(false).0,
+            limiter: Limiter::new(caps),
+        }
+    }
+
+    /// The connection caps and what is counted against them.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Takes what a new connection (or HBONE stream) of `pod` from `src` needs from the caps, or
+    /// counts and logs the refusal (the caller then closes it at once).
+    fn admit_load(
+        &self,
+        path: &'static str,
+        class: Class,
+        fds: usize,
+        pod: &PodCtx,
+        per_pod: bool,
+        src: SocketAddr,
+    ) -> Option<Permit> {
+        // A captured outbound connection comes from the pod itself: no per-source cap for it.
+        let outbound = path == "outbound";
+        let ask = Ask {
+            class,
+            fds,
+            pod: per_pod.then_some(pod.netns_cookie),
+            source: (!outbound).then_some(src.ip()),
+        };
+        match self.limiter.acquire(ask) {
+            Ok(p) => Some(p),
+            Err(refused) => {
+                let direction = if outbound { "outbound" } else { "inbound" };
+                self.recorder.overloaded(direction, path, (&pod.name, &pod.namespace), src, refused);
+                None
+            }
         }
     }
 
@@ -302,32 +345,52 @@ impl Proxy {
     }
 
     async fn accept_loop(self: Arc<Self>, role: Role, listener: TcpListener, pod: Arc<PodCtx>) {
+        let name = match role {
+            Role::Outbound => "outbound",
+            Role::Inbound => "inbound",
+            Role::Hbone => "hbone",
+        };
+        let mut backoff = AcceptBackoff::new(name, Some(self.recorder.metrics().accept_errors(name)));
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    // Accepted sockets do not inherit TCP_NODELAY: without it, small writes (a
-                    // request, a TLS record, an h2 frame) wait for the peer's delayed ACK (~40 ms).
-                    if let Err(e) = stream.set_nodelay(true) {
-                        warn!(pod = %pod.name, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let me = self.clone();
-                    let pod = pod.clone();
-                    let guard = self.track();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        match role {
-                            Role::Outbound => me.outbound(stream, peer, pod).await,
-                            Role::Inbound => me.inbound(stream, peer, pod).await,
-                            Role::Hbone => me.hbone(stream, pod).await,
-                        }
-                    });
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => {
+                    backoff.succeeded();
+                    x
                 }
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    warn!(pod = %pod.name, namespace = %pod.namespace, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
+                    continue;
                 }
+            };
+            // The caps first, before anything is allocated for the connection. Outbound
+            // connections are the pod's own: they count against the node's budget only. An HBONE
+            // connection counts against its source; each of its streams against the pod too.
+            let permit = match role {
+                Role::Outbound => self.admit_load("outbound", Class::Mesh, 2, &pod, false, peer),
+                Role::Inbound => self.admit_load("inbound", Class::Plaintext, 2, &pod, true, peer),
+                Role::Hbone => self.admit_load("hbone", Class::Mesh, 1, &pod, false, peer),
+            };
+            let Some(permit) = permit else {
+                // A reset, at once: the client learns now, and no state is kept for it.
+                let _ = stream.set_zero_linger();
+                continue;
+            };
+            // Accepted sockets do not inherit TCP_NODELAY: without it, small writes (a
+            // request, a TLS record, an h2 frame) wait for the peer's delayed ACK (~40 ms).
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(pod = %pod.name, error = %e, "cannot set TCP_NODELAY");
             }
+            let me = self.clone();
+            let pod = pod.clone();
+            let guard = self.track();
+            tokio::spawn(async move {
+                let _held = (guard, permit);
+                match role {
+                    Role::Outbound => me.outbound(stream, peer, pod).await,
+                    Role::Inbound => me.inbound(stream, peer, pod).await,
+                    Role::Hbone => me.hbone(stream, pod).await,
+                }
+            });
         }
     }
 }

@@ -211,6 +211,12 @@ pub struct Metrics {
     tcp_received: IntCounterVec,
     failures: IntCounterVec,
     redirect: IntCounterVec,
+    accept_errors: IntCounterVec,
+    admin_refused: IntCounterVec,
+    /// Descriptors carried connections may hold together (`limits::caps`).
+    pub connection_budget: IntGauge,
+    /// Descriptors carried connections hold now.
+    pub connection_budget_used: IntGauge,
     pub enrolled_pods: IntGauge,
     /// CNI ADDs the agent refused, by `reason` (the claimed field in conflict, `not_in_config`,
     /// `enrollment_failed`).
@@ -287,6 +293,25 @@ impl Metrics {
             &["decision"],
             false,
         );
+        let accept_errors = vec(
+            "sluice_accept_errors_total",
+            "Failed accepts (EMFILE and the like) by listener; each is followed by a back-off pause",
+            &["listener"],
+            true,
+        );
+        let admin_refused = vec(
+            "sluice_admin_connections_closed_total",
+            "Connections the admin, metrics or readiness server closed on its own, by reason \
+             (over_cap, evicted_idle, idle_timeout)",
+            &["listener", "reason"],
+            true,
+        );
+        let connection_budget = gauge(
+            "sluice_connection_budget_fds",
+            "Descriptors all carried connections may hold together (a share of the open-file limit)",
+        );
+        let connection_budget_used =
+            gauge("sluice_connection_budget_used_fds", "Descriptors carried connections hold now");
         let enrolled_pods = gauge("sluice_enrolled_pods", "Pods enrolled on this node");
         let cni_refusals = vec(
             "sluice_cni_refusals_total",
@@ -319,6 +344,10 @@ impl Metrics {
             tcp_received,
             failures,
             redirect,
+            accept_errors,
+            admin_refused,
+            connection_budget,
+            connection_budget_used,
             enrolled_pods,
             cni_refusals,
             open_files_limit,
@@ -327,6 +356,16 @@ impl Metrics {
             config_in_error,
             cert_expiry_seconds,
         }
+    }
+
+    /// The `sluice_accept_errors_total` series of `listener`, for its accept loop's back-off.
+    pub fn accept_errors(&self, listener: &str) -> prometheus::IntCounter {
+        self.accept_errors.with_label_values(&[listener])
+    }
+
+    /// Counts a connection the admin, metrics or readiness server `listener` closed for `reason`.
+    pub fn admin_closed(&self, listener: &str, reason: &str) {
+        self.admin_refused.with_label_values(&[listener, reason]).inc();
     }
 
     /// Counts a connection opened. Only the connection record (`crate::conn::record`) calls this.

@@ -34,10 +34,16 @@ pub enum Reason {
     H2Failure,
     /// Closed from outside while it was carried (`/debug/connections/close`).
     AdminClosed,
+    /// The node's connection budget (a share of the open-file limit) is used up.
+    OverloadBudget,
+    /// The destination pod has as many connections as `--max-conns-per-pod` allows.
+    OverloadPod,
+    /// The client address has as many connections as `--max-conns-per-source` allows.
+    OverloadSource,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 15] = [
         Reason::NoOriginalDst,
         Reason::Loop,
         Reason::Socket,
@@ -50,6 +56,9 @@ impl Reason {
         Reason::IdentityError,
         Reason::H2Failure,
         Reason::AdminClosed,
+        Reason::OverloadBudget,
+        Reason::OverloadPod,
+        Reason::OverloadSource,
     ];
 
     /// The reason's one name (metric label, access-log field).
@@ -67,6 +76,9 @@ impl Reason {
             Reason::IdentityError => "IDENTITY_ERROR",
             Reason::H2Failure => "H2_HANDSHAKE_FAILURE",
             Reason::AdminClosed => "admin_closed",
+            Reason::OverloadBudget => "overload_budget",
+            Reason::OverloadPod => "overload_pod",
+            Reason::OverloadSource => "overload_source",
         }
     }
 
@@ -127,6 +139,9 @@ mod tests {
             Reason::IdentityError => 9,
             Reason::H2Failure => 10,
             Reason::AdminClosed => 11,
+            Reason::OverloadBudget => 12,
+            Reason::OverloadPod => 13,
+            Reason::OverloadSource => 14,
         };
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(index(*r), i, "{r:?} out of place in ALL");
@@ -139,5 +154,6 @@ mod tests {
         assert_eq!(Reason::Deny.connect_status(), http::StatusCode::UNAUTHORIZED);
         assert_eq!(Reason::Loop.connect_status(), http::StatusCode::BAD_REQUEST);
         assert_eq!(Reason::Connect.connect_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(Reason::OverloadSource.connect_status(), http::StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -106,16 +106,8 @@ pub async fn serve_connection(
         let tls = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| ServerError::Tls(peer_addr, e))?;
         let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
             .map_err(|e| ServerError::Identity(peer_addr, e))?;
-        let conn = h2::server::Builder::new()
-            .initial_window_size(settings::STREAM_WINDOW)
-            .initial_connection_window_size(settings::CONNECTION_WINDOW)
-            .max_frame_size(settings::MAX_FRAME)
-            .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(settings::MAX_HEADER_LIST)
-            .max_send_buffer_size(settings::MAX_SEND_BUFFER)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|e| ServerError::H2(peer_addr, e))?;
+        let conn =
+            settings::server().handshake::<_, Bytes>(tls).await.map_err(|e| ServerError::H2(peer_addr, e))?;
         Ok::<_, ServerError>((peer, conn))
     };
     let (peer, mut conn) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {

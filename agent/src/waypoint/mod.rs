@@ -49,6 +49,7 @@ use crate::{
     config::{self, SnapshotStore, waypoints::WaypointRef},
     conn::{ConnInfo, ConnRecord, Recorder, Registry},
     identity::{Identity, tls::server_config},
+    limits::caps::{Ask, Class, Limiter, Permit},
     policy::admission::{self, ConnFacts, Decision, Path},
     telemetry::{
         metrics::{ConnLabels, Metrics, WorkloadLabels},
@@ -84,20 +85,23 @@ pub struct Waypoint {
     pub pools: resilience::Pools,
     /// Bounds the mirrored copies in flight.
     pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// Connection caps: per source address and the process's descriptor budget (a waypoint has no
+    /// pods of its own: the per-pod cap does not apply).
+    pub limiter: Arc<Limiter>,
 }
 
 /// Runs a waypoint until SIGTERM/SIGINT.
 pub fn run(args: WaypointArgs) -> anyhow::Result<()> {
-    crate::limits::raise_and_log();
+    let nofile = crate::limits::raise_and_log();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-waypoint")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    rt.block_on(run_async(args, nofile))
 }
 
-async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
+async fn run_async(args: WaypointArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     // clap requires all three unless a subcommand (`generate`) is given.
     let (Some(config_path), Some(name), Some(namespace)) =
         (args.config.clone(), args.name.clone(), args.namespace.clone())
@@ -133,6 +137,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
         store,
         upstreams: upstream::Upstreams::new(pool, me.clone(), args.connect_timeout),
         metrics: metrics::HttpMetrics::new(),
+        limiter: Limiter::new(args.caps.caps(nofile.unwrap_or(1024))),
         regexes: routes::RegexCache::default(),
         jwks: jwt::KeyCache::default(),
         remote_jwks: jwks::RemoteJwks::new(args.jwks_ca.clone()),
@@ -143,7 +148,7 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let metrics_srv = serve_metrics(args.metrics_addr, wp.clone())
+    let metrics_srv = serve_metrics(args.metrics_addr, wp.clone(), args.caps.max_admin_conns)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     let reaper = {
@@ -170,19 +175,29 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
     let accept = {
         let wp = wp.clone();
         tokio::spawn(async move {
+            let errors = wp.recorder.metrics().accept_errors("hbone");
+            let mut backoff = crate::limits::accept::AcceptBackoff::new("hbone", Some(errors));
             loop {
-                let (tcp, _) = match listener.accept().await {
-                    Ok(x) => x,
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(x) => {
+                        backoff.succeeded();
+                        x
+                    }
                     Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.failed(&e).await;
                         continue;
                     }
+                };
+                // Each connection counts against its source and the budget, before TLS.
+                let Some(permit) = wp.admit_load(peer) else {
+                    let _ = tcp.set_zero_linger();
+                    continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let wp = wp.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let td = wp.trust_domain.clone();
                     let w2 = wp.clone();
                     let r = server::serve_connection(
@@ -192,7 +207,15 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
                         Targets::Any,
                         std::future::pending(),
                         move |stream| {
-                            tokio::spawn(w2.clone().stream(stream));
+                            // Each stream holds an upstream socket: its source's cap and the budget.
+                            let Some(permit) = w2.admit_load(stream.peer_addr) else {
+                                return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+                            };
+                            let w2 = w2.clone();
+                            tokio::spawn(async move {
+                                let _permit = permit;
+                                w2.stream(stream).await
+                            });
                         },
                     )
                     .await;
@@ -221,6 +244,19 @@ async fn run_async(args: WaypointArgs) -> anyhow::Result<()> {
 impl Waypoint {
     /// One CONNECT stream from an agent, admitted by the gate: HTTP (L7 pipeline, authorized per
     /// request) or opaque TCP to an endpoint.
+    /// Takes a connection's or a stream's share of the caps, or counts and logs the refusal.
+    fn admit_load(&self, src: SocketAddr) -> Option<Permit> {
+        let ask = Ask { class: Class::Mesh, fds: 1, pod: None, source: Some(src.ip()) };
+        match self.limiter.acquire(ask) {
+            Ok(p) => Some(p),
+            Err(refused) => {
+                let at = (&*self.record_name.0, &*self.record_name.1);
+                self.recorder.overloaded("inbound", "waypoint", at, src, refused);
+                None
+            }
+        }
+    }
+
     async fn stream(self: Arc<Self>, stream: server::Stream) {
         let snap = self.store.load();
         let facts = ConnFacts {
@@ -389,32 +425,27 @@ impl Waypoint {
 }
 
 /// `/stats/prometheus` and `/healthz/ready` for the waypoint.
-async fn serve_metrics(addr: SocketAddr, wp: Arc<Waypoint>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    wp: Arc<Waypoint>,
+    max_admin_conns: usize,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
-            let wp = wp.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let wp = wp.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/stats/prometheus" | "/metrics" => {
-                                (200, wp.metrics.render() + &wp.recorder.metrics().render())
-                            }
-                            "/healthz/ready" => (200, "ready\n".to_string()),
-                            _ => (404, "not found\n".to_string()),
-                        };
-                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() =
-                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
-            });
+    let metrics = wp.recorder.metrics().clone();
+    let limits = crate::admin::HttpLimits { max_connections: max_admin_conns, ..Default::default() };
+    Ok(tokio::spawn(crate::admin::serve_http(listener, "metrics", limits, metrics, move |req| {
+        let wp = wp.clone();
+        async move {
+            let (status, body) = match req.uri().path() {
+                "/stats/prometheus" | "/metrics" => {
+                    (200, wp.metrics.render() + &wp.recorder.metrics().render())
+                }
+                "/healthz/ready" => (200, "ready\n".to_string()),
+                _ => (404, "not found\n".to_string()),
+            };
+            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+            r
         }
-    }))
+    })))
 }

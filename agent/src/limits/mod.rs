@@ -2,6 +2,12 @@
 //! start (as ztunnel does). Every carried connection holds descriptors; a runtime's default soft
 //! limit of 1,024 would otherwise cap a node's connections at a few hundred and then reset
 //! connections to every pod on the node. Imports nothing from the crate.
+//!
+//! - [`caps`]: per-pod and per-source connection caps and the node's descriptor budget.
+//! - [`accept`]: backing off when `accept` fails (EMFILE) instead of spinning.
+pub mod accept;
+pub mod caps;
+
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) as they are afterwards.
