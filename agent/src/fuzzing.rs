@@ -5,7 +5,15 @@
 //! `agent/fuzz` (cargo-fuzz, nightly) runs each under libFuzzer; `agent/tests/fuzz_corpus.rs`
 //! replays the committed corpus (`agent/fuzz/corpus-min/<target>/`) through the same functions
 //! on stable in every test run, so a fixed crash stays fixed without a nightly toolchain.
-use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
     agent::handover::{self, Channel},
@@ -14,6 +22,11 @@ use crate::{
         protocol::{Reply, Request},
     },
     config::{Diagnostics, Snapshot, yaml},
+    identity::Identity,
+    tunnel::{
+        server::{Targets, serve_streams},
+        settings,
+    },
 };
 
 /// A target's body.
@@ -128,4 +141,120 @@ pub fn handover(data: &[u8]) {
 enum Side {
     New,
     Old,
+}
+
+/// The HBONE server after TLS, as a pod's 15008 runs it: `data` is what the peer sends after the
+/// HTTP/2 preface (frames: SETTINGS, HEADERS with any method and `:authority`, DATA, resets,
+/// floods...), with the agent's HTTP/2 settings. Every stream handed on must be a CONNECT to this
+/// pod's own address; the server must end once the peer has sent everything and closed.
+pub fn hbone(data: &[u8]) {
+    hbone_streams(data);
+}
+
+/// [`hbone`], returning how many streams were handed on.
+pub fn hbone_streams(data: &[u8]) -> usize {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let local_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let peer = Identity::new("cluster.local", "ns", "sa");
+    let peer_addr = SocketAddr::from(([10, 0, 0, 2], 40000));
+    let input = [PREFACE, data].concat();
+    let ping = [&[0, 0, 8, 6, 0, 0, 0, 0, 0][..], PING].concat();
+    let handed_on = std::cell::Cell::new(0);
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (from_server, mut to_server) = tokio::io::split(client);
+            // The peer sends the input and a PING, and closes once the server has answered the PING
+            // (so every frame before it has been handled: on a connection that ends at once h2
+            // drops requests it has read but not yet handed out) or after 200 ms (the input may
+            // leave a frame unfinished, which swallows the PING). It reads and drops everything
+            // else the server sends, so the server never blocks on a full pipe.
+            let peer_side = tokio::spawn(async move {
+                let mut from_server = from_server;
+                if to_server.write_all(&input).await.is_ok() && to_server.write_all(&ping).await.is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), ping_answered(&mut from_server))
+                        .await;
+                }
+                let _ = to_server.shutdown().await;
+                let mut sink = vec![0u8; 16 * 1024];
+                while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+            let serve = async {
+                let Ok(mut conn) = settings::server().handshake::<_, bytes::Bytes>(server).await else {
+                    return;
+                };
+                let on_stream = |stream: crate::tunnel::server::Stream| {
+                    assert_eq!(stream.target.ip(), local_ip, "a stream to another address was handed on");
+                    handed_on.set(handed_on.get() + 1);
+                    stream.refuse(http::StatusCode::UNAUTHORIZED);
+                };
+                let _ = serve_streams(
+                    &mut conn,
+                    &peer,
+                    peer_addr,
+                    local_ip,
+                    Targets::OwnAddress,
+                    std::future::pending(),
+                    on_stream,
+                )
+                .await;
+            };
+            if tokio::time::timeout(Duration::from_secs(5), serve).await.is_err() {
+                panic!("the HBONE server did not end 5 s after its peer closed");
+            }
+            let _ = peer_side.await;
+        });
+    });
+    handed_on.get()
+}
+
+/// The payload of the fuzz peer's closing PING.
+const PING: &[u8; 8] = b"sluicefz";
+
+/// Reads HTTP/2 frames from the server until the ACK of [`PING`] (true) or the end (false).
+async fn ping_answered(from_server: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut head = [0u8; 9];
+    loop {
+        if from_server.read_exact(&mut head).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if from_server.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        // PING (type 6) with ACK (flag 1).
+        if head[3] == 6 && head[4] & 1 == 1 && payload == PING {
+            return true;
+        }
+    }
+}
+
+thread_local! {
+    /// One runtime per fuzzing thread (building one per input would dominate the run).
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("a tokio runtime for the fuzz target: {e}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The committed HBONE seeds reach what their names say: the stream checks, not only the
+    /// HTTP/2 handshake.
+    #[test]
+    fn the_hbone_seeds_reach_the_request_check() {
+        let seed = |name: &str| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-min/hbone");
+            super::hbone_streams(&std::fs::read(dir.join(name)).expect("seed"))
+        };
+        assert_eq!(seed("seed-connect-own"), 1);
+        assert_eq!(seed("seed-connect-own-v6-mapped"), 1);
+        assert_eq!(seed("seed-connect-other"), 0);
+        assert_eq!(seed("seed-connect-bad-authority"), 0);
+        assert_eq!(seed("seed-get"), 0);
+        assert_eq!(seed("seed-streams-and-resets"), 20);
+    }
 }

@@ -119,6 +119,26 @@ pub async fn serve_connection(
             ));
         }
     };
+    serve_streams(&mut conn, &peer, peer_addr, local_ip, targets, drain, on_stream)
+        .await
+        .map_err(|e| ServerError::H2(peer_addr, e))
+}
+
+/// The CONNECT streams of an established HTTP/2 connection from `peer`: each request is checked
+/// ([`check_request`]) and answered 400 here, or handed to `on_stream`, until the peer closes or,
+/// after `drain`, the last stream ends.
+pub async fn serve_streams<IO>(
+    conn: &mut h2::server::Connection<IO, Bytes>,
+    peer: &Identity,
+    peer_addr: SocketAddr,
+    local_ip: std::net::IpAddr,
+    targets: Targets,
+    drain: impl std::future::Future<Output = ()>,
+    on_stream: impl Fn(Stream),
+) -> Result<(), h2::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut drain = std::pin::pin!(drain);
     let mut draining = false;
     loop {
@@ -134,29 +154,42 @@ pub async fn serve_connection(
         let (req, mut respond) = match next {
             Ok(x) => x,
             Err(e) if e.is_go_away() || e.reason() == Some(h2::Reason::NO_ERROR) => break,
-            Err(e) => return Err(ServerError::H2(peer_addr, e)),
+            Err(e) => return Err(e),
         };
-        let target = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()).map(canonical);
-        let status = match (req.method(), target) {
-            // ztunnel answers 400 to anything but CONNECT too.
-            (m, _) if m != Method::CONNECT => Some(StatusCode::BAD_REQUEST),
-            (_, None) => Some(StatusCode::BAD_REQUEST),
-            // Only this pod's own addresses may be reached through its HBONE port.
-            (_, Some(t)) if targets == Targets::OwnAddress && t.ip() != local_ip => {
-                Some(StatusCode::BAD_REQUEST)
-            }
-            _ => None,
-        };
-        match (status, target) {
-            (None, Some(target)) => {
+        match check_request(req.method(), req.uri(), targets, local_ip) {
+            Ok(target) => {
                 on_stream(Stream { peer: peer.clone(), peer_addr, target, respond, body: req.into_body() })
             }
-            (status, _) => {
-                let _ = respond.send_response(ok_response(status.unwrap_or(StatusCode::BAD_REQUEST)), true);
+            Err(status) => {
+                let _ = respond.send_response(ok_response(status), true);
             }
         }
     }
     Ok(())
+}
+
+/// An HBONE request head: a CONNECT whose `:authority` is an `ip:port` this server serves (with
+/// [`Targets::OwnAddress`], an address of `local_ip`'s). The target, or the status to answer.
+pub fn check_request(
+    method: &Method,
+    uri: &http::Uri,
+    targets: Targets,
+    local_ip: std::net::IpAddr,
+) -> Result<SocketAddr, StatusCode> {
+    // ztunnel answers 400 to anything but CONNECT too.
+    if method != Method::CONNECT {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let target = uri
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .map(canonical)
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    // Only this pod's own addresses may be reached through its HBONE port.
+    if targets == Targets::OwnAddress && target.ip() != local_ip {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    Ok(target)
 }
 
 fn unspecified() -> SocketAddr {
