@@ -223,21 +223,63 @@ pub async fn serve_http<H, F>(
     }
 }
 
-async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+/// What a request asks for, decided from its head alone ([`endpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Ready,
+    Metrics,
+    Pods,
+    Connections,
+    /// `POST /debug/connections/close?id=N` from a local tool.
+    Close(u64),
+    ConfigDump,
+    Certs,
+    Agent,
+    /// Not served: the status and the message that says why.
+    Refused(StatusCode, &'static str),
+}
+
+/// The endpoint a request head asks for on `surface`: readiness only on the readiness listener,
+/// no debug endpoint on the metrics listener, and a connection closed only by a POST from a
+/// local tool ([`from_a_local_tool`]) naming a numeric id.
+pub fn endpoint(
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+    headers: &header::HeaderMap,
+    surface: Surface,
+) -> Endpoint {
+    let path = uri.path();
     if surface == Surface::Ready && path != "/healthz/ready" {
-        return text(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n".into());
+        return Endpoint::Refused(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n");
     }
     let admin_only = path.starts_with("/debug/") || matches!(path, "/pods" | "/config_dump" | "/certs");
     if surface == Surface::Metrics && admin_only {
-        return text(
+        return Endpoint::Refused(
             StatusCode::NOT_FOUND,
-            "debug endpoints are served on the admin address (--admin-addr)\n".into(),
+            "debug endpoints are served on the admin address (--admin-addr)\n",
         );
     }
     match path {
-        "/healthz/ready" => text(StatusCode::OK, "ready\n".into()),
-        "/stats/prometheus" | "/metrics" => {
+        "/healthz/ready" => Endpoint::Ready,
+        "/stats/prometheus" | "/metrics" => Endpoint::Metrics,
+        "/debug/pods" | "/pods" => Endpoint::Pods,
+        "/debug/connections" => Endpoint::Connections,
+        "/debug/connections/close" => close_endpoint(method, uri, headers),
+        "/debug/config_dump" | "/config_dump" => Endpoint::ConfigDump,
+        "/debug/certs" | "/certs" => Endpoint::Certs,
+        "/debug/agent" => Endpoint::Agent,
+        _ => Endpoint::Refused(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/connections, /debug/config_dump\n",
+        ),
+    }
+}
+
+async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<Full<Bytes>> {
+    match endpoint(req.method(), req.uri(), req.headers(), surface) {
+        Endpoint::Refused(status, why) => text(status, why.into()),
+        Endpoint::Ready => text(StatusCode::OK, "ready\n".into()),
+        Endpoint::Metrics => {
             let totals: Vec<(&'static str, u64)> =
                 s.kernel.counters().into_iter().map(|(d, v)| (d.label(), v)).collect();
             s.metrics.sync_redirect_counters(&totals);
@@ -257,13 +299,19 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
             }
             text(StatusCode::OK, s.metrics.render())
         }
-        "/debug/pods" | "/pods" => json(&s.pods.pods_json().await),
-        "/debug/connections" => json(&serde_json::json!({
+        Endpoint::Pods => json(&s.pods.pods_json().await),
+        Endpoint::Connections => json(&serde_json::json!({
             "count": s.connections.count(),
             "connections": s.connections.list(),
         })),
-        "/debug/connections/close" => close_connection(&req, &s.connections),
-        "/debug/config_dump" | "/config_dump" => {
+        Endpoint::Close(id) => {
+            if s.connections.close(id, Reason::AdminClosed) {
+                text(StatusCode::OK, format!("closing connection {id}\n"))
+            } else {
+                text(StatusCode::NOT_FOUND, format!("no live connection {id} (see /debug/connections)\n"))
+            }
+        }
+        Endpoint::ConfigDump => {
             let snap = s.store.load();
             let mut workloads: Vec<_> = snap.pods.values().collect();
             workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -280,60 +328,50 @@ async fn route(req: Request<Incoming>, s: &State, surface: Surface) -> Response<
                 "certificates": s.certs.status(),
             }))
         }
-        "/debug/certs" | "/certs" => json(&s.certs.status()),
-        "/debug/agent" => json(&serde_json::json!({
+        Endpoint::Certs => json(&s.certs.status()),
+        Endpoint::Agent => json(&serde_json::json!({
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "layout": sluice_common::LAYOUT_VERSION,
         })),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz/ready, /stats/prometheus, /debug/pods, /debug/connections, /debug/config_dump\n".into(),
-        ),
     }
 }
 
 /// `POST /debug/connections/close?id=N`: closes one live connection (its access log and metrics
 /// say `admin_closed`). POST only, so a crawler or a stray GET never closes anything.
-fn close_connection(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    if req.method() != hyper::Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /debug/connections/close?id=N\n".into());
+fn close_endpoint(method: &hyper::Method, uri: &hyper::Uri, headers: &header::HeaderMap) -> Endpoint {
+    if method != hyper::Method::POST {
+        return Endpoint::Refused(StatusCode::METHOD_NOT_ALLOWED, "use POST /debug/connections/close?id=N\n");
     }
-    if !from_a_local_tool(req) {
-        return text(
+    if !from_a_local_tool(headers) {
+        return Endpoint::Refused(
             StatusCode::FORBIDDEN,
             "refused: a request with an Origin header or a Host other than localhost/127.0.0.1/[::1] \
-             (a web page, or DNS rebinding) may not close connections\n"
-                .into(),
+             (a web page, or DNS rebinding) may not close connections\n",
         );
     }
-    let id = req
-        .uri()
+    let id = uri
         .query()
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("id="))
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(id) = id else {
-        return text(
+    match id {
+        Some(id) => Endpoint::Close(id),
+        None => Endpoint::Refused(
             StatusCode::BAD_REQUEST,
-            "query parameter id (a number from /debug/connections) is missing or not a number\n".into(),
-        );
-    };
-    if registry.close(id, Reason::AdminClosed) {
-        text(StatusCode::OK, format!("closing connection {id}\n"))
-    } else {
-        text(StatusCode::NOT_FOUND, format!("no live connection {id} (see /debug/connections)\n"))
+            "query parameter id (a number from /debug/connections) is missing or not a number\n",
+        ),
     }
 }
 
 /// Whether a state-changing request comes from a tool on the node (curl, `sluice`), not from a
 /// browser page: no `Origin` header, and a loopback `Host` (what DNS rebinding cannot forge).
-fn from_a_local_tool(req: &Request<Incoming>) -> bool {
-    if req.headers().contains_key(header::ORIGIN) {
+pub fn from_a_local_tool(headers: &header::HeaderMap) -> bool {
+    if headers.contains_key(header::ORIGIN) {
         return false;
     }
-    let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
     let name = match host.rsplit_once(':') {

@@ -16,6 +16,7 @@ use std::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
+    admin::{self, Endpoint, Surface},
     agent::handover::{self, Channel},
     cni::{
         plugin::{self, Invocation},
@@ -208,6 +209,68 @@ pub fn hbone_streams(data: &[u8]) -> usize {
     handed_on.get()
 }
 
+/// The admin, metrics and readiness HTTP servers: `data` is what a client sends (HTTP/1, any
+/// number of pipelined requests), parsed by hyper and routed as each listener routes. The
+/// readiness listener serves only readiness, the metrics listener no debug endpoint, and a
+/// connection is closed only by a POST from a local tool.
+pub fn admin(data: &[u8]) {
+    admin_requests(data);
+}
+
+/// [`admin`], returning the endpoints the requests reached, per surface.
+pub fn admin_requests(data: &[u8]) -> Vec<(Surface, Endpoint)> {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    for surface in [Surface::Ready, Surface::Metrics, Surface::Admin] {
+        let input = data.to_vec();
+        let seen = seen.clone();
+        RUNTIME.with(|rt| {
+            rt.block_on(async move {
+                let (client, server) = tokio::io::duplex(64 * 1024);
+                let (mut from_server, mut to_server) = tokio::io::split(client);
+                let peer_side = tokio::spawn(async move {
+                    let _ = to_server.write_all(&input).await;
+                    let _ = to_server.shutdown().await;
+                    let mut sink = vec![0u8; 16 * 1024];
+                    while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let e = admin::endpoint(req.method(), req.uri(), req.headers(), surface);
+                    match (&e, surface) {
+                        (Endpoint::Ready | Endpoint::Refused(..), Surface::Ready) => {}
+                        (_, Surface::Ready) => panic!("the readiness listener served {e:?}"),
+                        (Endpoint::Pods | Endpoint::Connections | Endpoint::Close(_), Surface::Metrics)
+                        | (Endpoint::ConfigDump | Endpoint::Certs | Endpoint::Agent, Surface::Metrics) => {
+                            panic!("the metrics listener served {e:?}")
+                        }
+                        _ => {}
+                    }
+                    if matches!(e, Endpoint::Close(_))
+                        && (req.method() != hyper::Method::POST || !admin::from_a_local_tool(req.headers()))
+                    {
+                        panic!("{} {} closes a connection", req.method(), req.uri());
+                    }
+                    seen.lock().push((surface, e));
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok\n"),
+                        )))
+                    }
+                });
+                // As the listeners serve (admin::serve_http), but the client's EOF does not cut the
+                // answers to requests it has sent.
+                let served = hyper::server::conn::http1::Builder::new()
+                    .half_close(true)
+                    .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+                if tokio::time::timeout(Duration::from_secs(5), served).await.is_err() {
+                    panic!("the HTTP server did not end 5 s after its client closed");
+                }
+                let _ = peer_side.await;
+            });
+        });
+    }
+    seen.lock().clone()
+}
+
 /// The payload of the fuzz peer's closing PING.
 const PING: &[u8; 8] = b"sluicefz";
 
@@ -244,6 +307,27 @@ mod tests {
 
     /// The committed HBONE seeds reach what their names say: the stream checks, not only the
     /// HTTP/2 handshake.
+    /// The committed admin seeds reach the endpoints their names say.
+    #[test]
+    fn the_admin_seeds_reach_the_endpoints() {
+        use super::{Endpoint, Surface};
+        let seed = |name: &str| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-min/admin");
+            super::admin_requests(&std::fs::read(dir.join(name)).expect("seed"))
+        };
+        let on = |seen: &[(Surface, Endpoint)], s: Surface| -> Vec<Endpoint> {
+            seen.iter().filter(|(x, _)| *x == s).map(|(_, e)| e.clone()).collect()
+        };
+        let close = seed("seed-close-local");
+        assert_eq!(on(&close, Surface::Admin), [Endpoint::Close(7)]);
+        assert!(matches!(on(&close, Surface::Metrics)[..], [Endpoint::Refused(..)]));
+        let origin = seed("seed-close-with-origin");
+        assert!(matches!(on(&origin, Surface::Admin)[..], [Endpoint::Refused(..)]));
+        let pipelined = seed("seed-pipelined");
+        assert_eq!(on(&pipelined, Surface::Admin), [Endpoint::Ready, Endpoint::Metrics, Endpoint::Pods]);
+        assert_eq!(on(&pipelined, Surface::Ready).len(), 3);
+    }
+
     #[test]
     fn the_hbone_seeds_reach_the_request_check() {
         let seed = |name: &str| {
