@@ -34,7 +34,8 @@ use crate::{
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its binary in `agent/fuzz/Cargo.toml`.
-pub const TARGETS: &[(&str, Target)] = &[("cni", cni), ("config_yaml", config_yaml), ("handover", handover)];
+pub const TARGETS: &[(&str, Target)] =
+    &[("admin", admin), ("cni", cni), ("config_yaml", config_yaml), ("handover", handover), ("hbone", hbone)];
 
 /// The CNI plugin as the container runtime runs it: the first five lines of `data` are
 /// `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME` and `CNI_ARGS`, the rest is the
@@ -167,14 +168,17 @@ pub fn hbone_streams(data: &[u8]) -> usize {
             let (from_server, mut to_server) = tokio::io::split(client);
             // The peer sends the input and a PING, and closes once the server has answered the PING
             // (so every frame before it has been handled: on a connection that ends at once h2
-            // drops requests it has read but not yet handed out) or after 200 ms (the input may
-            // leave a frame unfinished, which swallows the PING). It reads and drops everything
+            // drops requests it has read but not yet handed out), at once when the input ends
+            // inside a frame (which swallows the PING), or after 1 s. It reads and drops everything
             // else the server sends, so the server never blocks on a full pipe.
             let peer_side = tokio::spawn(async move {
                 let mut from_server = from_server;
-                if to_server.write_all(&input).await.is_ok() && to_server.write_all(&ping).await.is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), ping_answered(&mut from_server))
-                        .await;
+                if to_server.write_all(&input).await.is_ok()
+                    && to_server.write_all(&ping).await.is_ok()
+                    && whole_frames(&input[PREFACE.len()..])
+                {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), ping_answered(&mut from_server)).await;
                 }
                 let _ = to_server.shutdown().await;
                 let mut sink = vec![0u8; 16 * 1024];
@@ -273,6 +277,19 @@ pub fn admin_requests(data: &[u8]) -> Vec<(Surface, Endpoint)> {
 
 /// The payload of the fuzz peer's closing PING.
 const PING: &[u8; 8] = b"sluicefz";
+
+/// Whether `frames` is a whole number of HTTP/2 frames (9-byte header, then the length it says).
+fn whole_frames(frames: &[u8]) -> bool {
+    let mut rest = frames;
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        match rest.get(9 + len..) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
 
 /// Reads HTTP/2 frames from the server until the ACK of [`PING`] (true) or the end (false).
 async fn ping_answered(from_server: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {

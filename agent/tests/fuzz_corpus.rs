@@ -48,6 +48,19 @@ fn every_target_is_built_by_the_fuzz_crate_and_has_a_corpus() {
         );
         assert!(!inputs(name).is_empty(), "no corpus for the fuzz target {name}");
     }
+    // And the other way: every binary of the fuzz crate is a target the replay runs.
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin && let Some(name) = line.strip_prefix("name = ") {
+            let name = name.trim_matches('"');
+            assert!(
+                TARGETS.iter().any(|(t, _)| *t == name),
+                "agent/fuzz/Cargo.toml builds {name}, which sluice::fuzzing::TARGETS does not list (so its corpus is never replayed)"
+            );
+        }
+    }
 }
 
 #[test]

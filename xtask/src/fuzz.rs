@@ -8,7 +8,8 @@
 //! the first rebuilds only what changed. Each target's working corpus (`agent/fuzz/corpus/<t>`,
 //! not committed) is seeded from the committed one (`agent/fuzz/corpus-min/<t>`, and the Istio
 //! example configs for `config_yaml`); `--save` minimises it (`cargo fuzz cmin`) and writes the
-//! result back to `corpus-min`, keeping inputs up to 16 KiB, for the stable replay.
+//! result back to `corpus-min` (inputs up to 16 KiB; the hand-written `seed-*` files stay), for the
+//! stable replay.
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -42,7 +43,13 @@ pub fn run(target: Option<&str>, seconds: u64, save: bool) -> anyhow::Result<()>
         cmd::run(fuzz_cmd(&root, &cache).args(["run", t, "--", &time, "-rss_limit_mb=2048", "-timeout=10"]))?;
         if save {
             cmd::run(fuzz_cmd(&root, &cache).args(["cmin", t]))?;
-            fs::remove_dir_all(&committed).ok();
+            // The hand-written seeds (`seed-*`, which unit tests name) stay; the rest is replaced.
+            for e in fs::read_dir(&committed)? {
+                let e = e?;
+                if !e.file_name().to_string_lossy().starts_with("seed-") {
+                    fs::remove_file(e.path())?;
+                }
+            }
             seed(&committed, &corpus)?;
         }
         let (n, bytes) = size(&corpus)?;
