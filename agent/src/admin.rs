@@ -107,11 +107,13 @@ struct HttpConn {
     busy: std::sync::atomic::AtomicBool,
     /// When the last request was answered (or the connection accepted).
     last: parking_lot::Mutex<tokio::time::Instant>,
+    /// A request was answered on it.
+    used: std::sync::atomic::AtomicBool,
     /// Closes the connection (to make room for a new one).
     evict: tokio::sync::Notify,
 }
 
-/// The open connections of one listener, oldest first.
+/// The open connections of one listener, by when they were accepted.
 #[derive(Default)]
 struct HttpConns {
     next: u64,
@@ -149,7 +151,7 @@ pub async fn serve_http<H, F>(
         let (id, conn) = {
             let mut c = conns.lock();
             if c.open.len() >= limits.max_connections {
-                let idle = c.open.iter().find(|(_, x)| !x.busy.load(Ordering::Relaxed)).map(|(id, _)| *id);
+                let idle = idle_longest(&c.open);
                 match idle.and_then(|id| c.open.remove(&id)) {
                     Some(old) => {
                         old.evict.notify_one();
@@ -167,6 +169,7 @@ pub async fn serve_http<H, F>(
             let conn = Arc::new(HttpConn {
                 busy: false.into(),
                 last: parking_lot::Mutex::new(tokio::time::Instant::now()),
+                used: false.into(),
                 evict: tokio::sync::Notify::new(),
             });
             let id = c.next;
@@ -182,6 +185,7 @@ pub async fn serve_http<H, F>(
                 async move {
                     let r = handler(req).await;
                     *conn.last.lock() = tokio::time::Instant::now();
+                    conn.used.store(true, Ordering::Relaxed);
                     conn.busy.store(false, Ordering::Relaxed);
                     Ok::<_, Infallible>(r)
                 }
@@ -221,6 +225,15 @@ pub async fn serve_http<H, F>(
             conns.lock().open.remove(&id);
         });
     }
+}
+
+/// The connection to close to make room: of those not answering a request, the one whose last
+/// request (or accept) is oldest; of equals, one never used, then the one accepted first.
+fn idle_longest(open: &std::collections::BTreeMap<u64, Arc<HttpConn>>) -> Option<u64> {
+    open.iter()
+        .filter(|(_, x)| !x.busy.load(Ordering::Relaxed))
+        .min_by_key(|(id, x)| (*x.last.lock(), x.used.load(Ordering::Relaxed), **id))
+        .map(|(id, _)| *id)
 }
 
 /// What a request asks for, decided from its head alone ([`endpoint`]).
@@ -502,5 +515,29 @@ mod tests {
         assert!(!matches!(&refused, Ok(r) if r.starts_with("HTTP/1.1 200")), "{refused:?}");
         assert!(closes(&metrics, "over_cap") >= 1);
         release.notify_waiters();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_connection_idle_longest_makes_room_not_the_oldest_accepted() {
+        let limits = HttpLimits { max_connections: 2, idle_timeout: Duration::from_secs(30) };
+        let (addr, metrics, _release) = server(limits).await;
+        // A: accepted first, then used (a keep-alive scraper).
+        let mut a = tokio::net::TcpStream::connect(addr).await.expect("a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // B: accepted second, never sends anything: idle longest once A is used.
+        let mut b = tokio::net::TcpStream::connect(addr).await.expect("b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("request");
+        let mut buf = vec![0; 1024];
+        let n = a.read(&mut buf).await.expect("answer");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // C makes room: B goes, A stays open.
+        let _c = tokio::net::TcpStream::connect(addr).await.expect("c");
+        let b_read = tokio::time::timeout(Duration::from_secs(2), b.read(&mut buf)).await;
+        assert!(matches!(b_read, Ok(Ok(0)) | Ok(Err(_))), "B, idle longest, is closed: {b_read:?}");
+        let a_read = tokio::time::timeout(Duration::from_millis(300), a.read(&mut buf)).await;
+        assert!(a_read.is_err(), "A, used last, stays open: {a_read:?}");
+        assert_eq!(closes(&metrics, "evicted_idle"), 1);
     }
 }

@@ -99,22 +99,22 @@ impl Command {
 /// Overload protection (docs/security.md, "Limits").
 #[derive(Args, Debug, Clone)]
 pub struct CapsArgs {
-    /// Concurrent connections (plaintext and HBONE streams) to one node-local pod; more are
-    /// refused (`overload_pod`).
-    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_POD)]
+    /// Concurrent connections to and from one node-local pod (plaintext and HBONE streams to it,
+    /// captured outbound connections it opens); more are refused (`overload_pod`).
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_POD, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_conns_per_pod: usize,
     /// Concurrent connections and HBONE streams from one client address; more are refused
     /// (`overload_source`).
-    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_SOURCE)]
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_PER_SOURCE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_conns_per_source: usize,
     /// Descriptors all carried connections may hold together (default: 90% of the open-file
     /// limit; plaintext from outside the mesh may take half of it). More are refused
-    /// (`overload_budget`).
-    #[arg(long)]
+    /// (`overload_budget`). At least 2: a plaintext or outbound connection holds two.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
     pub connection_budget: Option<usize>,
     /// Concurrent connections to each admin, metrics and readiness listener; more are closed at
     /// accept.
-    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_ADMIN_CONNECTIONS)]
+    #[arg(long, default_value_t = crate::limits::caps::DEFAULT_ADMIN_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_admin_conns: usize,
 }
 
@@ -388,7 +388,6 @@ pub enum CaCommand {
     },
 }
 
-/// Parses `250ms`, `10s`, `5m`.
 /// A byte count: plain (`67108864`) or with a binary unit (`64KiB`, `64MiB`, `1GiB`).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let bad = || format!("`{s}` is not a size like 67108864, 64MiB or 1GiB");
@@ -404,6 +403,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(unit).filter(|b| *b > 0).ok_or_else(bad)
 }
 
+/// Parses `250ms`, `10s`, `5m`, `2h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
     let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 5m"))?;
@@ -465,6 +465,22 @@ mod tests {
             "--max-admin-conns=5",
         ]);
         assert_eq!((c.budget, c.plaintext_budget, c.per_pod, c.per_source, admin), (100, 50, 3, 2, 5));
+    }
+
+    #[test]
+    fn connection_caps_of_zero_are_refused_at_parse_time() {
+        for bad in [
+            "--connection-budget=0",
+            "--connection-budget=1",
+            "--max-conns-per-pod=0",
+            "--max-conns-per-source=0",
+            "--max-admin-conns=0",
+        ] {
+            let Err(e) = Cli::try_parse_from(["sluice", "agent", "--config", "/x", bad]) else {
+                panic!("{bad} was accepted");
+            };
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {e}");
+        }
     }
 
     #[test]

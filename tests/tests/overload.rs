@@ -249,3 +249,115 @@ fn idle_connections_to_the_metrics_port_are_closed_and_readiness_answers() {
     // requests' own connections closed normally).
     assert!(evicted >= 136.0 && evicted + timed_out >= 200.0, "evicted {evicted}, timed out {timed_out}");
 }
+
+#[test]
+fn silent_connections_to_15008_take_only_the_handshake_share_and_established_hbone_goes_on() {
+    if !require_root(
+        "silent_connections_to_15008_take_only_the_handshake_share_and_established_hbone_goes_on",
+    ) {
+        return;
+    }
+    // A budget of 400 descriptors: connections to 15008 whose TLS handshake has not verified the
+    // peer may hold a quarter of it (100, one descriptor each), whoever opens them.
+    const BUDGET: usize = 400;
+    const SILENT: usize = 420;
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent_with(1, &["--connection-budget", "400"]).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    let target = c.add_pod(1, "mesh", "pretls-flooded").expect("target");
+    let other = c.add_pod(1, "mesh", "pretls-bystander").expect("other");
+    let outsider = c.add_pod(2, "plain", "pretls-flooder").expect("outsider");
+    let mesh_client = c.add_pod(2, "mesh", "pretls-mesh-client").expect("mesh client");
+    serve_load(&c, &other);
+    // The mesh client's agent has an HBONE connection to the bystander before the flood.
+    let before = churn(&c, &mesh_client, SocketAddr::new(other.ipv4, 7001));
+    assert_eq!(before["errors"], 0, "{before}");
+
+    // Plain TCP to the target's HBONE port that never starts TLS: held until the handshake
+    // timeout (10 s) if the agent keeps it.
+    let to = SocketAddr::new(target.ipv4, 15008);
+    let silent = in_netns(&outsider.netns_path(), move || {
+        (0..SILENT)
+            .filter_map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok())
+            .collect::<Vec<_>>()
+    })
+    .expect("netns");
+    // Every connection the agent accepted beyond the handshake share is reset at once (a few of
+    // the 420 may time out in a full listen queue instead and never reach it).
+    let beyond = silent.len().saturating_sub(BUDGET / 4);
+    assert!(beyond > 200, "only {} silent connections were made", silent.len());
+    let refused = sluice_e2e::wait_until(scaled(Duration::from_secs(3)), || {
+        failures(&c, "overload_budget") as usize >= beyond
+    });
+    // The gauge is refreshed every second: the handshake share, the pooled HBONE connection.
+    let used = || c.metric(1, "sluice_connection_budget_used_fds", &[]).unwrap_or(0.0);
+    sluice_e2e::wait_until(scaled(Duration::from_secs(3)), || used() >= (BUDGET / 4) as f64);
+    let used = used();
+    let r = churn(&c, &mesh_client, SocketAddr::new(other.ipv4, 7001));
+    let budget = failures(&c, "overload_budget");
+    eprintln!(
+        "{} silent connections to 15008: budget used {used}, refused {budget}; HBONE churn {r}",
+        silent.len()
+    );
+    assert!(refused, "silent connections beyond the handshake share were not refused ({budget})");
+    assert!(budget as usize <= SILENT - BUDGET / 4, "more refused than beyond the handshake share: {budget}");
+    assert!(
+        ((BUDGET / 4) as f64..=(BUDGET / 4 + 8) as f64).contains(&used),
+        "sluice_connection_budget_used_fds = {used}"
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["errors"], 0, "silent connections to 15008 starved established HBONE: {r}");
+    assert!(r["connections"].as_u64().unwrap_or(0) > 50, "too few connections: {r}");
+    drop(silent);
+}
+
+#[test]
+fn one_mesh_pods_outbound_connections_are_capped_per_pod_and_another_pod_keeps_working() {
+    if !require_root("one_mesh_pods_outbound_connections_are_capped_per_pod_and_another_pod_keeps_working") {
+        return;
+    }
+    // A budget of 400 descriptors (200 outbound connections) and 50 connections per pod: without
+    // the per-pod cap on outbound, one pod's 220 held connections would take the whole budget.
+    const PER_POD: usize = 50;
+    const HELD: usize = 220;
+    let c = Cluster::new(2).expect("cluster");
+    c.write_config("namespaces.yaml", NAMESPACES).expect("config");
+    c.start_agent_with(1, &["--connection-budget", "400", "--max-conns-per-pod", "50"]).expect("agent 1");
+    c.start_agent(2).expect("agent 2");
+    let hog = c.add_pod(1, "mesh", "outbound-hog").expect("hog");
+    let other = c.add_pod(1, "mesh", "outbound-bystander").expect("other");
+    let mesh_client = c.add_pod(2, "mesh", "outbound-mesh-client").expect("mesh client");
+    serve_load(&c, &other);
+    // A process in the hog's cgroup holds captured outbound connections to the bystander.
+    let script = format!(
+        "import socket,time\nh=[]\nfor i in range({HELD}):\n  try:\n    h.append(socket.create_connection(('{}',7000),2))\n  except Exception: pass\nprint(len(h),flush=True)\ntime.sleep(15)\n",
+        other.ipv4
+    );
+    let mut cmd = c.pod_command(&hog, "python3").expect("command");
+    cmd.args(["-c", &script]).stdout(Stdio::null());
+    c.spawn_in_pod(&hog, cmd).expect("python3 in the hog");
+    let outbound_pod = || {
+        c.metric(1, "sluice_proxy_failures_total", &[("direction", "outbound"), ("reason", "overload_pod")])
+            .unwrap_or(0.0) as usize
+    };
+    let capped = sluice_e2e::wait_until(scaled(Duration::from_secs(5)), || outbound_pod() >= HELD - PER_POD);
+    // The gauge is refreshed every second: the hog's 50 connections, 2 descriptors each.
+    let used = || c.metric(1, "sluice_connection_budget_used_fds", &[]).unwrap_or(0.0);
+    sluice_e2e::wait_until(scaled(Duration::from_secs(3)), || used() >= (2 * PER_POD) as f64);
+    let used = used();
+    let r = churn(&c, &mesh_client, SocketAddr::new(other.ipv4, 7001));
+    eprintln!(
+        "hog: {} outbound refused (overload_pod), budget used {used}; HBONE churn to the bystander {r}",
+        outbound_pod()
+    );
+    assert!(capped, "the hog's outbound connections were not capped per pod ({})", outbound_pod());
+    assert_eq!(outbound_pod(), HELD - PER_POD, "the hog holds exactly its pod's cap");
+    assert!(
+        ((2 * PER_POD) as f64..=(2 * PER_POD + 8) as f64).contains(&used),
+        "the hog holds more than its pod's cap: sluice_connection_budget_used_fds = {used}"
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["errors"], 0, "one mesh pod's outbound connections starved another pod: {r}");
+    assert!(r["connections"].as_u64().unwrap_or(0) > 50, "too few connections: {r}");
+}

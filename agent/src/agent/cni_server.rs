@@ -12,15 +12,20 @@ use crate::cni::protocol::{MAX_MESSAGE, Reply, Request};
 
 /// Binds the socket at a temporary name next to `path` and serves requests until the task is
 /// dropped; the socket is published under `path` by [`publish`] (an atomic rename over the
-/// previous agent's, so a plugin never finds no socket).
-pub fn serve(path: &Path, pods: Arc<Pods>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// previous agent's, so a plugin never finds no socket). Accept errors back off and are counted in
+/// `accept_errors` (`sluice_accept_errors_total{listener="cni"}`).
+pub fn serve(
+    path: &Path,
+    pods: Arc<Pods>,
+    accept_errors: prometheus::IntCounter,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let tmp = staging(path);
     if tmp.exists() {
         std::fs::remove_file(&tmp)?;
     }
     let listener = bind_private(&tmp)?;
     Ok(tokio::spawn(async move {
-        let mut backoff = crate::limits::accept::AcceptBackoff::new("cni", None);
+        let mut backoff = crate::limits::accept::AcceptBackoff::new("cni", Some(accept_errors));
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {

@@ -93,6 +93,7 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     info!(
         budget_fds = caps.budget,
         plaintext_budget_fds = caps.plaintext_budget,
+        handshake_budget_fds = caps.handshake_budget,
         per_pod = caps.per_pod,
         per_source = caps.per_source,
         "connection caps"
@@ -172,7 +173,7 @@ async fn run_async(args: AgentArgs, nofile: Option<u64>) -> anyhow::Result<()> {
     };
 
     let sock = args.state_dir.join("cni.sock");
-    let cni = cni_server::serve(&sock, pods.clone())
+    let cni = cni_server::serve(&sock, pods.clone(), metrics.accept_errors("cni"))
         .with_context(|| format!("cannot listen on {}", sock.display()))?;
 
     if let Some(t) = takeover {

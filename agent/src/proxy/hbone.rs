@@ -8,14 +8,16 @@ use tokio::net::TcpStream;
 
 use super::{Direction, PodCtx, Proxy};
 use crate::{
-    limits::caps::Class,
+    limits::caps::{Class, Permit},
     policy::admission::{self, ConnFacts, Decision, Path},
     telemetry::metrics::ConnLabels,
     tunnel::{copy, server},
 };
 
 impl Proxy {
-    pub(super) async fn hbone(self: Arc<Self>, tcp: TcpStream, pod: Arc<PodCtx>) {
+    /// `permit` is the connection's, taken at accept in the handshake share; it moves to the
+    /// mesh once the peer is verified and is given back when the connection ends.
+    pub(super) async fn hbone(self: Arc<Self>, tcp: TcpStream, pod: Arc<PodCtx>, mut permit: Permit) {
         let me = self.clone();
         let pod2 = pod.clone();
         let result = server::serve_connection(
@@ -24,6 +26,7 @@ impl Proxy {
             &pod.trust_domain,
             server::Targets::OwnAddress,
             self.draining(),
+            |_| permit.into_mesh(),
             move |stream| {
                 // Each stream holds the application socket it is delivered to: it counts against
                 // the pod's and the source's caps and the budget, or is refused with 503 at once.

@@ -363,12 +363,14 @@ impl Proxy {
                 }
             };
             // The caps first, before anything is allocated for the connection. Outbound
-            // connections are the pod's own: they count against the node's budget only. An HBONE
-            // connection counts against its source; each of its streams against the pod too.
+            // connections are the pod's own: they count against the budget and the pod's cap
+            // (so one pod cannot take the whole budget), not against a source. An HBONE connection
+            // counts against its source, and in the handshake share until its TLS verified the peer
+            // (anyone reaching the pod's address can open one); each stream against the pod too.
             let permit = match role {
-                Role::Outbound => self.admit_load("outbound", Class::Mesh, 2, &pod, false, peer),
+                Role::Outbound => self.admit_load("outbound", Class::Mesh, 2, &pod, true, peer),
                 Role::Inbound => self.admit_load("inbound", Class::Plaintext, 2, &pod, true, peer),
-                Role::Hbone => self.admit_load("hbone", Class::Mesh, 1, &pod, false, peer),
+                Role::Hbone => self.admit_load("hbone", Class::Handshake, 1, &pod, false, peer),
             };
             let Some(permit) = permit else {
                 // A reset, at once: the client learns now, and no state is kept for it.
@@ -384,11 +386,17 @@ impl Proxy {
             let pod = pod.clone();
             let guard = self.track();
             tokio::spawn(async move {
-                let _held = (guard, permit);
+                let _guard = guard;
                 match role {
-                    Role::Outbound => me.outbound(stream, peer, pod).await,
-                    Role::Inbound => me.inbound(stream, peer, pod).await,
-                    Role::Hbone => me.hbone(stream, pod).await,
+                    Role::Outbound => {
+                        let _permit = permit;
+                        me.outbound(stream, peer, pod).await
+                    }
+                    Role::Inbound => {
+                        let _permit = permit;
+                        me.inbound(stream, peer, pod).await
+                    }
+                    Role::Hbone => me.hbone(stream, pod, permit).await,
                 }
             });
         }

@@ -36,7 +36,8 @@ pub enum Reason {
     AdminClosed,
     /// The node's connection budget (a share of the open-file limit) is used up.
     OverloadBudget,
-    /// The destination pod has as many connections as `--max-conns-per-pod` allows.
+    /// The pod (the destination, or the source of a captured outbound connection) has as many
+    /// connections to and from it as `--max-conns-per-pod` allows.
     OverloadPod,
     /// The client address has as many connections as `--max-conns-per-source` allows.
     OverloadSource,

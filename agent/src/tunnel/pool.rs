@@ -323,6 +323,7 @@ mod tests {
                         "cluster.local",
                         server::Targets::OwnAddress,
                         std::future::pending(),
+                        |_| {},
                         |stream| {
                             tokio::spawn(async move {
                                 if stream.target.port() == 1 {

@@ -88,13 +88,15 @@ pub enum Targets {
 
 /// Serves one accepted TCP connection until the peer closes it; `on_stream` is called (and must
 /// not block) for each valid CONNECT stream. Once `drain` resolves the peer gets a GOAWAY: streams
-/// already open go on, new ones go to a new connection.
+/// already open go on, new ones go to a new connection. `on_verified` is called once, as soon as
+/// the TLS handshake verified the peer's identity (the connection's caps move it to the mesh).
 pub async fn serve_connection(
     tcp: TcpStream,
     tls: Arc<ServerConfig>,
     trust_domain: &str,
     targets: Targets,
     drain: impl std::future::Future<Output = ()>,
+    on_verified: impl FnOnce(&Identity),
     on_stream: impl Fn(Stream),
 ) -> Result<(), ServerError> {
     let peer_addr = tcp.peer_addr().map_err(|e| ServerError::Tls(unspecified(), e))?;
@@ -106,6 +108,7 @@ pub async fn serve_connection(
         let tls = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| ServerError::Tls(peer_addr, e))?;
         let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust_domain)
             .map_err(|e| ServerError::Identity(peer_addr, e))?;
+        on_verified(&peer);
         let conn =
             settings::server().handshake::<_, Bytes>(tls).await.map_err(|e| ServerError::H2(peer_addr, e))?;
         Ok::<_, ServerError>((peer, conn))

@@ -188,8 +188,9 @@ async fn run_async(args: WaypointArgs, nofile: Option<u64>) -> anyhow::Result<()
                         continue;
                     }
                 };
-                // Each connection counts against its source and the budget, before TLS.
-                let Some(permit) = wp.admit_load(peer) else {
+                // Each connection counts against its source and the budget before TLS, in the
+                // handshake share until the handshake verified the peer.
+                let Some(mut permit) = wp.admit_load(peer, Class::Handshake) else {
                     let _ = tcp.set_zero_linger();
                     continue;
                 };
@@ -197,7 +198,6 @@ async fn run_async(args: WaypointArgs, nofile: Option<u64>) -> anyhow::Result<()
                 let wp = wp.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
                     let td = wp.trust_domain.clone();
                     let w2 = wp.clone();
                     let r = server::serve_connection(
@@ -206,9 +206,10 @@ async fn run_async(args: WaypointArgs, nofile: Option<u64>) -> anyhow::Result<()
                         &td,
                         Targets::Any,
                         std::future::pending(),
+                        |_| permit.into_mesh(),
                         move |stream| {
                             // Each stream holds an upstream socket: its source's cap and the budget.
-                            let Some(permit) = w2.admit_load(stream.peer_addr) else {
+                            let Some(permit) = w2.admit_load(stream.peer_addr, Class::Mesh) else {
                                 return stream.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
                             };
                             let w2 = w2.clone();
@@ -245,8 +246,8 @@ impl Waypoint {
     /// One CONNECT stream from an agent, admitted by the gate: HTTP (L7 pipeline, authorized per
     /// request) or opaque TCP to an endpoint.
     /// Takes a connection's or a stream's share of the caps, or counts and logs the refusal.
-    fn admit_load(&self, src: SocketAddr) -> Option<Permit> {
-        let ask = Ask { class: Class::Mesh, fds: 1, pod: None, source: Some(src.ip()) };
+    fn admit_load(&self, src: SocketAddr, class: Class) -> Option<Permit> {
+        let ask = Ask { class, fds: 1, pod: None, source: Some(src.ip()) };
         match self.limiter.acquire(ask) {
             Ok(p) => Some(p),
             Err(refused) => {
