@@ -333,7 +333,11 @@ fn an_empty_recreated_config_directory_keeps_strict_and_deny() {
     for n in [1, 2] {
         let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
         while !rejection(n).is_empty() {
-            assert!(std::time::Instant::now() < deadline, "node{n} never loaded the restored files");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node{n} never loaded the restored files: {}",
+                rejection(n)
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -420,6 +420,8 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
     let task = tokio::spawn(async move {
         let mut poll = tokio::time::interval(IDENTITY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last reload found the directory without YAML documents.
+        let mut empty = false;
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -436,24 +438,37 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
                 _ = poll.tick() => match watch.refresh() {
                     // The path names another directory (a mount over it, a change no event told).
                     Ok(true) => {}
+                    // Waiting for the files of an emptied or re-created directory: place the watch
+                    // again (right after a re-creation notify may still drop the new watch while it
+                    // handles the old directory's removal) and look, so they are seen within a poll.
+                    Ok(false) if empty => {
+                        if let Err(e) = watch.replace() {
+                            warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
+                        }
+                    }
                     Ok(false) => continue,
                     Err(e) => {
                         warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
                     }
                 },
             }
-            reload(&watch.dir, limits, &store).await;
+            empty = reload(&watch.dir, limits, &store, empty).await;
         }
     });
     Ok(WatchGuard { task })
 }
 
 /// Loads `dir` on a blocking thread and stores the result (or the rejection) there too, so that
-/// freeing the replaced snapshot does not happen on a runtime worker either.
-async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>) {
+/// freeing the replaced snapshot does not happen on a runtime worker either. Returns whether the
+/// directory had no YAML documents ([`LoadError::Empty`]); when it still has none (`was_empty`) that
+/// is not logged or counted again.
+async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>, was_empty: bool) -> bool {
     let (dir, store) = (dir.to_path_buf(), store.clone());
     let done = tokio::task::spawn_blocking(move || {
-        match reload_dir(&dir, &limits) {
+        let loaded = reload_dir(&dir, &limits);
+        let empty = matches!(loaded, Err(LoadError::Empty { .. }));
+        match loaded {
+            Err(LoadError::Empty { .. }) if was_empty => {}
             Ok((snap, warnings)) => {
                 for w in warnings.warnings() {
                     warn!(target: "sluice::config", "{w}");
@@ -468,11 +483,13 @@ async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>) {
         }
         // The parse's (and a replaced snapshot's) memory is free now: give it back.
         return_free_memory();
+        empty
     })
     .await;
-    if let Err(e) = done {
+    done.unwrap_or_else(|e| {
         error!(target: "sluice::config", error = %e, "the mesh config reload did not finish; keeping the last good config");
-    }
+        was_empty
+    })
 }
 
 /// The device and inode a path names now (following symlinks), or None when it does not exist.
@@ -496,6 +513,15 @@ impl DirWatch {
     fn refresh(&mut self) -> Result<bool, notify::Error> {
         if let Some(parent) = &self.parent {
             rewatch(&mut self.watcher, parent, RecursiveMode::NonRecursive, &mut self.parent_at)?;
+        }
+        rewatch(&mut self.watcher, &self.dir, RecursiveMode::Recursive, &mut self.at)
+    }
+
+    /// Places the config directory's watch again, whatever it was placed on.
+    fn replace(&mut self) -> Result<bool, notify::Error> {
+        if self.at.is_some() {
+            let _ = self.watcher.unwatch(&self.dir);
+            self.at = None;
         }
         rewatch(&mut self.watcher, &self.dir, RecursiveMode::Recursive, &mut self.at)
     }
