@@ -127,14 +127,16 @@ pub fn check(claim: &PodRef, facts: &Facts<'_>) -> Result<(), ClaimError> {
     {
         return Err(ClaimError::AddressOfAnotherPod { pod, ip: *ip, owner: owner.clone() });
     }
+    // Another pod's namespace first (whatever order the registrations come in): that is the
+    // stronger conflict, and the one to name when the addresses are also held elsewhere.
+    if let Some(other) = facts.others.iter().find(|o| o.live && o.same_netns) {
+        return Err(ClaimError::NetnsTaken {
+            pod,
+            netns: claim.netns.display().to_string(),
+            owner: other.name.clone(),
+        });
+    }
     for other in facts.others.iter().filter(|o| o.live) {
-        if other.same_netns {
-            return Err(ClaimError::NetnsTaken {
-                pod,
-                netns: claim.netns.display().to_string(),
-                owner: other.name.clone(),
-            });
-        }
         if let Some(ip) = claim.ips.iter().find(|ip| other.ips.contains(ip)) {
             return Err(ClaimError::AddressTaken { pod, ip: *ip, owner: other.name.clone() });
         }
