@@ -291,3 +291,55 @@ fn a_misspelt_kind_keeps_a_live_deny_and_a_recreated_config_directory_reloads() 
     w.c.apply_config("authz.yaml", deny).expect("deny again");
     assert!(!connects(&w, &w.b, 8080), "an edit after the re-creation applies");
 }
+
+#[test]
+fn an_empty_recreated_config_directory_keeps_strict_and_deny() {
+    let name = "an_empty_recreated_config_directory_keeps_strict_and_deny";
+    if !require_root(name) {
+        return;
+    }
+    let w = world();
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n";
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-b, namespace: mesh}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client-b]}}]}]\n";
+    w.c.apply_config("strict.yaml", strict).expect("strict");
+    w.c.apply_config("authz.yaml", deny).expect("deny");
+    let applied = || !connects(&w, &w.outsider, 8080) && !connects(&w, &w.b, 8080);
+    assert!(applied() && connects(&w, &w.a, 8080), "STRICT and DENY apply");
+    let files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&w.c.mesh_dir)
+        .expect("ls mesh")
+        .map(|e| e.expect("entry").path())
+        .map(|p| (p.file_name().unwrap_or_default().to_owned(), std::fs::read(&p).expect("read")))
+        .collect();
+    let rejection = |n: usize| -> String {
+        let dump: serde_json::Value =
+            serde_json::from_str(&w.c.agent_get(n, "/debug/config_dump").expect("dump")).expect("json");
+        dump["rejections"]["current"].as_str().unwrap_or_default().to_string()
+    };
+    std::fs::remove_dir_all(&w.c.mesh_dir).expect("rm -r mesh");
+    // `mkdir` now, the files come a little later (two commands, or a slow copy).
+    std::fs::create_dir(&w.c.mesh_dir).expect("mkdir");
+    for n in [1, 2] {
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
+        while !rejection(n).contains("has no YAML documents") {
+            assert!(std::time::Instant::now() < deadline, "node{n} never rejected the empty directory");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(w.c.metric(n, "sluice_config_in_error", &[]).expect("metric"), 1.0);
+    }
+    assert!(applied(), "an empty re-created config directory must not let plaintext or the denied client in");
+    for (file, bytes) in &files {
+        std::fs::write(w.c.mesh_dir.join(file), bytes).expect("put the files back");
+    }
+    for n in [1, 2] {
+        let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(5));
+        while !rejection(n).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node{n} never loaded the restored files: {}",
+                rejection(n)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    assert!(applied() && connects(&w, &w.a, 8080), "the restored files apply");
+}

@@ -19,6 +19,12 @@ pub enum ClaimError {
     )]
     Uid { pod: String, claimed: String, object: String },
     #[error(
+        "pod {pod}: the CNI call has no K8S_POD_UID but the Pod object's metadata.uid is {object}; \
+         refusing a claim that does not name its pod instance (the runtime must pass K8S_POD_UID in \
+         CNI_ARGS)"
+    )]
+    UidMissing { pod: String, object: String },
+    #[error(
         "pod {pod}: its Pod object's spec.nodeName is {object}, not this node ({this_node}); only that \
          node's agent enrolls it"
     )]
@@ -60,7 +66,7 @@ impl ClaimError {
     /// `conflict` of the CNI reply.
     pub fn field(&self) -> &'static str {
         match self {
-            ClaimError::Uid { .. } => "uid",
+            ClaimError::Uid { .. } | ClaimError::UidMissing { .. } => "uid",
             ClaimError::Node { .. } => "node",
             ClaimError::NotItsAddress { .. } | ClaimError::AddressOfAnotherPod { .. } => "ips",
             ClaimError::AddressTaken { .. } | ClaimError::KernelEntryTaken { .. } => "ips_taken",
@@ -91,7 +97,9 @@ pub struct Facts<'a> {
     pub object: Option<&'a PodEntry>,
     /// For each claimed address the config gives to some pod: that pod (`namespace/name`).
     pub config_owners: Vec<(IpAddr, String)>,
-    /// The other pods this node has registered (the claimed pod's own registration excluded).
+    /// The other registrations of this node: every one except the claimed pod's own (same key or
+    /// same pod) when its network namespace is the claim's or gone. A same-pod registration whose
+    /// sandbox is live in another namespace stays: its addresses are not the claim's to take.
     pub others: Vec<Other>,
     /// The pod (`namespace/name`) registered under the claim's key ([`PodRef::key`]), if any: a
     /// re-ADD replaces that registration, so it must be the same pod's.
@@ -119,14 +127,16 @@ pub fn check(claim: &PodRef, facts: &Facts<'_>) -> Result<(), ClaimError> {
     {
         return Err(ClaimError::AddressOfAnotherPod { pod, ip: *ip, owner: owner.clone() });
     }
+    // Another pod's namespace first (whatever order the registrations come in): that is the
+    // stronger conflict, and the one to name when the addresses are also held elsewhere.
+    if let Some(other) = facts.others.iter().find(|o| o.live && o.same_netns) {
+        return Err(ClaimError::NetnsTaken {
+            pod,
+            netns: claim.netns.display().to_string(),
+            owner: other.name.clone(),
+        });
+    }
     for other in facts.others.iter().filter(|o| o.live) {
-        if other.same_netns {
-            return Err(ClaimError::NetnsTaken {
-                pod,
-                netns: claim.netns.display().to_string(),
-                owner: other.name.clone(),
-            });
-        }
         if let Some(ip) = claim.ips.iter().find(|ip| other.ips.contains(ip)) {
             return Err(ClaimError::AddressTaken { pod, ip: *ip, owner: other.name.clone() });
         }
@@ -139,11 +149,13 @@ pub fn check(claim: &PodRef, facts: &Facts<'_>) -> Result<(), ClaimError> {
         return Err(ClaimError::KernelEntryTaken { pod, ip: *ip, owner: owner.clone() });
     }
     if let Some(object) = facts.object {
-        if let Some(uid) = object.uid.as_deref()
-            && !claim.uid.is_empty()
-            && claim.uid != uid
-        {
-            return Err(ClaimError::Uid { pod, claimed: claim.uid.clone(), object: uid.to_string() });
+        if let Some(uid) = object.uid.as_deref().filter(|u| !u.is_empty()) {
+            if claim.uid.is_empty() {
+                return Err(ClaimError::UidMissing { pod, object: uid.to_string() });
+            }
+            if claim.uid != uid {
+                return Err(ClaimError::Uid { pod, claimed: claim.uid.clone(), object: uid.to_string() });
+            }
         }
         if let Some(node) = object.node.as_deref()
             && node != facts.node
@@ -207,6 +219,7 @@ mod tests {
         let evil = object("evil", &["10.0.0.9"]);
         let a = object("a", &["10.0.0.1", "fd00::1"]);
         let unassigned = object("a", &[]);
+        let no_uid = PodEntry { uid: None, ..object("a", &["10.0.0.1"]) };
         let elsewhere = PodEntry { node: Some("node2".into()), ..object("a", &["10.0.0.1"]) };
         fn base(o: &PodEntry) -> Facts<'_> {
             Facts { node: "node1", object: Some(o), object_ips_held: true, ..Default::default() }
@@ -251,9 +264,16 @@ mod tests {
                 "metadata.uid uid-a",
             ),
             (
-                "no uid from the runtime",
+                "no uid from the runtime while the object has one",
                 PodRef { uid: String::new(), ..claim("a", &["10.0.0.1"]) },
                 base(&a),
+                Some("uid"),
+                "no K8S_POD_UID but the Pod object's metadata.uid is uid-a",
+            ),
+            (
+                "no uid from the runtime, none in the object",
+                PodRef { uid: String::new(), ..claim("a", &["10.0.0.1"]) },
+                base(&no_uid),
                 None,
                 "",
             ),
@@ -340,5 +360,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_second_registration_of_a_live_enrolled_pod_from_another_netns_is_refused() {
+        // Facts as Pods::claim_facts builds them while mesh/a (uid-a, 10.0.0.1) is registered,
+        // enrolled and live in its own netns: the kernel entry's and the config's owner are mesh/a.
+        let a = object("a", &["10.0.0.1"]);
+        let facts = Facts {
+            node: "node1",
+            object: Some(&a),
+            config_owners: vec![(ip("10.0.0.1"), "mesh/a".into())],
+            others: vec![other("mesh/a", &["10.0.0.1"], true, false)],
+            key_owner: Some("mesh/a".into()),
+            kernel_owners: vec![(ip("10.0.0.1"), Some("mesh/a".into()))],
+            object_ips_held: true,
+        };
+        let forged = |uid: &str| PodRef {
+            uid: uid.into(),
+            container_id: "forged".into(),
+            netns: "/var/run/netns/evil".into(),
+            ..claim("a", &["10.0.0.1"])
+        };
+        // Without a UID: refused whatever the rest says, naming the pod and the field.
+        let no_uid = Facts { others: vec![], key_owner: None, ..facts.clone() };
+        let e = check(&forged(""), &no_uid).expect_err("a claim without K8S_POD_UID");
+        assert_eq!(e.field(), "uid");
+        assert!(e.to_string().contains("pod mesh/a") && e.to_string().contains("K8S_POD_UID"), "{e}");
+        // With the (public) UID: the live registration in another netns holds the address.
+        let e = check(&forged("uid-a"), &facts).expect_err("the address is held by a live netns");
+        assert_eq!(
+            e,
+            ClaimError::AddressTaken { pod: "mesh/a".into(), ip: ip("10.0.0.1"), owner: "mesh/a".into() }
+        );
+        // The legitimate re-creation: the old sandbox's netns is gone, so it holds nothing.
+        let recreated = Facts { others: vec![other("mesh/a", &["10.0.0.1"], false, false)], ..facts.clone() };
+        assert_eq!(check(&forged("uid-a"), &recreated), Ok(()));
     }
 }

@@ -301,14 +301,20 @@ impl Pods {
         let others = st
             .known
             .iter()
-            // The pod's own registration (under another pod's name it is `key_owner`'s conflict),
-            // and an older sandbox of the same pod (same identity), are replaced, not conflicts.
-            .filter(|(k, p)| **k != key && !same_pod(p))
-            .map(|(_, p)| {
+            .filter_map(|(k, p)| {
                 let same_netns = super::discover::same_netns(&p.netns, &claim.netns);
                 // Liveness (which may enter the namespace) only matters for a possible conflict.
                 let overlaps = same_netns || p.ips.iter().any(|ip| claim.ips.contains(ip));
-                Other { name: pod_name(p), ips: p.ips.clone(), live: overlaps && netns_live(p), same_netns }
+                let live = overlaps && netns_live(p);
+                // The pod's own registration (under another pod's name it is `key_owner`'s
+                // conflict) is replaced when it is this sandbox's (same netns) or its sandbox is
+                // gone (a re-created sandbox). A live sandbox of the same pod in another netns is
+                // a conflict: a forged ADD must not take its addresses.
+                let own = *k == key || same_pod(p);
+                if own && (same_netns || !live) {
+                    return None;
+                }
+                Some(Other { name: pod_name(p), ips: p.ips.clone(), live, same_netns })
             })
             .collect();
         let kernel_owners = claim

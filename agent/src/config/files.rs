@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use notify::{EventKind, RecursiveMode};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -75,6 +75,21 @@ pub enum LoadError {
     Dir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Walk(#[from] WalkError),
+    /// A reload found no YAML documents at all: the directory was emptied or re-created (a
+    /// `rm -rf; mkdir; cp` in progress). Loading it would drop every policy and un-enroll every
+    /// pod, so it is rejected like a broken config.
+    #[error(
+        "mesh config directory {path}: the directory has no YAML documents — it was emptied or \
+         re-created; keeping the last good config; put the files back"
+    )]
+    Empty { path: PathBuf },
+    /// The directory changed while a reload read it, every time.
+    #[error(
+        "mesh config directory {path}: its files changed while being read, {attempts} times in a row; \
+         keeping the last good config until they settle (replace the directory atomically, e.g. \
+         `ln -s v2 tmp; mv -T tmp mesh`, instead of editing it in place)"
+    )]
+    Changing { path: PathBuf, attempts: usize },
     #[error(transparent)]
     Rejected(#[from] ConfigRejected),
     /// The blocking load task panicked or was cancelled (a bug).
@@ -114,15 +129,89 @@ pub enum WalkError {
 
 /// Loads and compiles every YAML file below `dir`. Warnings come back with the snapshot. Blocks:
 /// from async code call [`load`].
+///
+/// An empty directory loads as an empty config: at start that is a fresh install with nothing
+/// enrolled yet. The watcher's reloads use [`reload_dir`], which rejects it.
 pub fn load_dir(dir: &Path, limits: &Limits) -> Result<(Snapshot, Diagnostics), LoadError> {
-    let files = yaml_files(dir, limits)?;
-    let mut diags = Diagnostics::default();
-    let docs = read_documents(&files, &mut diags);
+    load_checked(dir, limits, false)
+}
+
+/// [`load_dir`] for a reload of a running agent: a directory without a single YAML document is
+/// [`LoadError::Empty`], so an emptied or re-created directory keeps the last good config instead
+/// of releasing every pod (fail-closed). To clear the config on purpose, leave one object in it
+/// (a Namespace without the mesh label) or restart the agent on the empty directory.
+pub fn reload_dir(dir: &Path, limits: &Limits) -> Result<(Snapshot, Diagnostics), LoadError> {
+    load_checked(dir, limits, true)
+}
+
+fn load_checked(
+    dir: &Path,
+    limits: &Limits,
+    require_documents: bool,
+) -> Result<(Snapshot, Diagnostics), LoadError> {
+    let (docs, mut diags) =
+        if require_documents { read_settled(dir, limits)? } else { read_once(dir, limits)? };
+    if require_documents && docs.is_empty() && !diags.has_errors() {
+        return Err(LoadError::Empty { path: dir.to_path_buf() });
+    }
     let snap = Snapshot::compile(&docs, &mut diags);
     if diags.has_errors() {
         return Err(ConfigRejected { diagnostics: diags }.into());
     }
     Ok((snap, diags))
+}
+
+type Read = (Vec<(PathBuf, yaml::Document)>, Diagnostics);
+
+fn read_once(dir: &Path, limits: &Limits) -> Result<Read, LoadError> {
+    let files = yaml_files(dir, limits)?;
+    let mut diags = Diagnostics::default();
+    let docs = read_documents(&files, &mut diags);
+    Ok((docs, diags))
+}
+
+/// How many times a reload reads the directory while it keeps changing under it.
+const SETTLE_ATTEMPTS: usize = 5;
+/// The pause between two such reads.
+const SETTLE_WAIT: Duration = Duration::from_millis(100);
+
+/// A file's inode, size and modification time (seconds, nanoseconds).
+type FileStamp = (u64, u64, i64, i64);
+
+/// What identifies the content of `files` without reading it: each path with its inode, size and
+/// modification time (following symlinks; None when it cannot be read).
+fn fingerprint(files: &[PathBuf]) -> Vec<(PathBuf, Option<FileStamp>)> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok().map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
+            (f.clone(), m)
+        })
+        .collect()
+}
+
+/// [`read_once`] for a reload: the directory is walked again after reading, and the read is
+/// repeated while the files (paths, inodes, sizes, mtimes) changed meanwhile, so a copy or removal
+/// under way (`rm -rf`, `cp -r`) is not loaded half done. Still changing after
+/// [`SETTLE_ATTEMPTS`] reads: [`LoadError::Changing`] (the last good config stays; the change's
+/// own events reload again).
+fn read_settled(dir: &Path, limits: &Limits) -> Result<Read, LoadError> {
+    let mut files = yaml_files(dir, limits)?;
+    for attempt in 1..=SETTLE_ATTEMPTS {
+        let before = fingerprint(&files);
+        let mut diags = Diagnostics::default();
+        let docs = read_documents(&files, &mut diags);
+        let again = yaml_files(dir, limits)?;
+        if again == files && fingerprint(&again) == before {
+            return Ok((docs, diags));
+        }
+        tracing::debug!(target: "sluice::config", dir = %dir.display(), attempt, "mesh config directory changed while read; reading it again");
+        files = again;
+        if attempt < SETTLE_ATTEMPTS {
+            std::thread::sleep(SETTLE_WAIT);
+        }
+    }
+    Err(LoadError::Changing { path: dir.to_path_buf(), attempts: SETTLE_ATTEMPTS })
 }
 
 /// [`load_dir`] on a blocking thread, so the runtime's workers keep serving meanwhile.
@@ -331,6 +420,8 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
     let task = tokio::spawn(async move {
         let mut poll = tokio::time::interval(IDENTITY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last reload found the directory without YAML documents.
+        let mut empty = false;
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -347,24 +438,37 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
                 _ = poll.tick() => match watch.refresh() {
                     // The path names another directory (a mount over it, a change no event told).
                     Ok(true) => {}
+                    // Waiting for the files of an emptied or re-created directory: place the watch
+                    // again (right after a re-creation notify may still drop the new watch while it
+                    // handles the old directory's removal) and look, so they are seen within a poll.
+                    Ok(false) if empty => {
+                        if let Err(e) = watch.replace() {
+                            warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
+                        }
+                    }
                     Ok(false) => continue,
                     Err(e) => {
                         warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
                     }
                 },
             }
-            reload(&watch.dir, limits, &store).await;
+            empty = reload(&watch.dir, limits, &store, empty).await;
         }
     });
     Ok(WatchGuard { task })
 }
 
 /// Loads `dir` on a blocking thread and stores the result (or the rejection) there too, so that
-/// freeing the replaced snapshot does not happen on a runtime worker either.
-async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>) {
+/// freeing the replaced snapshot does not happen on a runtime worker either. Returns whether the
+/// directory had no YAML documents ([`LoadError::Empty`]); when it still has none (`was_empty`) that
+/// is not logged or counted again.
+async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>, was_empty: bool) -> bool {
     let (dir, store) = (dir.to_path_buf(), store.clone());
     let done = tokio::task::spawn_blocking(move || {
-        match load_dir(&dir, &limits) {
+        let loaded = reload_dir(&dir, &limits);
+        let empty = matches!(loaded, Err(LoadError::Empty { .. }));
+        match loaded {
+            Err(LoadError::Empty { .. }) if was_empty => {}
             Ok((snap, warnings)) => {
                 for w in warnings.warnings() {
                     warn!(target: "sluice::config", "{w}");
@@ -379,11 +483,13 @@ async fn reload(dir: &Path, limits: Limits, store: &Arc<SnapshotStore>) {
         }
         // The parse's (and a replaced snapshot's) memory is free now: give it back.
         return_free_memory();
+        empty
     })
     .await;
-    if let Err(e) = done {
+    done.unwrap_or_else(|e| {
         error!(target: "sluice::config", error = %e, "the mesh config reload did not finish; keeping the last good config");
-    }
+        was_empty
+    })
 }
 
 /// The device and inode a path names now (following symlinks), or None when it does not exist.
@@ -410,11 +516,37 @@ impl DirWatch {
         }
         rewatch(&mut self.watcher, &self.dir, RecursiveMode::Recursive, &mut self.at)
     }
+
+    /// Places the config directory's watch again, whatever it was placed on.
+    fn replace(&mut self) -> Result<bool, notify::Error> {
+        if self.at.is_some() {
+            let _ = self.watcher.unwatch(&self.dir);
+            self.at = None;
+        }
+        rewatch(&mut self.watcher, &self.dir, RecursiveMode::Recursive, &mut self.at)
+    }
 }
 
-/// Re-places the watch on `path` if the directory there is not the one `at` records.
+/// The two calls [`rewatch`] makes on a watcher (a seam, so a test can make placing a watch fail).
+trait PathWatch {
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> Result<(), notify::Error>;
+    fn unwatch(&mut self, path: &Path) -> Result<(), notify::Error>;
+}
+
+impl PathWatch for notify::RecommendedWatcher {
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> Result<(), notify::Error> {
+        notify::Watcher::watch(self, path, mode)
+    }
+    fn unwatch(&mut self, path: &Path) -> Result<(), notify::Error> {
+        notify::Watcher::unwatch(self, path)
+    }
+}
+
+/// Re-places the watch on `path` if the directory there is not the one `at` records. `at` is
+/// updated only once the watch is placed: after a failure (ENOSPC when `max_user_watches` is used
+/// up) the next call tries again, and the caller reloads on every poll meanwhile.
 fn rewatch(
-    watcher: &mut notify::RecommendedWatcher,
+    watcher: &mut impl PathWatch,
     path: &Path,
     mode: RecursiveMode,
     at: &mut Option<(u64, u64)>,
@@ -424,13 +556,14 @@ fn rewatch(
         return Ok(false);
     }
     if at.is_some() {
-        // The old directory may be gone with its watch already; nothing to undo then.
+        // The old directory may be gone with its watch already (or the last attempt failed);
+        // nothing to undo then.
         let _ = watcher.unwatch(path);
     }
-    *at = now;
     if now.is_some() {
         watcher.watch(path, mode)?;
     }
+    *at = now;
     Ok(true)
 }
 
@@ -623,6 +756,76 @@ mod tests {
         // And edits after the re-creation still apply (the watch moved to the new directory).
         write(&dir.join("ns.yaml"), NS_A);
         until(&store, "a later edit is loaded", has_ns("a")).await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_recreated_directory_keeps_the_last_good_config() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("mesh");
+        let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: a}\nspec: {action: DENY, rules: [{}]}\n";
+        write(&dir.join("deny.yaml"), deny);
+        let store = started(&dir);
+        assert_eq!(store.load().authorization_policies.len(), 1);
+        let _g = watch(dir.clone(), Limits::default(), store.clone()).expect("watch");
+        std::fs::remove_dir_all(&dir).expect("rm -r");
+        until(&store, "the removal is rejected", |s| s.rejections().current.is_some()).await;
+        assert_eq!(store.load().authorization_policies.len(), 1, "kept while missing");
+        // `mkdir`, then the operator copies the files a moment later (two commands).
+        std::fs::create_dir(&dir).expect("mkdir");
+        until(&store, "the empty directory is rejected", |s| {
+            s.rejections().current.as_deref().is_some_and(|r| r.contains("has no YAML documents"))
+        })
+        .await;
+        assert_eq!(store.load().authorization_policies.len(), 1, "the DENY is kept");
+        let why = store.rejections().current.unwrap_or_default();
+        assert!(why.contains(&dir.display().to_string()) && why.contains("put the files back"), "{why}");
+        write(&dir.join("deny.yaml"), deny);
+        until(&store, "the restored files are loaded", |s| s.rejections().current.is_none()).await;
+        assert_eq!(store.load().authorization_policies.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_directory_loads_at_start_but_not_on_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("notes.yaml"), "# nothing yet\n").expect("write");
+        let (snap, _) = load_dir(dir.path(), &Limits::default()).expect("a fresh install starts empty");
+        assert!(snap.authorization_policies.is_empty());
+        let e = reload_dir(dir.path(), &Limits::default()).expect_err("an emptied directory is rejected");
+        assert!(matches!(e, LoadError::Empty { .. }), "{e}");
+    }
+
+    /// Fails every `watch` while `fail` is set.
+    struct FlakyWatch {
+        fail: bool,
+        placed: Vec<PathBuf>,
+    }
+
+    impl PathWatch for FlakyWatch {
+        fn watch(&mut self, path: &Path, _: RecursiveMode) -> Result<(), notify::Error> {
+            if self.fail {
+                return Err(notify::Error::generic("inotify watch limit reached"));
+            }
+            self.placed.push(path.to_path_buf());
+            Ok(())
+        }
+        fn unwatch(&mut self, _: &Path) -> Result<(), notify::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_watch_is_retried_on_the_next_refresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = FlakyWatch { fail: true, placed: Vec::new() };
+        let mut at = None;
+        rewatch(&mut w, dir.path(), RecursiveMode::Recursive, &mut at).expect_err("the watch fails");
+        assert_eq!(at, None, "a failed watch records no identity");
+        rewatch(&mut w, dir.path(), RecursiveMode::Recursive, &mut at).expect_err("and is tried again");
+        w.fail = false;
+        assert!(rewatch(&mut w, dir.path(), RecursiveMode::Recursive, &mut at).expect("placed"));
+        assert_eq!(w.placed, vec![dir.path().to_path_buf()]);
+        assert_eq!(at, identity(dir.path()));
+        assert!(!rewatch(&mut w, dir.path(), RecursiveMode::Recursive, &mut at).expect("unchanged"));
     }
 
     #[tokio::test]

@@ -811,6 +811,21 @@ impl Cx<'_> {
                     &format!("{}fix the `kind:` spelling; the last good config stays in force until then", did_you_mean(nearest)),
                 );
             }
+            kinds::Unknown::MisspeltGroup { group, nearest_group, nearest } => {
+                let version = api_version.and_then(|v| v.rsplit_once('/')).map_or("v1", |(_, v)| v);
+                self.error(
+                "kind",
+                format!(
+                    "unknown kind `{kind}` in API group `{group}` (document {doc_index} of the file); sluice \
+                     reads `{nearest}` from `{nearest_group}`, and both names are a typo away; an object of \
+                     a misspelt kind is never ignored, it would silently drop a policy"
+                ),
+                &format!(
+                    "did you mean `apiVersion: {nearest_group}/{version}` and `kind: {nearest}`? fix the \
+                     `apiVersion:` and `kind:` spelling; the last good config stays in force until then"
+                ),
+            )
+            }
             kinds::Unknown::Unrelated { nearest } => self.warning(
                 "kind",
                 format!("unknown kind `{kind}` ignored (document {doc_index} of the file)"),
@@ -1213,6 +1228,21 @@ spec:
         assert!(e[0].contains("did you mean `AuthorizationPolicy`?"), "{}", e[0]);
         // v1 ConfigMap (document 1) stays a warning.
         assert!(d.warnings().any(|w| w.message.contains("unknown kind `ConfigMap` ignored")), "{d}");
+        // The group misspelt too: still an error, naming the group and kind it meant.
+        let (s2, d2) = compile(
+            &deny.replace("AuthorizationPolicy", "AuthorisationPolicy").replace("security.", "securty."),
+        );
+        assert!(s2.authorization_policies.is_empty());
+        let e2: Vec<String> = d2.errors().map(ToString::to_string).collect();
+        assert_eq!(e2.len(), 1, "{e2:?}");
+        assert!(
+            e2[0].contains("unknown kind `AuthorisationPolicy` in API group `securty.istio.io`")
+                && e2[0].contains(
+                    "did you mean `apiVersion: security.istio.io/v1` and `kind: AuthorizationPolicy`?"
+                ),
+            "{}",
+            e2[0]
+        );
         // The other ways a known kind could be dropped are errors too: a wrong or missing apiVersion.
         for (changed, want) in [
             (

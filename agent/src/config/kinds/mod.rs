@@ -276,6 +276,24 @@ pub enum Unknown {
     /// a kind sluice reads with no or a core apiVersion: almost certainly a typo, and ignoring it
     /// would drop the object (a DENY would stop denying). An error.
     Misspelt { group: String, known: Vec<&'static str>, nearest: Option<&'static str> },
+    /// A near miss of a kind sluice reads in a near miss of a group it reads
+    /// (`securty.istio.io/v1 AuthorisationPolicy`): both misspelt, still a typo, an error naming
+    /// the group and kind it most likely meant.
+    MisspeltGroup { group: String, nearest_group: &'static str, nearest: &'static str },
+}
+
+/// The non-core API groups sluice reads, in [`KINDS`] order without repeats.
+pub fn groups() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for k in KINDS {
+        for v in k.api_versions {
+            let g = group_of(v);
+            if !g.is_empty() && !out.contains(&g) {
+                out.push(g);
+            }
+        }
+    }
+    out
 }
 
 /// Classifies a `kind: name` that [`is_known`] says sluice does not read.
@@ -303,6 +321,18 @@ pub fn classify_unknown(name: &str, api_version: Option<&str>) -> Unknown {
             known: if group.is_some() { known } else { Vec::new() },
             nearest,
         },
+        // A group sluice does not read, but within a typo of one it does, and a kind within a typo
+        // of one of that group's kinds: both misspelt.
+        Some(g) if !g.is_empty() => {
+            let both = self::nearest(g, &groups())
+                .and_then(|ng| self::nearest(name, &kinds_of_group(ng)).map(|nk| (ng, nk)));
+            match both {
+                Some((nearest_group, nk)) => {
+                    Unknown::MisspeltGroup { group: g.to_string(), nearest_group, nearest: nk }
+                }
+                None => Unknown::Unrelated { nearest },
+            }
+        }
         _ => Unknown::Unrelated { nearest },
     }
 }
@@ -429,6 +459,19 @@ mod tests {
             classify_unknown("Gatewy", Some("gateway.networking.k8s.io/v1")),
             Unknown::Misspelt { nearest: Some("Gateway"), .. }
         ));
+        // Both the group and the kind misspelt: an error naming both.
+        assert_eq!(
+            classify_unknown("AuthorisationPolicy", Some("securty.istio.io/v1")),
+            Unknown::MisspeltGroup {
+                group: "securty.istio.io".into(),
+                nearest_group: "security.istio.io",
+                nearest: "AuthorizationPolicy"
+            }
+        );
+        // A near group with a kind far from its kinds, or a far group, stays a warning.
+        for (name, v) in [("Frobnicator", "securty.istio.io/v1"), ("AuthorisationPolicy", "example.com/v1")] {
+            assert!(matches!(classify_unknown(name, Some(v)), Unknown::Unrelated { .. }), "{v} {name}");
+        }
         // Real upstream kinds sluice ignores, and unrelated groups, are warnings.
         for (name, v) in [
             ("HTTPRoute", "gateway.networking.k8s.io/v1"),
