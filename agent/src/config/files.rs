@@ -48,6 +48,10 @@ pub const MAX_FILES: usize = 10_000;
 /// stays within the DaemonSet's 512 MiB memory limit; raise both together (docs/config.md).
 pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Polls after the config directory was replaced during which the watch is placed again and the
+/// directory reloaded (see [`watch`]).
+const SETTLE_POLLS: u32 = 3;
+
 /// How often the watcher re-checks which directory the config path names.
 pub const IDENTITY_POLL: Duration = Duration::from_secs(1);
 
@@ -422,6 +426,10 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The last reload found the directory without YAML documents.
         let mut empty = false;
+        // Polls left that place the watch again after the directory was replaced: right after a
+        // re-creation notify may still drop the new watch while it handles the old directory's
+        // removal (it keys its watches by path), and then no later edit would be seen.
+        let mut settle = 0u32;
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -431,17 +439,22 @@ pub fn watch(dir: PathBuf, limits: Limits, store: Arc<SnapshotStore>) -> Result<
                     // Debounce: editors write in several steps.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     while rx.try_recv().is_ok() {}
-                    if let Err(e) = watch.refresh() {
-                        warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
+                    match watch.refresh() {
+                        Ok(true) => settle = SETTLE_POLLS,
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
+                        }
                     }
                 }
                 _ = poll.tick() => match watch.refresh() {
                     // The path names another directory (a mount over it, a change no event told).
-                    Ok(true) => {}
-                    // Waiting for the files of an emptied or re-created directory: place the watch
-                    // again (right after a re-creation notify may still drop the new watch while it
-                    // handles the old directory's removal) and look, so they are seen within a poll.
-                    Ok(false) if empty => {
+                    Ok(true) => settle = SETTLE_POLLS,
+                    // Waiting for the files of an emptied or re-created directory, or just after the
+                    // directory was replaced: place the watch again and look, so changes are seen
+                    // within a poll even if the new watch was dropped.
+                    Ok(false) if empty || settle > 0 => {
+                        settle = settle.saturating_sub(1);
                         if let Err(e) = watch.replace() {
                             warn!(target: "sluice::config", dir = %watch.dir.display(), error = %e, "cannot watch the mesh config directory; changes are seen within {IDENTITY_POLL:?}");
                         }
