@@ -152,7 +152,7 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
     use crate::tunnel::settings;
@@ -273,12 +273,30 @@ mod tests {
         };
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         out.extend(frame(0x4, 0, 0, &[]));
+        // And the ACK of the agent's SETTINGS: h2 applies its own stream window only once
+        // acknowledged.
+        out.extend(frame(0x4, 0x1, 0, &[]));
         for n in 0..streams as u32 {
             let mut block = vec![0x02, 7];
             block.extend_from_slice(b"CONNECT");
             block.extend_from_slice(&[0x01, 11]);
             block.extend_from_slice(b"10.0.0.1:80");
             out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+        }
+        peer_io.write_all(&out).await.expect("peer opens the streams");
+        out.clear();
+        // Like any client, wait for the agent's connection window (its WINDOW_UPDATE on stream 0)
+        // before using it: DATA beyond the default 65,535 before that is a flow-control error that
+        // ends the connection (the test raced it under load).
+        let mut head = [0u8; 9];
+        loop {
+            peer_io.read_exact(&mut head).await.expect("the agent's frames");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            peer_io.read_exact(&mut payload).await.expect("the agent's frame");
+            if head[3] == 0x8 && head[5..9] == [0, 0, 0, 0] {
+                break;
+            }
         }
         // As much as the windows the agent advertised at the start allow (its later window
         // updates are never read): per stream its window, in all the connection's window.
