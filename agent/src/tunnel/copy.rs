@@ -183,6 +183,20 @@ mod tests {
         f
     }
 
+    /// HEADERS frames opening `streams` CONNECT streams (1, 3, 5, ...) to 10.0.0.1:80.
+    fn connects(streams: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in 0..streams as u32 {
+            // HPACK: `:method` (static name 2) = CONNECT, `:authority` (static name 1), literal.
+            let mut block = vec![0x02, 7];
+            block.extend_from_slice(b"CONNECT");
+            block.extend_from_slice(&[0x01, 11]);
+            block.extend_from_slice(b"10.0.0.1:80");
+            out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
+        }
+        out
+    }
+
     /// A peer that writes its preface, settings advertising `window` (stream and connection) and
     /// `streams` CONNECT requests, and then never reads a byte. Returns the bytes the agent took
     /// from the applications per stream, sampled twice 0.5 s apart after 1 s.
@@ -215,14 +229,7 @@ mod tests {
         if window > 65_535 {
             out.extend(frame(0x8, 0, 0, &(window - 65_535).to_be_bytes()));
         }
-        for n in 0..streams as u32 {
-            // HPACK: `:method` (static name 2) = CONNECT, `:authority` (static name 1), literal.
-            let mut block = vec![0x02, 7];
-            block.extend_from_slice(b"CONNECT");
-            block.extend_from_slice(&[0x01, 11]);
-            block.extend_from_slice(b"10.0.0.1:80");
-            out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
-        }
+        out.extend(connects(streams));
         peer_io.write_all(&out).await.expect("peer writes");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let total = || taken.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>();
@@ -276,13 +283,7 @@ mod tests {
         // And the ACK of the agent's SETTINGS: h2 applies its own stream window only once
         // acknowledged.
         out.extend(frame(0x4, 0x1, 0, &[]));
-        for n in 0..streams as u32 {
-            let mut block = vec![0x02, 7];
-            block.extend_from_slice(b"CONNECT");
-            block.extend_from_slice(&[0x01, 11]);
-            block.extend_from_slice(b"10.0.0.1:80");
-            out.extend(frame(0x1, 0x4, 2 * n + 1, &block));
-        }
+        out.extend(connects(streams));
         peer_io.write_all(&out).await.expect("peer opens the streams");
         out.clear();
         // Like any client, wait for the agent's connection window (its WINDOW_UPDATE on stream 0)
