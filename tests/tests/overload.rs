@@ -283,10 +283,11 @@ fn silent_connections_to_15008_take_only_the_handshake_share_and_established_hbo
             .collect::<Vec<_>>()
     })
     .expect("netns");
-    // Every connection the agent accepted beyond the handshake share is reset at once (a few of
-    // the 420 may time out in a full listen queue instead and never reach it).
+    // Every connection the agent accepted beyond the handshake share is reset at once (some of
+    // the 420 may fail or time out in a full listen queue instead and never reach it: a loaded CI
+    // machine made 246); enough must get past the share for the test to mean something.
     let beyond = silent.len().saturating_sub(BUDGET / 4);
-    assert!(beyond > 200, "only {} silent connections were made", silent.len());
+    assert!(beyond >= 50, "only {} silent connections were made", silent.len());
     let refused = sluice_e2e::wait_until(scaled(Duration::from_secs(3)), || {
         failures(&c, "overload_budget") as usize >= beyond
     });
